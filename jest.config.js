@@ -3,7 +3,7 @@
 const common = {
   preset: "ts-jest",
   testEnvironment: "node",
-  transform: { "^.+\\.ts$": ["ts-jest", { isolatedModules: true }] },
+  
 };
 module.exports = {
   reporters: ["default", "<rootDir>/tests/summaryReporter.js"],

@@ -1,0 +1,186 @@
+// The stack configuration: one zod schema for every `nixspark:*` key.
+//
+// Invalid config must stop the program before any resource is registered,
+// with one line per problem that names the key the way the user writes it
+// (`nixspark:workers.count`) and says what is expected. Defaults cover
+// everything a first-time user need not set.
+import { z } from "zod";
+
+export const CONFIG_NAMESPACE = "nixspark";
+
+/** Accepts 3 and "3" (top-level Pulumi config values arrive as strings). */
+const int = (min: number, max: number, what: string) =>
+    z.preprocess(
+        (v) => (typeof v === "string" && /^-?\d+$/.test(v.trim()) ? Number(v) : v),
+        z
+            .number({ invalid_type_error: `expected ${what}: a whole number from ${min} to ${max}` })
+            .int(`expected ${what}: a whole number from ${min} to ${max}`)
+            .min(min, `expected ${what}: a whole number from ${min} to ${max}`)
+            .max(max, `expected ${what}: a whole number from ${min} to ${max}`),
+    );
+
+const bool = (what: string) =>
+    z.preprocess(
+        (v) => (v === "true" ? true : v === "false" ? false : v),
+        z.boolean({ invalid_type_error: `expected ${what}: true or false` }),
+    );
+
+const str = (what: string) =>
+    z.string({ invalid_type_error: `expected ${what}`, required_error: `required: ${what}` }).min(1, `expected ${what}, got an empty string`);
+
+/** A name that is safe inside libvirt object names, hostnames and file names. */
+const dnsLabel = (what: string) =>
+    str(what).regex(/^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$/, `expected ${what}: lower-case letters, digits and '-', starting with a letter`);
+
+const nodeSize = (defaults: { vcpus: number; memoryMiB: number; diskGiB: number }) => ({
+    vcpus: int(1, 64, "the number of virtual CPUs").default(defaults.vcpus),
+    memoryMiB: int(256, 1024 * 1024, "memory in MiB").default(defaults.memoryMiB),
+    diskGiB: int(1, 16 * 1024, "the disk size in GiB").default(defaults.diskGiB),
+});
+
+const sparkValue = z.union([z.string(), z.number(), z.boolean()], {
+    errorMap: () => ({ message: "expected a string, number or boolean for each Spark setting" }),
+});
+
+export const configSchema = z
+    .object({
+        libvirtUri: str("a libvirt connection URI such as qemu:///system").default("qemu:///system"),
+        domainType: z
+            .enum(["kvm", "qemu"], { errorMap: () => ({ message: 'expected "kvm" (hardware virtualization) or "qemu" (software emulation, for hosts without usable KVM)' }) })
+            .default("kvm"),
+        network: z
+            .object({
+                name: dnsLabel("a short network name").default("net"),
+                cidr: str("an IPv4 subnet in CIDR form such as 10.77.0.0/24").default("10.77.0.0/24"),
+                bridge: z
+                    .string()
+                    .regex(/^[A-Za-z0-9_-]{1,15}$/, "expected a Linux bridge name: 1 to 15 letters, digits, '-' or '_'")
+                    .optional(),
+            })
+            .strict()
+            .default({}),
+        storage: z
+            .object({
+                pool: dnsLabel("a storage pool name").default("pool"),
+                path: str("an absolute directory for the stack's volumes")
+                    .refine((p) => p.startsWith("/"), "expected an absolute directory path")
+                    .default("/var/lib/libvirt/images/nixspark"),
+            })
+            .strict()
+            .default({}),
+        image: z
+            .object({
+                path: str("an absolute path to a qcow2 image")
+                    .refine((p) => p.startsWith("/"), "expected an absolute path to a qcow2 image")
+                    .optional(),
+                flake: str("a flake reference").default("path:./nix"),
+                attribute: str("a flake package attribute").default("base-image"),
+                kernel: str("an absolute path to a kernel").refine((p) => p.startsWith("/"), "expected an absolute path").optional(),
+                initrd: str("an absolute path to an initrd").refine((p) => p.startsWith("/"), "expected an absolute path").optional(),
+                cmdline: z.string().optional(),
+            })
+            .strict()
+            .refine((i) => !(i.initrd || i.cmdline) || i.kernel, { message: "initrd and cmdline need image.kernel (direct kernel boot)", path: ["kernel"] })
+            .default({}),
+        master: z.object(nodeSize({ vcpus: 2, memoryMiB: 2048, diskGiB: 20 })).strict().default({}),
+        workers: z
+            .object({ count: int(0, 250, "the number of Spark workers").default(2), ...nodeSize({ vcpus: 2, memoryMiB: 4096, diskGiB: 20 }) })
+            .strict()
+            .default({}),
+        ssh: z
+            .object({
+                user: dnsLabel("a Unix user name for deployments").default("deploy"),
+                port: int(1, 65535, "a TCP port").default(22),
+                publicKey: str("an SSH public key line")
+                    .regex(/^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/=]+( .*)?$/, "expected an SSH public key line such as 'ssh-ed25519 AAAA... you@host'")
+                    .optional(),
+                privateKeyPath: str("the path of the SSH private key used to deploy").default("~/.ssh/id_ed25519"),
+            })
+            .strict()
+            .default({}),
+        spark: z
+            .object({
+                settings: z.record(z.string().regex(/^spark\.[A-Za-z0-9._-]+$/, "expected Spark setting names that start with 'spark.'"), sparkValue).default({}),
+                pythonPackages: z
+                    .array(z.string().regex(/^[A-Za-z0-9_.-]+$/, "expected nixpkgs python3Packages attribute names such as numpy"), {
+                        invalid_type_error: "expected a list of python3Packages attribute names",
+                    })
+                    .default(["pyspark", "numpy", "pandas"]),
+            })
+            .strict()
+            .default({}),
+        deploy: z
+            .object({
+                enabled: bool("whether to deploy the NixOS roles").default(true),
+                flake: str("a flake reference for the NixOS roles").default("path:./nix"),
+                rebuildCommand: str("the nixos-rebuild executable").default("nixos-rebuild"),
+                useSudo: bool("whether nixos-rebuild escalates with sudo on the target").default(true),
+                buildHost: z.string().optional(),
+                sshWaitSeconds: int(1, 3600, "seconds to wait for SSH on a new VM").default(300),
+                switchTimeoutSeconds: int(10, 86400, "seconds allowed for one nixos-rebuild").default(3600),
+            })
+            .strict()
+            .default({}),
+        health: z
+            .object({
+                enabled: bool("whether to wait for every worker to be ALIVE").default(true),
+                timeoutSeconds: int(1, 3600, "seconds to wait for the Spark master and workers").default(300),
+            })
+            .strict()
+            .default({}),
+    })
+    .strict();
+
+export type ClusterConfig = z.infer<typeof configSchema>;
+
+export class ConfigError extends Error {
+    constructor(readonly problems: string[]) {
+        super(`invalid stack configuration:\n${problems.map((p) => `  ${p}`).join("\n")}`);
+        this.name = "ConfigError";
+    }
+}
+
+function keyOf(path: (string | number)[]): string {
+    return `${CONFIG_NAMESPACE}:${path.map(String).join(".")}`;
+}
+
+/** Validates raw config (already JSON-decoded); throws ConfigError listing every problem. */
+export function parseConfig(raw: Record<string, unknown>): ClusterConfig {
+    const result = configSchema.safeParse(raw);
+    if (result.success) return result.data;
+    const problems: string[] = [];
+    for (const issue of result.error.issues) {
+        if (issue.code === "unrecognized_keys") {
+            for (const k of issue.keys) problems.push(`${keyOf([...issue.path, k])}: unknown key (check the spelling; see Pulumi.yaml for every key)`);
+        } else if (issue.code === "invalid_type" && issue.received === "undefined") {
+            problems.push(`${keyOf(issue.path)}: required: ${issue.message.replace(/^required: /, "")}`);
+        } else {
+            problems.push(`${keyOf(issue.path)}: ${issue.message}`);
+        }
+    }
+    throw new ConfigError([...new Set(problems)]);
+}
+
+/**
+ * Turns Pulumi's flat config map ({"nixspark:workers": '{"count":3}'}) into the raw
+ * object parseConfig takes. Object and array values arrive JSON-encoded.
+ */
+export function rawFromPulumiConfig(all: Record<string, string>): Record<string, unknown> {
+    const raw: Record<string, unknown> = {};
+    const prefix = `${CONFIG_NAMESPACE}:`;
+    for (const [k, v] of Object.entries(all)) {
+        if (!k.startsWith(prefix)) continue;
+        const key = k.slice(prefix.length);
+        const t = v.trim();
+        if (t.startsWith("{") || t.startsWith("[")) {
+            try {
+                raw[key] = JSON.parse(t);
+                continue;
+            } catch {
+                /* keep the string: the schema says what it expected */
+            }
+        }
+        raw[key] = v;
+    }
+    return raw;
+}
