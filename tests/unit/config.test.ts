@@ -1,0 +1,94 @@
+import { ConfigError, parseConfig, rawFromPulumiConfig } from "../../cluster/config";
+
+function problemsOf(raw: Record<string, unknown>): string[] {
+    try {
+        parseConfig(raw);
+    } catch (e) {
+        expect(e).toBeInstanceOf(ConfigError);
+        return (e as ConfigError).problems;
+    }
+    throw new Error("expected the config to be rejected");
+}
+
+describe("config schema", () => {
+    test("an empty config gets defaults for everything", () => {
+        const c = parseConfig({});
+        expect(c.domainType).toBe("kvm");
+        expect(c.workers.count).toBe(2);
+        expect(c.network.cidr).toBe("10.77.0.0/24");
+        expect(c.spark.pythonPackages).toEqual(["pyspark", "numpy", "pandas"]);
+        expect(c.ssh.user).toBe("deploy");
+    });
+
+    test("numbers given as strings (top-level Pulumi config) are accepted", () => {
+        expect(parseConfig({ workers: { count: "5" } }).workers.count).toBe(5);
+    });
+
+    // Every key, one bad value, and the message the user must see for it.
+    const cases: [string, Record<string, unknown>, RegExp][] = [
+        ["nixspark:libvirtUri", { libvirtUri: "" }, /libvirt connection URI/],
+        ["nixspark:domainType", { domainType: "xen" }, /"kvm".*"qemu"/],
+        ["nixspark:network.name", { network: { name: "My Net" } }, /lower-case letters/],
+        ["nixspark:network.cidr", { network: { cidr: 24 } }, /CIDR/],
+        ["nixspark:network.bridge", { network: { bridge: "a-bridge-name-that-is-long" } }, /1 to 15/],
+        ["nixspark:storage.pool", { storage: { pool: "-x" } }, /lower-case letters/],
+        ["nixspark:storage.path", { storage: { path: "relative/dir" } }, /absolute directory/],
+        ["nixspark:image.path", { image: { path: "base.qcow2" } }, /absolute path/],
+        ["nixspark:image.flake", { image: { flake: "" } }, /flake reference/],
+        ["nixspark:image.attribute", { image: { attribute: "" } }, /attribute/],
+        ["nixspark:image.kernel", { image: { initrd: "/boot/initrd" } }, /need image.kernel/],
+        ["nixspark:image.initrd", { image: { kernel: "/k", initrd: "initrd" } }, /absolute path/],
+        ["nixspark:image.cmdline", { image: { kernel: "/k", cmdline: 7 } }, /string/i],
+        ["nixspark:master.vcpus", { master: { vcpus: 0 } }, /virtual CPUs: a whole number from 1 to 64/],
+        ["nixspark:master.memoryMiB", { master: { memoryMiB: 100 } }, /memory in MiB/],
+        ["nixspark:master.diskGiB", { master: { diskGiB: 1.5 } }, /disk size in GiB/],
+        ["nixspark:workers.count", { workers: { count: "three" } }, /number of Spark workers: a whole number from 0 to 250/],
+        ["nixspark:workers.vcpus", { workers: { vcpus: 100 } }, /virtual CPUs/],
+        ["nixspark:workers.memoryMiB", { workers: { memoryMiB: -1 } }, /memory in MiB/],
+        ["nixspark:workers.diskGiB", { workers: { diskGiB: 0 } }, /disk size/],
+        ["nixspark:ssh.user", { ssh: { user: "Root!" } }, /lower-case letters/],
+        ["nixspark:ssh.port", { ssh: { port: 70000 } }, /TCP port/],
+        ["nixspark:ssh.publicKey", { ssh: { publicKey: "not a key" } }, /SSH public key line/],
+        ["nixspark:ssh.privateKeyPath", { ssh: { privateKeyPath: "" } }, /private key/],
+        ["nixspark:spark.settings.executor.memory", { spark: { settings: { "executor.memory": "1g" } } }, /start with 'spark.'/],
+        ["nixspark:spark.settings.spark.x", { spark: { settings: { "spark.x": { a: 1 } } } }, /string, number or boolean/],
+        ["nixspark:spark.pythonPackages", { spark: { pythonPackages: "numpy" } }, /list of python3Packages/],
+        ["nixspark:spark.pythonPackages.0", { spark: { pythonPackages: ["numpy; rm -rf /"] } }, /attribute names/],
+        ["nixspark:deploy.enabled", { deploy: { enabled: "yes" } }, /true or false/],
+        ["nixspark:deploy.flake", { deploy: { flake: "" } }, /flake reference/],
+        ["nixspark:deploy.rebuildCommand", { deploy: { rebuildCommand: "" } }, /nixos-rebuild/],
+        ["nixspark:deploy.useSudo", { deploy: { useSudo: 1 } }, /true or false/],
+        ["nixspark:deploy.buildHost", { deploy: { buildHost: 5 } }, /string/i],
+        ["nixspark:deploy.sshWaitSeconds", { deploy: { sshWaitSeconds: 0 } }, /seconds to wait for SSH/],
+        ["nixspark:deploy.switchTimeoutSeconds", { deploy: { switchTimeoutSeconds: 1 } }, /nixos-rebuild/],
+        ["nixspark:health.enabled", { health: { enabled: "maybe" } }, /true or false/],
+        ["nixspark:health.timeoutSeconds", { health: { timeoutSeconds: 0 } }, /Spark master and workers/],
+        ["nixspark:wrokers", { wrokers: { count: 3 } }, /unknown key/],
+        ["nixspark:workers.cnt", { workers: { cnt: 3 } }, /unknown key/],
+    ];
+    test.each(cases)("%s is rejected with its own message", (key, raw, message) => {
+        const problems = problemsOf(raw);
+        expect(problems).toHaveLength(1);
+        expect(problems[0].startsWith(`${key}: `)).toBe(true);
+        expect(problems[0]).toMatch(message);
+    });
+
+    test("several problems are all reported, one line each", () => {
+        const problems = problemsOf({ domainType: "xen", workers: { count: -1, vcpus: 0 } });
+        expect(problems.map((p) => p.split(":").slice(0, 2).join(":")).sort()).toEqual([
+            "nixspark:domainType",
+            "nixspark:workers.count",
+            "nixspark:workers.vcpus",
+        ]);
+        expect(() => parseConfig({ domainType: "xen" })).toThrow(/^invalid stack configuration:\n  nixspark:domainType: /);
+    });
+
+    test("Pulumi's flat config map is decoded", () => {
+        const raw = rawFromPulumiConfig({
+            "nixspark:workers": '{"count":3}',
+            "nixspark:domainType": "qemu",
+            "other:key": "ignored",
+        });
+        expect(raw).toEqual({ workers: { count: 3 }, domainType: "qemu" });
+    });
+});
