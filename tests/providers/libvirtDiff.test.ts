@@ -1,0 +1,101 @@
+// Which changes update, which replace, which are no-ops: answered by each
+// provider's diff, also after the provider went through Pulumi's
+// serialize -> load path (the only way the engine ever calls it).
+import { domainProvider } from "../../providers/domain";
+import { networkProvider, planHostChanges } from "../../providers/network";
+import { poolProvider } from "../../providers/pool";
+import { volumeProvider } from "../../providers/volume";
+import { UNKNOWN } from "../../providers/virsh";
+import { roundTrip } from "../helpers/serialize";
+
+const hosts = [
+    { mac: "02:00:00:00:00:01", ip: "10.77.0.10", name: "dev-master" },
+    { mac: "02:00:00:00:00:02", ip: "10.77.0.11", name: "dev-worker-1" },
+];
+const net = { uri: "qemu:///system", name: "dev-net", bridge: "nxs-dev", gateway: "10.77.0.1", netmask: "255.255.255.0", dhcpStart: "10.77.0.192", dhcpEnd: "10.77.0.254", hosts, autostart: true };
+const netOut = { ...net, uuid: "u-1", active: true, __provider: "old code" };
+const dom = {
+    uri: "qemu:///system", name: "dev-master", domainType: "qemu", vcpus: 1, memoryMiB: 1024, diskPath: "/p/dev-master.qcow2", diskGiB: 10,
+    mac: "02:00:00:00:00:01", network: "dev-net", consoleLog: "/l/dev-master.log", autostart: true, shutdownTimeoutSeconds: 60,
+};
+const domOut = { ...dom, uuid: "d-1", state: "running", pendingRestart: false, __provider: "old code" };
+const vol = { uri: "qemu:///system", pool: "dev-pool", name: "dev-master.qcow2", backingPath: "/nix/store/a/nixos.qcow2", capacityBytes: 10 * 1024 ** 3 };
+
+type Diff = { changes?: boolean; replaces?: string[] };
+const providers = { networkProvider, domainProvider, volumeProvider, poolProvider };
+
+describe.each([
+    ["as written", async () => providers],
+    ["after serialize -> load", async () => ({
+        networkProvider: await roundTrip(networkProvider),
+        domainProvider: await roundTrip(domainProvider),
+        volumeProvider: await roundTrip(volumeProvider),
+        poolProvider: await roundTrip(poolProvider),
+    })],
+])("diff decisions (%s)", (_label, load) => {
+    let p: typeof providers;
+    beforeAll(async () => {
+        p = await load();
+    });
+    const ndiff = (news: object): Promise<Diff> => p.networkProvider.diff!("dev-net", netOut, { ...net, ...news });
+    const ddiff = (news: object, olds: object = {}): Promise<Diff> => p.domainProvider.diff!("dev-master", { ...domOut, ...olds }, { ...dom, ...news });
+    const vdiff = (news: object): Promise<Diff> => p.volumeProvider.diff!("x", { ...vol, path: "/p/x" }, { ...vol, ...news });
+
+    test("network: identical inputs (and a new provider closure) are a no-op", async () => {
+        expect(await ndiff({})).toMatchObject({ changes: false, replaces: [] });
+        expect(await ndiff({ hosts: [...hosts].reverse() })).toMatchObject({ changes: false });
+    });
+    test("network: a new reservation is an in-place update", async () => {
+        const d = await ndiff({ hosts: [...hosts, { mac: "02:00:00:00:00:03", ip: "10.77.0.12", name: "dev-worker-2" }] });
+        expect(d).toMatchObject({ changes: true, replaces: [] });
+    });
+    test.each([["bridge", "nxs-x"], ["gateway", "10.78.0.1"], ["name", "dev-net2"], ["netmask", "255.255.0.0"]])("network: %s replaces", async (k, v) => {
+        expect((await ndiff({ [k]: v })).replaces).toEqual([k]);
+    });
+    test("network: unknown reservations during preview count as a change", async () => {
+        expect(await ndiff({ hosts: UNKNOWN })).toMatchObject({ changes: true, replaces: [] });
+    });
+
+    test("domain: no-op, updates in place, replacements", async () => {
+        expect(await ddiff({})).toMatchObject({ changes: false });
+        expect(await ddiff({ memoryMiB: 2048 })).toMatchObject({ changes: true, replaces: [] });
+        expect(await ddiff({ vcpus: 4 })).toMatchObject({ changes: true, replaces: [] });
+        expect(await ddiff({ autostart: false })).toMatchObject({ changes: true, replaces: [] });
+        for (const [k, v] of [["domainType", "kvm"], ["mac", "02:00:00:00:00:09"], ["diskPath", "/p/other"], ["diskGiB", 20], ["network", "n2"], ["kernel", "/k"]] as const) {
+            expect((await ddiff({ [k]: v })).replaces).toEqual([k]);
+        }
+        // Only the shutdown timeout: not something the VM sees.
+        expect(await ddiff({ shutdownTimeoutSeconds: 5 })).toMatchObject({ changes: false });
+    });
+    test("domain: a VM that refresh saw shut off is brought back by an update", async () => {
+        expect(await ddiff({}, { state: "shut off" })).toMatchObject({ changes: true, replaces: [] });
+    });
+
+    test("volume: any change replaces, none is a no-op", async () => {
+        expect(await vdiff({})).toMatchObject({ changes: false });
+        expect((await vdiff({ backingPath: "/nix/store/b/nixos.qcow2" })).replaces).toEqual(["backingPath"]);
+        expect((await vdiff({ capacityBytes: 1 })).replaces).toEqual(["capacityBytes"]);
+    });
+
+    test("pool: a new path replaces", async () => {
+        const base = { uri: "qemu:///system", name: "dev-pool", path: "/a" };
+        expect(await p.poolProvider.diff!("dev-pool", base, base)).toMatchObject({ changes: false });
+        expect((await p.poolProvider.diff!("dev-pool", base, { ...base, path: "/b" })).replaces).toEqual(["path"]);
+    });
+
+    test("check rejects what libvirt would reject later", async () => {
+        const r = await p.domainProvider.check!({}, { ...dom, domainType: "xen" });
+        expect(r.failures?.[0].property).toBe("domainType");
+    });
+});
+
+describe("planHostChanges", () => {
+    test("by MAC: add, remove and modify", () => {
+        const w2 = { mac: "02:00:00:00:00:03", ip: "10.77.0.12", name: "dev-worker-2" };
+        const plan = planHostChanges(hosts, [{ ...hosts[0], ip: "10.77.0.20" }, w2]);
+        expect(plan.add).toEqual([w2]);
+        expect(plan.remove).toEqual([hosts[1]]);
+        expect(plan.modify).toEqual([{ from: hosts[0], to: { ...hosts[0], ip: "10.77.0.20" } }]);
+        expect(planHostChanges(hosts, [...hosts].reverse())).toEqual({ add: [], remove: [], modify: [] });
+    });
+});

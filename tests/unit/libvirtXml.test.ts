@@ -1,0 +1,79 @@
+// The XML we hand to libvirt passes libvirt's own schema validator, and the
+// readers pick the same facts back out.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { parseConfig } from "../../cluster/config";
+import { buildTopology } from "../../cluster/topology";
+import { domainXml, networkXml, poolXml, readDomain, readNetwork, readVolume, volumeXml } from "../../providers/libvirtXml";
+import { ensureHostTools } from "../helpers/hostTools";
+
+const t = buildTopology("dev", parseConfig({ workers: { count: 3 } }));
+const hosts = t.nodes.map((n) => ({ mac: n.mac, ip: n.ip, name: n.hostname }));
+const net = { name: t.networkName, bridge: t.bridge, gateway: t.gateway, netmask: t.netmask, dhcpStart: t.dhcpRange.start, dhcpEnd: t.dhcpRange.end, hosts };
+const dom = {
+    name: "dev-master",
+    domainType: "qemu" as const,
+    vcpus: 2,
+    memoryMiB: 1024,
+    diskPath: "/var/lib/libvirt/images/nixspark/dev/dev-master.qcow2",
+    mac: t.master.mac,
+    network: t.networkName,
+    consoleLog: "/var/log/libvirt/qemu/dev-master-console.log",
+};
+
+let dir: string;
+beforeAll(() => {
+    ensureHostTools(["virt-xml-validate", "xmllint"]);
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-xml-"));
+});
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+function validate(xml: string, kind: string): { ok: boolean; out: string } {
+    const file = path.join(dir, `${kind}-${Math.random().toString(36).slice(2)}.xml`);
+    fs.writeFileSync(file, xml);
+    const r = spawnSync("virt-xml-validate", [file, kind], { encoding: "utf8", timeout: 30_000 });
+    return { ok: r.status === 0, out: `${r.stdout}${r.stderr}` };
+}
+
+describe("libvirt XML", () => {
+    test.each([
+        ["network", networkXml(net)],
+        ["storagevol", volumeXml({ name: "dev-master.qcow2", capacityBytes: 10 * 1024 ** 3, backingPath: "/nix/store/x-image/nixos.qcow2" })],
+        ["storagepool", poolXml("dev-pool", "/var/lib/libvirt/images/nixspark/dev")],
+        ["domain", domainXml(dom)],
+        ["domain", domainXml({ ...dom, domainType: "kvm" })],
+        ["domain", domainXml({ ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0 quiet" })],
+    ])("%s XML passes virt-xml-validate", (kind, xml) => {
+        const r = validate(xml, kind);
+        expect(r.out).toMatch(/validates/);
+        expect(r.ok).toBe(true);
+    });
+
+    test("the validator does catch a broken document (so the checks above mean something)", () => {
+        const r = validate(networkXml({ ...net, gateway: "300.1.1.1" }), "network");
+        expect(r.ok).toBe(false);
+    });
+
+    test("names with XML metacharacters are escaped", () => {
+        const xml = domainXml({ ...dom, kernel: "/k", cmdline: "a<b & 'c'" });
+        expect(xml).toContain("<cmdline>a&lt;b &amp; &apos;c&apos;</cmdline>");
+        expect(validate(xml, "domain").ok).toBe(true);
+    });
+
+    test("readers get back what the builders wrote", () => {
+        const n = readNetwork(networkXml(net));
+        expect(n).toMatchObject({ name: "dev-net", bridge: "nxs-dev", gateway: "10.77.0.1", netmask: "255.255.255.0", dhcpStart: "10.77.0.192" });
+        expect(n.hosts).toEqual([...hosts].sort((a, b) => (a.mac < b.mac ? -1 : 1)));
+        expect(readDomain(domainXml(dom))).toMatchObject({ name: "dev-master", domainType: "qemu", vcpus: 2, memoryMiB: 1024, diskPath: dom.diskPath, mac: dom.mac, network: "dev-net" });
+        expect(readVolume(volumeXml({ name: "v", capacityBytes: 1024, backingPath: "/b.qcow2" }))).toMatchObject({ name: "v", capacityBytes: 1024, backingPath: "/b.qcow2" });
+    });
+
+    test("readers understand libvirt's own dumpxml style (KiB memory, prefix, double quotes)", () => {
+        const dumped = `<domain type='qemu' id='3'>\n  <name>x</name>\n  <uuid>1-2</uuid>\n  <memory unit='KiB'>1048576</memory>\n  <vcpu placement='static'>3</vcpu>\n  <devices>\n    <disk type="file" device="disk">\n      <driver name='qemu' type='qcow2'/>\n      <source file='/p/x.qcow2' index='1'/>\n      <backingStore type='file' index='2'/>\n    </disk>\n    <interface type='network'>\n      <mac address='02:AA:bb:cc:dd:ee'/>\n      <source network='n' portid='z' bridge='br'/>\n    </interface>\n  </devices>\n</domain>`;
+        expect(readDomain(dumped)).toEqual({ name: "x", uuid: "1-2", domainType: "qemu", vcpus: 3, memoryMiB: 1024, diskPath: "/p/x.qcow2", mac: "02:aa:bb:cc:dd:ee", network: "n" });
+        expect(readNetwork(`<network><name>n</name><ip address='10.0.0.1' prefix='24'><dhcp><range start='10.0.0.2' end='10.0.0.9'/></dhcp></ip></network>`).netmask).toBe("255.255.255.0");
+    });
+});
+
