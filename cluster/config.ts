@@ -48,6 +48,7 @@ export const configSchema = z
         domainType: z
             .enum(["kvm", "qemu"], { errorMap: () => ({ message: 'expected "kvm" (hardware virtualization) or "qemu" (software emulation, for hosts without usable KVM)' }) })
             .default("kvm"),
+        autostart: bool("whether the network and VMs start with the host").default(true),
         network: z
             .object({
                 name: dnsLabel("a short network name").default("net"),

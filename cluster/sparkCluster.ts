@@ -14,8 +14,6 @@ export interface SparkClusterArgs {
     config: ClusterConfig;
     /** The base qcow2 image every node's volume backs onto. */
     baseImagePath: pulumi.Input<string>;
-    /** Keep libvirt autostart off (tests share /etc/libvirt with the host). */
-    autostart?: boolean;
     /** Where serial console logs go; default /var/log/libvirt/qemu. */
     consoleLogDir?: string;
     /** Seconds a guest gets to power off on delete. */
@@ -53,7 +51,7 @@ export class SparkCluster extends pulumi.ComponentResource {
         const uri = cfg.libvirtUri;
         const t = (this.topology = buildTopology(args.stack, cfg));
         const child = { parent: this };
-        const autostart = args.autostart ?? true;
+        const autostart = cfg.autostart;
 
         this.pool = new StoragePool(`${args.stack}-pool`, { uri, name: t.poolName, path: t.poolPath }, child);
 

@@ -28,6 +28,7 @@ describe("config schema", () => {
     const cases: [string, Record<string, unknown>, RegExp][] = [
         ["nixspark:libvirtUri", { libvirtUri: "" }, /libvirt connection URI/],
         ["nixspark:domainType", { domainType: "xen" }, /"kvm".*"qemu"/],
+        ["nixspark:autostart", { autostart: "sometimes" }, /true or false/],
         ["nixspark:network.name", { network: { name: "My Net" } }, /lower-case letters/],
         ["nixspark:network.cidr", { network: { cidr: 24 } }, /CIDR/],
         ["nixspark:network.bridge", { network: { bridge: "a-bridge-name-that-is-long" } }, /1 to 15/],

@@ -1,0 +1,360 @@
+// Pure Spark cluster logic shared by the health gate (providers/sparkHealth.ts)
+// and `npm run status` (scripts/status.ts): parse the master's JSON endpoint,
+// match its registered workers against the declared ones, and render the
+// status table. No I/O here, so everything is unit-tested with fabricated
+// inputs.
+//
+// The health provider captures these functions into its serialized closure:
+// keep them plain functions that use no imports (no zod, no classes).
+
+/** A worker as the master's `/json/` endpoint lists it. */
+export interface MasterWorker {
+    id: string;
+    host: string;
+    port: number;
+    webUiAddress: string;
+    /** ALIVE, DEAD, DECOMMISSIONED or UNKNOWN. */
+    state: string;
+    cores: number;
+    coresUsed: number;
+    memoryMiB: number;
+    memoryUsedMiB: number;
+    /** Milliseconds since the epoch. */
+    lastHeartbeat: number;
+}
+
+/** What the master reports about itself and its workers. */
+export interface MasterState {
+    url: string;
+    /** ALIVE, STANDBY, RECOVERING, COMPLETING_RECOVERY. */
+    status: string;
+    workers: MasterWorker[];
+    aliveWorkers: number;
+    /** Cores and memory of the ALIVE workers, as the master sums them. */
+    cores: number;
+    memoryMiB: number;
+    activeApps: number;
+}
+
+/** A worker the stack declares: its node name and the address it registers from. */
+export interface ExpectedWorker {
+    name: string;
+    ip: string;
+}
+
+export type WorkerVerdict = "ALIVE" | "DEAD" | "MISSING" | string;
+
+export interface WorkerMatch {
+    name: string;
+    ip: string;
+    /** ALIVE, MISSING (never registered or forgotten by the master), or the master's state (DEAD, ...). */
+    state: WorkerVerdict;
+    /** The master's registration this declared worker was matched with. */
+    worker?: MasterWorker;
+}
+
+export interface WorkerReport {
+    matches: WorkerMatch[];
+    /** Registered ALIVE workers that no declared worker accounts for. */
+    undeclared: MasterWorker[];
+}
+
+function num(v: unknown): number {
+    return typeof v === "number" && Number.isFinite(v) ? v : 0;
+}
+
+function str(v: unknown): string {
+    return typeof v === "string" ? v : v === undefined || v === null ? "" : String(v);
+}
+
+/** Parses the body of `GET http://MASTER:8080/json/`; throws with a short excerpt when it is not the master's JSON. */
+export function parseMasterJson(body: string): MasterState {
+    let raw: unknown;
+    try {
+        raw = JSON.parse(body);
+    } catch (e) {
+        throw new Error(`the master's /json/ endpoint did not return JSON (${(e as Error).message}): ${body.slice(0, 200)}`);
+    }
+    if (typeof raw !== "object" || raw === null || Array.isArray(raw) || typeof (raw as { status?: unknown }).status !== "string") {
+        throw new Error(`the master's /json/ endpoint returned JSON without a "status" field: ${body.slice(0, 200)}`);
+    }
+    const r = raw as Record<string, unknown>;
+    const workers = (Array.isArray(r.workers) ? r.workers : []).map((w: Record<string, unknown>): MasterWorker => ({
+        id: str(w.id),
+        host: str(w.host),
+        port: num(w.port),
+        webUiAddress: str(w.webuiaddress),
+        state: str(w.state) || "UNKNOWN",
+        cores: num(w.cores),
+        coresUsed: num(w.coresused),
+        memoryMiB: num(w.memory),
+        memoryUsedMiB: num(w.memoryused),
+        lastHeartbeat: num(w.lastheartbeat),
+    }));
+    return {
+        url: str(r.url),
+        status: str(r.status),
+        workers,
+        aliveWorkers: typeof r.aliveworkers === "number" ? r.aliveworkers : workers.filter((w) => w.state === "ALIVE").length,
+        cores: num(r.cores),
+        memoryMiB: num(r.memory),
+        activeApps: Array.isArray(r.activeapps) ? r.activeapps.length : 0,
+    };
+}
+
+/**
+ * Matches declared workers with the master's registrations by address.
+ *
+ * A restarted worker registers again under a new id while its old
+ * registration lingers as DEAD for a while, so an ALIVE registration always
+ * wins. Declared workers that share an address (several workers on one host)
+ * take that address's registrations in order; those left over are MISSING,
+ * or DEAD when a dead registration is left for them.
+ */
+export function matchWorkers(expected: ExpectedWorker[], master: MasterState | undefined): WorkerReport {
+    const workers = master ? master.workers : [];
+    const byHost = new Map<string, { alive: MasterWorker[]; other: MasterWorker[] }>();
+    for (const w of workers) {
+        const entry = byHost.get(w.host) ?? { alive: [], other: [] };
+        (w.state === "ALIVE" ? entry.alive : entry.other).push(w);
+        byHost.set(w.host, entry);
+    }
+    // Newest registration first among the non-alive ones: it says most about the present.
+    for (const e of byHost.values()) e.other.sort((a, b) => b.lastHeartbeat - a.lastHeartbeat);
+    const matches = expected.map((x): WorkerMatch => {
+        const entry = byHost.get(x.ip);
+        const alive = entry?.alive.shift();
+        if (alive) return { name: x.name, ip: x.ip, state: "ALIVE", worker: alive };
+        const other = entry?.other.shift();
+        if (other) return { name: x.name, ip: x.ip, state: other.state, worker: other };
+        return { name: x.name, ip: x.ip, state: "MISSING" };
+    });
+    const undeclared: MasterWorker[] = [];
+    for (const e of byHost.values()) undeclared.push(...e.alive);
+    return { matches, undeclared };
+}
+
+export interface HealthVerdict {
+    healthy: boolean;
+    report: WorkerReport;
+    /** Declared workers that are not ALIVE, e.g. "worker-2 (10.77.0.12): DEAD". */
+    problems: string[];
+    aliveWorkers: number;
+    /** Cores and memory of the declared workers that are ALIVE. */
+    totalCores: number;
+    totalMemoryMiB: number;
+}
+
+/** Whether the master is ALIVE and every declared worker is registered and ALIVE. */
+export function healthVerdict(expected: ExpectedWorker[], master: MasterState | undefined, unreachable?: string): HealthVerdict {
+    const report = matchWorkers(expected, master);
+    const problems: string[] = [];
+    if (!master) problems.push(`master: not answering${unreachable ? ` (${unreachable})` : ""}`);
+    else if (master.status !== "ALIVE") problems.push(`master: status ${master.status}, expected ALIVE`);
+    for (const m of report.matches) {
+        if (m.state === "ALIVE") continue;
+        problems.push(`${m.name} (${m.ip}): ${describeMatch(m)}`);
+    }
+    const alive = report.matches.filter((m) => m.state === "ALIVE" && m.worker);
+    return {
+        healthy: problems.length === 0,
+        report,
+        problems,
+        aliveWorkers: alive.length,
+        totalCores: alive.reduce((s, m) => s + (m.worker as MasterWorker).cores, 0),
+        totalMemoryMiB: alive.reduce((s, m) => s + (m.worker as MasterWorker).memoryMiB, 0),
+    };
+}
+
+function describeMatch(m: WorkerMatch): string {
+    if (m.state === "MISSING") return "missing: not registered with the master";
+    if (m.state === "ALIVE") return "ALIVE";
+    const why = m.state === "DEAD" ? "the master lost contact with it" : "not accepting work";
+    return `${m.state}: ${why} (registration ${m.worker?.id ?? "?"})`;
+}
+
+/** One line that says what the master reported, for error messages and progress. */
+export function describeMaster(master: MasterState | undefined, unreachable?: string): string {
+    if (!master) return `the master did not answer${unreachable ? `: ${unreachable}` : ""}`;
+    const regs = master.workers.length
+        ? master.workers.map((w) => `${w.host} ${w.state}${w.id ? ` (${w.id})` : ""}`).join(", ")
+        : "no workers registered";
+    return `master status ${master.status}, ${master.aliveWorkers} alive worker(s), ${master.cores} cores, ${master.memoryMiB} MiB; registrations: ${regs}`;
+}
+
+// ---------------------------------------------------------------------------
+// The status view (`npm run status`)
+
+/** A node as the stack outputs describe it (SparkCluster's `nodes` output). */
+export interface StackNode {
+    name: string;
+    role: string;
+    ip: string;
+    /** libvirt domain name; absent for nodes that are not libvirt VMs. */
+    libvirtName?: string;
+    /** The NixOS system store path the stack deployed to this node. */
+    system?: string;
+}
+
+/** What one source said about one node. `undefined` = not asked (not applicable). */
+export type Probe = { ok: true; value: string } | { ok: false; error: string };
+
+export interface NodeObservation {
+    node: StackNode;
+    /** `virsh domstate`: "running", "shut off", ...; `{ok:false}` when libvirt could not be asked. */
+    libvirt?: Probe | { missing: true };
+    /** readlink /run/current-system over ssh. */
+    system?: Probe;
+}
+
+export interface StatusRow {
+    node: string;
+    role: string;
+    address: string;
+    libvirt: string;
+    system: string;
+    spark: string;
+    cores: string;
+    memory: string;
+    problems: string[];
+}
+
+export interface StatusReport {
+    rows: StatusRow[];
+    master: string;
+    degraded: boolean;
+    /** Every reason the cluster is degraded, naming the node. */
+    problems: string[];
+    /** Things that could not be checked (not degradation). */
+    notes: string[];
+}
+
+/** "/nix/store/abc...-nixos-system-host-24.11" -> "abc1234 (nixos-system-host-24.11)". */
+export function shortSystem(path: string): string {
+    const m = /^\/nix\/store\/([0-9a-z]{32})-(.*)$/.exec(path.trim());
+    return m ? `${m[1].slice(0, 7)} ${m[2]}` : path.trim();
+}
+
+export function buildStatusReport(
+    observations: NodeObservation[],
+    master: { state?: MasterState; error?: string; webUiUrl: string },
+): StatusReport {
+    const problems: string[] = [];
+    const notes: string[] = [];
+    const workers = observations.filter((o) => o.node.role === "worker").map((o) => ({ name: o.node.name, ip: o.node.ip }));
+    const report = matchWorkers(workers, master.state);
+    const matchOf = new Map(report.matches.map((m) => [m.name, m]));
+
+    let masterLine: string;
+    if (!master.state) {
+        masterLine = `master ${master.webUiUrl}: UNREACHABLE (${master.error ?? "no answer"})`;
+        problems.push(`master: the Spark master's web UI ${master.webUiUrl} did not answer: ${master.error ?? "no answer"}`);
+    } else {
+        const s = master.state;
+        masterLine = `master ${s.url || master.webUiUrl}: ${s.status}, ${s.aliveWorkers} alive worker(s), ${s.cores} cores, ${s.memoryMiB} MiB, ${s.activeApps} running app(s)`;
+        if (s.status !== "ALIVE") problems.push(`master: Spark master status is ${s.status}, expected ALIVE`);
+    }
+
+    const rows = observations.map((o): StatusRow => {
+        const n = o.node;
+        const rowProblems: string[] = [];
+        const label = `${n.name} (${n.ip})`;
+
+        let libvirt = "n/a";
+        if (o.libvirt && "missing" in o.libvirt) {
+            libvirt = "MISSING";
+            rowProblems.push(`${label}: libvirt domain ${n.libvirtName ?? "?"} does not exist`);
+        } else if (o.libvirt && o.libvirt.ok) {
+            libvirt = o.libvirt.value;
+            if (o.libvirt.value !== "running") rowProblems.push(`${label}: VM is ${o.libvirt.value}, expected running`);
+        } else if (o.libvirt && !o.libvirt.ok) {
+            libvirt = "unknown";
+            notes.push(`${n.name}: libvirt state unknown: ${o.libvirt.error}`);
+        }
+
+        let system = "n/a";
+        if (o.system && o.system.ok) {
+            const running = o.system.value.trim();
+            if (!n.system) system = shortSystem(running);
+            else if (running === n.system.trim()) system = `current ${shortSystem(running).split(" ")[0]}`;
+            else {
+                system = `DRIFT ${shortSystem(running).split(" ")[0]} != ${shortSystem(n.system).split(" ")[0]}`;
+                rowProblems.push(`${label}: runs NixOS system ${running}, the stack deployed ${n.system}`);
+            }
+        } else if (o.system && !o.system.ok) {
+            system = "unknown";
+            notes.push(`${n.name}: running NixOS system unknown: ${o.system.error}`);
+        }
+
+        let spark = "-";
+        let cores = "-";
+        let memory = "-";
+        if (n.role === "master") {
+            spark = master.state ? `master ${master.state.status}` : "UNREACHABLE";
+            if (master.state) {
+                cores = `${master.state.cores}`;
+                memory = `${master.state.memoryMiB} MiB`;
+            }
+        } else if (n.role === "worker") {
+            const m = matchOf.get(n.name);
+            if (!master.state) spark = "unknown";
+            else if (m) {
+                spark = m.state;
+                if (m.worker) {
+                    cores = `${m.worker.coresUsed}/${m.worker.cores}`;
+                    memory = `${m.worker.memoryUsedMiB}/${m.worker.memoryMiB} MiB`;
+                }
+                if (m.state !== "ALIVE") rowProblems.push(`${label}: Spark worker ${describeMatch(m)}`);
+            }
+        }
+        problems.push(...rowProblems);
+        return { node: n.name, role: n.role, address: n.ip, libvirt, system, spark, cores, memory, problems: rowProblems };
+    });
+
+    for (const w of report.undeclared) {
+        rows.push({
+            node: "(undeclared)",
+            role: "worker",
+            address: w.host,
+            libvirt: "n/a",
+            system: "n/a",
+            spark: w.state,
+            cores: `${w.coresUsed}/${w.cores}`,
+            memory: `${w.memoryUsedMiB}/${w.memoryMiB} MiB`,
+            problems: [],
+        });
+        notes.push(`an undeclared worker is registered with the master: ${w.host} (${w.id})`);
+    }
+
+    return { rows, master: masterLine, degraded: problems.length > 0, problems, notes };
+}
+
+const COLUMNS: [keyof StatusRow, string][] = [
+    ["node", "NODE"],
+    ["role", "ROLE"],
+    ["address", "ADDRESS"],
+    ["libvirt", "LIBVIRT"],
+    ["system", "NIXOS SYSTEM"],
+    ["spark", "SPARK"],
+    ["cores", "CORES"],
+    ["memory", "MEMORY"],
+];
+
+/** The table and the verdict as `npm run status` prints them. */
+export function renderStatus(report: StatusReport): string {
+    const cells = report.rows.map((r) => COLUMNS.map(([k]) => String(r[k])));
+    const widths = COLUMNS.map(([, h], i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
+    const line = (vals: string[]) => vals.map((v, i) => v.padEnd(widths[i])).join("  ").trimEnd();
+    const out = [line(COLUMNS.map(([, h]) => h)), ...cells.map(line), "", report.master];
+    if (report.degraded) {
+        out.push("", `DEGRADED: ${report.problems.length} problem(s)`);
+        for (const p of report.problems) out.push(`  - ${p}`);
+    } else {
+        out.push("", "OK: every node is running and every declared Spark worker is ALIVE");
+    }
+    if (report.notes.length) {
+        out.push("", "Not checked:");
+        for (const n of report.notes) out.push(`  - ${n}`);
+    }
+    return out.join("\n");
+}
