@@ -1,0 +1,59 @@
+# The libvirt/KVM virtual machine every node is: what the base image boots
+# and what every role configuration keeps, so that `nixos-rebuild switch`
+# onto a running VM never changes how it boots.
+{ lib, modulesPath, ... }:
+{
+  imports = [ (modulesPath + "/profiles/qemu-guest.nix") ];
+
+  # virtio disk and network in the initrd (the profile adds virtio_pci,
+  # virtio_blk, virtio_net, virtio_scsi; listed here too so that the image
+  # does not depend on what the profile happens to hold).
+  boot.initrd.availableKernelModules = [
+    "virtio_pci"
+    "virtio_blk"
+    "virtio_net"
+    "virtio_scsi"
+  ];
+
+  # BIOS boot from the first virtio disk; make-disk-image's "legacy" layout
+  # (MBR, one ext4 partition labelled "nixos").
+  boot.loader.grub.enable = true;
+  boot.loader.grub.device = "/dev/vda";
+  boot.loader.timeout = 1;
+  fileSystems."/" = {
+    device = "/dev/disk/by-label/nixos";
+    fsType = "ext4";
+    # The overlay volume is larger than the image: grow partition and
+    # filesystem to the volume's size on first boot.
+    autoResize = true;
+  };
+  boot.growPartition = true;
+
+  # Serial console: libvirt logs it, `virsh console` attaches to it. The last
+  # console= is /dev/console, so boot messages reach the serial port.
+  boot.kernelParams = [
+    "console=tty0"
+    "console=ttyS0,115200n8"
+  ];
+  boot.loader.grub.extraConfig = ''
+    serial --unit=0 --speed=115200
+    terminal_input serial console
+    terminal_output serial console
+  '';
+
+  # Address and host name from libvirt's DHCP (a reservation per node), so
+  # that every worker can share one configuration. dhcpcd sets the host name
+  # only while it is empty, and asks polkit to do so.
+  networking.hostName = "";
+  networking.useDHCP = true;
+  networking.dhcpcd.setHostname = true;
+  security.polkit.enable = true;
+
+  services.qemuGuest.enable = true;
+
+  # No documentation or channel on cluster nodes: smaller closures to copy.
+  documentation.enable = lib.mkDefault false;
+  nix.channel.enable = false;
+
+  system.stateVersion = "24.11";
+}

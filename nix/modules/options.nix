@@ -1,0 +1,118 @@
+# The settings every nixspark module reads. The flake sets them from a
+# stack's parameters (lib/params.nix, via lib/params-module.nix); the NixOS
+# test sets them from the test network's addresses. Defaults match
+# lib/params.nix, so a module can be tried on its own.
+{ lib, ... }:
+let
+  inherit (lib) mkOption types;
+  portRange = types.submodule {
+    options = {
+      from = mkOption { type = types.port; };
+      to = mkOption { type = types.port; };
+    };
+  };
+in
+{
+  options.nixspark = {
+    stack = mkOption {
+      type = types.str;
+      default = "example";
+      description = "The Pulumi stack this node belongs to (informational: /etc/nixspark-stack).";
+    };
+
+    deployUser = mkOption {
+      type = types.str;
+      default = "deploy";
+      description = "The user Pulumi deploys as over SSH (nixos-rebuild --target-host).";
+    };
+
+    sshKeys = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "Public keys allowed to log in as the deploy user: the stack's key.";
+    };
+
+    clusterCidr = mkOption {
+      type = types.str;
+      example = "10.77.0.0/24";
+      description = "The cluster network; Spark's ports are opened to this subnet only.";
+    };
+
+    master = {
+      address = mkOption {
+        type = types.str;
+        example = "10.77.0.10";
+        description = "The Spark master's address on the cluster network (a DHCP reservation).";
+      };
+      hostname = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "The master's host name; added to /etc/hosts on every node.";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 7077;
+      };
+      webUiPort = mkOption {
+        type = types.port;
+        default = 8080;
+      };
+    };
+
+    worker = {
+      port = mkOption {
+        type = types.port;
+        default = 7078;
+      };
+      webUiPort = mkOption {
+        type = types.port;
+        default = 8081;
+      };
+      cores = mkOption {
+        type = types.ints.positive;
+        default = 1;
+        description = "Cores a worker offers to executors (SPARK_WORKER_CORES): the VM's vCPUs.";
+      };
+      memoryMiB = mkOption {
+        type = types.ints.positive;
+        default = 1024;
+        description = "Memory a worker offers to executors (SPARK_WORKER_MEMORY): the VM's memory minus OS headroom.";
+      };
+    };
+
+    daemonMemoryMiB = mkOption {
+      type = types.ints.positive;
+      default = 512;
+      description = "Heap of the master and worker daemons (SPARK_DAEMON_MEMORY).";
+    };
+
+    sparkSettings = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      description = "spark-defaults.conf on every node (spark-submit, pyspark, spark-shell read it).";
+    };
+
+    firewall = {
+      tcpPorts = mkOption {
+        type = types.listOf types.port;
+        default = [ ];
+        description = "Ports opened to the cluster subnet.";
+      };
+      tcpPortRanges = mkOption {
+        type = types.listOf portRange;
+        default = [ ];
+        description = "Port ranges opened to the cluster subnet (driver, block manager, application UI and their retries).";
+      };
+    };
+
+    pythonPackages = mkOption {
+      type = types.listOf types.str;
+      default = [
+        "pyspark"
+        "numpy"
+        "pandas"
+      ];
+      description = "python3Packages attribute names in the Python that runs jobs (PYSPARK_PYTHON) on every node.";
+    };
+  };
+}

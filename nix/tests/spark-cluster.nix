@@ -1,0 +1,107 @@
+# A Spark cluster of one master and two workers built from the same role
+# modules the VMs get, on the NixOS test network instead of libvirt's.
+# Run with `nix flake check ./nix` or
+# `nix build ./nix#checks.x86_64-linux.spark-cluster -L`.
+{
+  pkgs,
+  roles,
+  stackJson,
+}:
+let
+  inherit (pkgs) lib;
+
+  # The example stack's settings with the test network in place of the
+  # libvirt one. `nodes.master` gives the master's address in the test.
+  paramsFor =
+    nodes:
+    import ../lib/params.nix (
+      stackJson
+      // {
+        cidr = "192.168.1.0/24";
+        masterIp = nodes.master.networking.primaryIPAddress;
+        masterHostname = "master";
+        # Small workers: 2 vCPUs and 2 GiB, so each offers 1 GiB to executors.
+        worker = {
+          vcpus = 2;
+          memoryMiB = 2048;
+        };
+      }
+    );
+
+  node =
+    role:
+    { nodes, ... }:
+    let
+      params = paramsFor nodes;
+    in
+    {
+      imports = [
+        roles.${role}
+        (import ../lib/params-module.nix params)
+      ];
+      virtualisation.cores = if role == "spark-worker" then params.worker.cores else 2;
+      virtualisation.memorySize = if role == "spark-worker" then params.worker.vmMemoryMiB else 2048;
+    };
+
+  aliveWorkers = ./alive_workers.py;
+  job = ./sum_of_squares.py;
+  nc = "${pkgs.netcat}/bin/nc";
+in
+pkgs.testers.runNixOSTest {
+  name = "nixspark-spark-cluster";
+
+  nodes = {
+    master = node "spark-master";
+    worker1 = node "spark-worker";
+    worker2 = node "spark-worker";
+  };
+
+  testScript =
+    { nodes, ... }:
+    let
+      params = paramsFor nodes;
+      webUi = params.master.webUiUrl;
+      iptables = "${nodes.master.networking.firewall.package}/bin/iptables";
+    in
+    ''
+      import json
+
+      start_all()
+
+      with subtest("the master and both workers start"):
+          master.wait_for_unit("spark-master.service")
+          master.wait_until_succeeds("${nc} -z ${params.master.ip} ${toString params.ports.master}")
+          for worker in (worker1, worker2):
+              worker.wait_for_unit("spark-worker.service")
+
+      with subtest("both workers register with the master"):
+          master.wait_until_succeeds("test $(python3 ${aliveWorkers} ${webUi}) -eq 2", timeout=300)
+
+      with subtest("the sum-of-squares job runs on both workers"):
+          master.copy_from_host("${job}", "/tmp/sum_of_squares.py")
+          # spark.master comes from spark-defaults.conf; cores.max and the
+          # registered-resources ratio make the job wait for both workers'
+          # executors before it schedules tasks.
+          out = master.succeed(
+              "spark-submit --executor-memory 512m --executor-cores 2"
+              " --conf spark.cores.max=4"
+              " --conf spark.scheduler.minRegisteredResourcesRatio=1.0"
+              " --conf spark.scheduler.maxRegisteredResourcesWaitingTime=120s"
+              " /tmp/sum_of_squares.py 2>/tmp/spark-submit.log"
+          )
+          report = json.loads(out.strip().splitlines()[-1])
+          print(f"job report: {report}")
+          assert report["result"] == 333338333350000, f"wrong sum: {report['result']}"
+          assert report["hosts"] == ["worker1", "worker2"], f"tasks ran on {report['hosts']}"
+
+      with subtest("workers register again after the master restarts"):
+          master.systemctl("restart spark-master.service")
+          master.wait_for_unit("spark-master.service")
+          master.wait_until_succeeds("test $(python3 ${aliveWorkers} ${webUi}) -eq 2", timeout=300)
+
+      with subtest("the Spark ports are open to the cluster subnet only"):
+          worker1.succeed("${nc} -z -w 5 ${params.master.ip} ${toString params.ports.master}")
+          rules = master.succeed("${iptables} -S nixos-fw")
+          assert "-s ${params.network.cidr} -p tcp -m tcp --dport ${toString params.ports.master} -j nixos-fw-accept" in rules, rules
+    '';
+}
