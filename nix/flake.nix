@@ -1,0 +1,101 @@
+{
+  description = "nixspark: NixOS roles, base image and a multi-VM test for Apache Spark standalone clusters";
+
+  # A stable NixOS release; the exact revision is in flake.lock.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      system = "x86_64-linux";
+      inherit (nixpkgs) lib;
+      pkgs = nixpkgs.legacyPackages.${system};
+
+      # Every stack the Pulumi program wrote settings for (stacks/<stack>.json;
+      # the program references this flake as `path:./nix` so that these
+      # untracked files are seen), as parameters from lib/params.nix.
+      stacks = import ./lib/stacks.nix { stacksDir = ./stacks; };
+      paramsModule = import ./lib/params-module.nix;
+
+      roles = {
+        spark-master = ./modules/master.nix;
+        spark-worker = ./modules/worker.nix;
+      };
+
+      # A node of a libvirt stack: the VM layout, the deploy user, one role.
+      nodeSystem =
+        params: role:
+        lib.nixosSystem {
+          inherit system;
+          modules = [
+            ./modules/guest.nix
+            ./modules/common.nix
+            role
+            (paramsModule params)
+          ];
+        };
+
+      imageSystem =
+        params:
+        lib.nixosSystem {
+          inherit system;
+          modules = [
+            ./modules/image.nix
+            (paramsModule params)
+          ];
+        };
+
+      perStack = f: lib.concatMapAttrs f stacks;
+    in
+    {
+      lib = {
+        params = import ./lib/params.nix;
+        inherit stacks;
+      };
+
+      nixosModules = roles // {
+        options = ./modules/options.nix;
+        guest = ./modules/guest.nix;
+        common = ./modules/common.nix;
+        image = ./modules/image.nix;
+        spark = ./modules/spark.nix;
+      };
+
+      # "<stack>-master" and "<stack>-worker" (one configuration for all
+      # workers of a stack) are what NixosDeployment switches the VMs to;
+      # "<stack>-base" is the image's system. spark-master / spark-worker are
+      # the example stack's, for trying the roles out.
+      nixosConfigurations =
+        perStack (
+          name: params: {
+            "${name}-master" = nodeSystem params roles.spark-master;
+            "${name}-worker" = nodeSystem params roles.spark-worker;
+            "${name}-base" = imageSystem params;
+          }
+        )
+        // lib.optionalAttrs (stacks ? example) {
+          spark-master = self.nixosConfigurations.example-master;
+          spark-worker = self.nixosConfigurations.example-worker;
+        };
+
+      packages.${system} =
+        perStack (
+          name: _: { "${name}-base-image" = self.nixosConfigurations."${name}-base".config.system.build.qcow2; }
+        )
+        // lib.optionalAttrs (stacks ? example) { base-image = self.packages.${system}.example-base-image; };
+
+      checks.${system}.spark-cluster = import ./tests/spark-cluster.nix {
+        inherit pkgs roles;
+        stackJson = builtins.fromJSON (builtins.readFile ./stacks/example.json);
+      };
+
+      devShells.${system}.default = pkgs.mkShell {
+        packages = [
+          pkgs.nodejs
+          pkgs.pulumi-bin
+          pkgs.libvirt
+          pkgs.qemu-utils
+        ];
+      };
+    };
+}
