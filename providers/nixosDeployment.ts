@@ -1,0 +1,436 @@
+// NixosDeployment: one node's NixOS configuration, applied in place with
+// `nixos-rebuild switch --flake REF#NAME --target-host USER@HOST`.
+//
+// A configuration change is an *update* of this resource, never a replace:
+// the VM keeps running and switches to the new system. See
+// docs/live-updates.md for the user's view and for the lines of nixos-rebuild
+// (shell script and nixos-rebuild-ng) this file relies on.
+//
+// Provider rules (DESIGN.md): modules are required inside functions, the
+// provider object captures neither zod nor @pulumi/pulumi, outs carry every
+// input, diff always answers `changes` and never replaces. Progress goes to
+// console.error: the Pulumi engine shows a dynamic provider's stderr to the
+// user line by line (pkg plugin.go, runtrace -> Diag.Infoerrf).
+import * as pulumi from "@pulumi/pulumi";
+import { lastLines, run } from "./run";
+import { destination, ensureKnownHostsFile, firstContact, nixSshOpts, remoteCommand, SshTarget, waitForSsh } from "./ssh";
+
+export type RebuildFlavour = "auto" | "legacy" | "ng";
+
+/** Resolved inputs, as the provider sees them (every one is also in the outputs). */
+export interface NixosDeploymentInputs {
+    /** Node name, for messages ("master", "worker-1"). */
+    node: string;
+    /** Flake reference holding the NixOS configurations, e.g. "path:./nix". */
+    flake: string;
+    /** Name under nixosConfigurations, e.g. "dev-worker". */
+    configuration: string;
+    /** Address of the node. */
+    host: string;
+    sshUser: string;
+    sshPort: number;
+    identityFile: string;
+    /** The stack's known-hosts file. */
+    knownHostsFile: string;
+    /** The toplevel OUT path the program evaluated (`nix eval --raw ...toplevel.outPath`). */
+    expectedSystem: string;
+    /** Optional `--build-host`; it gets the same NIX_SSHOPTS as the target. */
+    buildHost?: string;
+    /** Activate with sudo on the target (legacy: --use-remote-sudo, ng: --sudo). */
+    useSudo: boolean;
+    /** The nixos-rebuild executable (name on PATH or absolute path). */
+    rebuildCommand: string;
+    flavour: RebuildFlavour;
+    sshWaitSeconds: number;
+    switchTimeoutSeconds: number;
+}
+
+export interface NixosDeploymentOutputs extends NixosDeploymentInputs {
+    /** What `readlink -f /run/current-system` said on the node at the last deploy or refresh. */
+    currentSystem: string;
+    /** The nixos-rebuild generation used at the last deploy. */
+    flavourUsed: "legacy" | "ng";
+}
+
+/** The resource's arguments (what SparkCluster passes per node). */
+export interface NixosDeploymentArgs {
+    node: pulumi.Input<string>;
+    flake: pulumi.Input<string>;
+    configuration: pulumi.Input<string>;
+    host: pulumi.Input<string>;
+    sshUser: pulumi.Input<string>;
+    /** Default 22. */
+    sshPort?: pulumi.Input<number>;
+    identityFile: pulumi.Input<string>;
+    knownHostsFile: pulumi.Input<string>;
+    expectedSystem: pulumi.Input<string>;
+    buildHost?: pulumi.Input<string>;
+    /** Default true. */
+    useSudo?: pulumi.Input<boolean>;
+    /** Default "nixos-rebuild". */
+    rebuildCommand?: pulumi.Input<string>;
+    /** Default "auto". */
+    flavour?: pulumi.Input<RebuildFlavour>;
+    /** Default 300. */
+    sshWaitSeconds?: pulumi.Input<number>;
+    /** Default 3600. */
+    switchTimeoutSeconds?: pulumi.Input<number>;
+}
+
+/** pulumi.runtime.unknownValue, spelled out so the provider does not capture @pulumi/pulumi. */
+const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
+
+// Not exported as consts on purpose: TypeScript compiles references to an
+// exported const into `exports.X`, which would make the serialized provider
+// capture this whole module (and with it @pulumi/pulumi via the class below).
+
+/** Inputs whose change means the node must switch. Everything else only says how to reach it. */
+const SWITCH_KEYS = ["expectedSystem", "flake", "configuration", "host"] as const;
+
+const DEFAULTS = {
+    sshPort: 22,
+    useSudo: true,
+    rebuildCommand: "nixos-rebuild",
+    flavour: "auto" as RebuildFlavour,
+    sshWaitSeconds: 300,
+    switchTimeoutSeconds: 3600,
+};
+
+/** The keys whose change makes the node switch (for tests and docs). */
+export function switchKeys(): string[] {
+    return [...SWITCH_KEYS];
+}
+
+/** Default values of optional inputs. */
+export function defaultInputs(): typeof DEFAULTS {
+    return { ...DEFAULTS };
+}
+
+export function withDefaults(news: Record<string, unknown>): Record<string, unknown> {
+    const out: Record<string, unknown> = { ...news };
+    for (const [k, v] of Object.entries(DEFAULTS)) if (out[k] === undefined || out[k] === null) out[k] = v;
+    return out;
+}
+
+/** check: problems with the inputs, one per key; unknown (preview) values pass. */
+export function checkInputs(news: Record<string, unknown>): { property: string; reason: string }[] {
+    const failures: { property: string; reason: string }[] = [];
+    const known = (k: string) => news[k] !== UNKNOWN && news[k] !== undefined;
+    for (const k of ["node", "flake", "configuration", "host", "sshUser", "identityFile", "knownHostsFile", "expectedSystem", "rebuildCommand"]) {
+        if (news[k] === UNKNOWN) continue;
+        if (typeof news[k] !== "string" || news[k] === "") failures.push({ property: k, reason: `${k} must be a non-empty string` });
+    }
+    if (known("configuration") && typeof news.configuration === "string" && !/^[A-Za-z0-9_.-]+$/.test(news.configuration)) {
+        failures.push({ property: "configuration", reason: "configuration must be a plain nixosConfigurations name (letters, digits, '_', '.', '-')" });
+    }
+    if (known("flake") && typeof news.flake === "string" && news.flake.includes("#")) {
+        failures.push({ property: "flake", reason: "flake must not contain '#': the configuration name goes in `configuration`" });
+    }
+    if (known("expectedSystem") && typeof news.expectedSystem === "string" && news.expectedSystem !== "") {
+        if (news.expectedSystem.endsWith(".drv")) {
+            failures.push({
+                property: "expectedSystem",
+                reason: "expectedSystem must be the toplevel OUT path (nix eval --raw <flake>#nixosConfigurations.<name>.config.system.build.toplevel.outPath), not a .drv",
+            });
+        } else if (!news.expectedSystem.startsWith("/")) {
+            failures.push({ property: "expectedSystem", reason: "expectedSystem must be an absolute store path such as /nix/store/...-nixos-system-..." });
+        }
+    }
+    for (const [k, lo, hi] of [["sshPort", 1, 65535], ["sshWaitSeconds", 1, 3600], ["switchTimeoutSeconds", 10, 86400]] as const) {
+        const v = news[k];
+        if (v === UNKNOWN || v === undefined) continue;
+        if (typeof v !== "number" || !Number.isInteger(v) || v < lo || v > hi) failures.push({ property: k, reason: `${k} must be a whole number from ${lo} to ${hi}` });
+    }
+    if (known("flavour") && !["auto", "legacy", "ng"].includes(news.flavour as string)) {
+        failures.push({ property: "flavour", reason: 'flavour must be "auto", "legacy" or "ng"' });
+    }
+    if (known("useSudo") && typeof news.useSudo !== "boolean") failures.push({ property: "useSudo", reason: "useSudo must be true or false" });
+    return failures;
+}
+
+/**
+ * diff: update when the node must switch (expected system, flake,
+ * configuration or address changed, an input is unknown during preview, or a
+ * refresh found the node running something other than expected); no change
+ * otherwise. Never a replace: the VM is owned by its Domain.
+ *
+ * SSH options, timeouts, sudo, build host, rebuild command and flavour only
+ * say *how* to reach the node: changing them alone reports no changes, so the
+ * recorded outputs keep their old values until the next real update (which
+ * runs with, and records, the new ones).
+ */
+export function deploymentDiff(olds: Record<string, unknown>, news: Record<string, unknown>): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean; reasons: string[] } {
+    const reasons: string[] = [];
+    for (const k of SWITCH_KEYS) {
+        if (news[k] === UNKNOWN) reasons.push(`${k} is not known until apply`);
+        else if (olds[k] !== news[k]) reasons.push(`${k} changed`);
+    }
+    const current = olds.currentSystem;
+    if (typeof current === "string" && current !== "" && news.expectedSystem !== UNKNOWN && current !== news.expectedSystem && current !== UNKNOWN) {
+        reasons.push(`the node runs ${current}, not the expected system`);
+    }
+    return { changes: reasons.length > 0, replaces: [], deleteBeforeReplace: false, reasons: [...new Set(reasons)] };
+}
+
+/** The SSH target of a deployment. */
+export function targetOf(inp: NixosDeploymentInputs): SshTarget {
+    return { host: inp.host, user: inp.sshUser, port: inp.sshPort, identityFile: inp.identityFile, knownHostsFile: inp.knownHostsFile };
+}
+
+/**
+ * argv of nixos-rebuild for a switch (or its rollback). The privilege flag is
+ * the one each generation documents: the shell script knows only
+ * --use-remote-sudo (it rejects --sudo as an unknown option); nixos-rebuild-ng
+ * has --sudo and keeps --use-remote-sudo only as a deprecated alias.
+ * A rollback adds --rollback and --fast: --fast keeps either generation from
+ * first building nixos-rebuild out of the (possibly broken) new flake.
+ */
+export function rebuildArgv(inp: NixosDeploymentInputs, flavour: "legacy" | "ng", opts: { rollback?: boolean } = {}): string[] {
+    const argv = [inp.rebuildCommand, "switch"];
+    if (opts.rollback) argv.push("--rollback", "--fast");
+    argv.push("--flake", `${inp.flake}#${inp.configuration}`, "--target-host", destination(targetOf(inp)));
+    if (inp.buildHost) argv.push("--build-host", inp.buildHost);
+    if (inp.useSudo) argv.push(flavour === "ng" ? "--sudo" : "--use-remote-sudo");
+    return argv;
+}
+
+/** Environment for nixos-rebuild: this process's, plus NIX_SSHOPTS (strict host keys). */
+export function rebuildEnv(inp: NixosDeploymentInputs, base: Record<string, string | undefined> = process.env): Record<string, string | undefined> {
+    return { ...base, NIX_SSHOPTS: nixSshOpts(targetOf(inp), "strict") };
+}
+
+/**
+ * Which generation `command` is. A name ending in "nixos-rebuild-ng" is ng.
+ * Otherwise ask it about an option neither knows: the shell script answers
+ * "unknown option `...'" (its `*)` case), nixos-rebuild-ng's argparse answers
+ * "unrecognized arguments" after a "usage:" line. Both exit before doing
+ * anything (`--help` would start man instead). When the answer is neither,
+ * assume the shell script: its --use-remote-sudo is also accepted by ng.
+ */
+export async function detectFlavour(command: string, log: (m: string) => void = () => undefined): Promise<"legacy" | "ng"> {
+    const path = require("node:path") as typeof import("node:path");
+    if (/nixos-rebuild-ng$/.test(path.basename(command))) return "ng";
+    let out = "";
+    try {
+        const r = await run([command, "--nixspark-flavour-probe"], { timeoutMs: 30_000, allowFailure: true });
+        out = `${r.stdout}\n${r.stderr}`;
+    } catch (e) {
+        throw new Error(`cannot run ${command} (deploy.rebuildCommand): ${(e as Error).message.split("\n")[0]}`);
+    }
+    if (/unrecognized arguments|usage: nixos-rebuild/.test(out)) return "ng";
+    if (/unknown option/.test(out)) return "legacy";
+    log(`could not tell which nixos-rebuild ${command} is; assuming the shell script (its --use-remote-sudo is accepted by both)`);
+    return "legacy";
+}
+
+function logger(node: string): (m: string) => void {
+    return (m: string) => console.error(`[${node}] ${m}`);
+}
+
+function inputsOf(props: Record<string, unknown>): NixosDeploymentInputs {
+    const p = withDefaults(props) as Record<string, unknown>;
+    const out: Record<string, unknown> = {};
+    for (const k of ["node", "flake", "configuration", "host", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds"]) {
+        if (p[k] !== undefined && p[k] !== null && p[k] !== "") out[k] = p[k];
+    }
+    return out as unknown as NixosDeploymentInputs;
+}
+
+const PROFILE = "/nix/var/nix/profiles/system";
+
+/** The system profile's current generation link ("system-42-link"), or undefined if it cannot be read. */
+async function profileGeneration(t: SshTarget): Promise<string | undefined> {
+    try {
+        return (await remoteCommand(t, ["readlink", PROFILE], 30_000)) || undefined;
+    } catch {
+        return undefined;
+    }
+}
+
+export async function readCurrentSystem(t: SshTarget): Promise<string> {
+    return remoteCommand(t, ["readlink", "-f", "/run/current-system"], 30_000);
+}
+
+/**
+ * Rolls a node back after a failed switch or verification, but only if the
+ * switch got as far as moving the system profile: a failure before that
+ * (evaluation, build, copy) changed nothing on the node, and rolling back then
+ * would step one generation *behind* what it ran. Returns a sentence for the
+ * error message; never throws.
+ */
+async function rollBack(inp: NixosDeploymentInputs, flavour: "legacy" | "ng", before: string | undefined, log: (m: string) => void): Promise<string> {
+    const t = targetOf(inp);
+    const after = await profileGeneration(t);
+    if (before !== undefined && after !== undefined && before === after) {
+        log(`the system profile is still ${before}: nothing was activated, no rollback needed`);
+        return `Nothing was activated (the system profile is still ${before}), so no rollback was needed.`;
+    }
+    const argv = rebuildArgv(inp, flavour, { rollback: true });
+    log(`rolling back: ${argv.join(" ")}`);
+    try {
+        await run(argv, {
+            env: rebuildEnv(inp),
+            timeoutMs: Math.min(inp.switchTimeoutSeconds, 900) * 1000,
+            onLine: (l) => log(`rollback: ${l}`),
+        });
+    } catch (e) {
+        return `The ROLLBACK FAILED as well: ${(e as Error).message}\nRoll back by hand: NIX_SSHOPTS='${nixSshOpts(t, "strict")}' ${argv.join(" ")}`;
+    }
+    let now = "an unknown system";
+    try {
+        now = await readCurrentSystem(t);
+    } catch {
+        /* reported as unknown */
+    }
+    log(`rolled back; the node runs ${now}`);
+    return `The node was rolled back to its previous generation and runs ${now}.`;
+}
+
+/**
+ * create/update: wait for SSH, switch, verify, and on failure roll back and
+ * throw an error naming the node with the last lines of nixos-rebuild's output.
+ * `contact` says how to treat the host key: "first" for a VM this stack just
+ * created (replace any stale entry), "new-address" for an update that moved
+ * the deployment to another address (record an unknown key, refuse a changed
+ * one), "known" otherwise (the key must be recorded and match).
+ */
+export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new-address" | "known"): Promise<NixosDeploymentOutputs> {
+    const log = logger(inp.node);
+    const t = targetOf(inp);
+    const where = `${inp.node} (${destination(t)})`;
+    ensureKnownHostsFile(inp.knownHostsFile);
+
+    try {
+        if (contact === "first") {
+            log(`waiting up to ${inp.sshWaitSeconds} s for SSH on the new VM; its host key is recorded in ${inp.knownHostsFile}`);
+            await firstContact(t, { timeoutSeconds: inp.sshWaitSeconds, log });
+        } else {
+            try {
+                await waitForSsh(t, { timeoutSeconds: inp.sshWaitSeconds, policy: "strict", log });
+            } catch (e) {
+                if (contact !== "new-address" || !/no SSH host key for .* is recorded/.test((e as Error).message)) throw e;
+                log(`first contact with the new address ${inp.host}: recording its host key`);
+                await firstContact(t, { timeoutSeconds: inp.sshWaitSeconds, log });
+            }
+        }
+    } catch (e) {
+        throw new Error(`NixosDeployment ${where}: ${(e as Error).message}`);
+    }
+
+    const flavour = inp.flavour === "auto" ? await detectFlavour(inp.rebuildCommand, log) : inp.flavour;
+    const before = await profileGeneration(t);
+    const argv = rebuildArgv(inp, flavour);
+    log(`switching to ${inp.flake}#${inp.configuration} (${flavour} nixos-rebuild): ${argv.join(" ")}`);
+
+    let output = "";
+    let failure: string | undefined;
+    try {
+        const r = await run(argv, {
+            env: rebuildEnv(inp),
+            timeoutMs: inp.switchTimeoutSeconds * 1000,
+            allowFailure: true,
+            onLine: (line) => {
+                output += `${line}\n`;
+                log(line);
+            },
+        });
+        if (r.code !== 0) failure = `nixos-rebuild switch failed with exit code ${r.code}`;
+    } catch (e) {
+        failure = `nixos-rebuild switch did not complete: ${(e as Error).message.split("\n")[0]}`;
+    }
+
+    let current = "";
+    if (!failure) {
+        try {
+            current = await readCurrentSystem(t);
+            if (current !== inp.expectedSystem) {
+                failure = `after the switch the node runs ${current || "(nothing)"}, but the program expected ${inp.expectedSystem} (the flake evaluates differently here than in the program?)`;
+            }
+        } catch (e) {
+            failure = `could not verify the switch: ${(e as Error).message}`;
+        }
+    }
+
+    if (failure) {
+        const rolled = await rollBack(inp, flavour, before, log);
+        const tail = lastLines(output, 20) || "(no output)";
+        throw new Error(`NixosDeployment ${where}: ${failure}. ${rolled}\nLast lines of nixos-rebuild's output:\n${tail}`);
+    }
+    log(`now running ${current}`);
+    return { ...inp, currentSystem: current, flavourUsed: flavour };
+}
+
+/**
+ * The provider object. Its methods only call module-level functions of this
+ * file, ./run and ./ssh, which serialize with it; nothing here touches
+ * @pulumi/pulumi (it is only used by the Resource class below).
+ */
+export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
+    async check(_olds: Record<string, unknown>, news: Record<string, unknown>) {
+        const inputs = withDefaults(news);
+        return { inputs, failures: checkInputs(inputs) };
+    },
+
+    async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
+        const d = deploymentDiff(olds, withDefaults(news));
+        return { changes: d.changes, replaces: d.replaces, deleteBeforeReplace: d.deleteBeforeReplace };
+    },
+
+    async create(inputs: Record<string, unknown>) {
+        const inp = inputsOf(inputs);
+        const outs = await deploy(inp, "first");
+        return { id: `${inp.node}@${inp.host}`, outs };
+    },
+
+    async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
+        const inp = inputsOf(news);
+        const contact = olds.host !== inp.host ? "new-address" : "known";
+        return { outs: await deploy(inp, contact) };
+    },
+
+    async read(id: string, props: Record<string, unknown>) {
+        const inp = inputsOf(props);
+        const log = logger(inp.node ?? id);
+        try {
+            const current = await readCurrentSystem(targetOf(inp));
+            if (current !== inp.expectedSystem) log(`refresh: the node runs ${current}, not the recorded ${inp.expectedSystem}; the next \`pulumi up\` switches it back`);
+            return { id, props: { ...props, currentSystem: current } };
+        } catch (e) {
+            log(`refresh: could not ask the node which system it runs, keeping the recorded state: ${(e as Error).message.split("\n")[0]}`);
+            return { id, props };
+        }
+    },
+
+    async delete(id: string, props: Record<string, unknown>) {
+        const node = typeof props.node === "string" ? props.node : id;
+        console.error(`[${node}] nothing to do on the VM for its NixOS deployment: the VM is deleted with its domain`);
+    },
+};
+
+export class NixosDeployment extends pulumi.dynamic.Resource {
+    declare readonly node: pulumi.Output<string>;
+    declare readonly host: pulumi.Output<string>;
+    declare readonly expectedSystem: pulumi.Output<string>;
+    /** What the node ran at the last deploy or refresh. */
+    declare readonly currentSystem: pulumi.Output<string>;
+    declare readonly flavourUsed: pulumi.Output<string>;
+
+    constructor(name: string, args: NixosDeploymentArgs, opts?: pulumi.CustomResourceOptions) {
+        super(
+            nixosDeploymentProvider,
+            name,
+            {
+                ...args,
+                sshPort: args.sshPort ?? DEFAULTS.sshPort,
+                useSudo: args.useSudo ?? DEFAULTS.useSudo,
+                rebuildCommand: args.rebuildCommand ?? DEFAULTS.rebuildCommand,
+                flavour: args.flavour ?? DEFAULTS.flavour,
+                sshWaitSeconds: args.sshWaitSeconds ?? DEFAULTS.sshWaitSeconds,
+                switchTimeoutSeconds: args.switchTimeoutSeconds ?? DEFAULTS.switchTimeoutSeconds,
+                currentSystem: undefined,
+                flavourUsed: undefined,
+            },
+            opts,
+        );
+    }
+}

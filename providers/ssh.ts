@@ -1,0 +1,293 @@
+// SSH helpers for providers that talk to a node: argv building, the per-stack
+// known-hosts file, waiting for a freshly booted VM, and remote commands.
+//
+// Every function requires its modules inside its body and uses only the one
+// command runner, so a dynamic provider that calls these serializes to a
+// self-contained closure (DESIGN.md, "Dynamic providers").
+//
+// Host keys, in one paragraph: each stack has its own known-hosts file and
+// nothing else is consulted (GlobalKnownHostsFile=/dev/null). Ordinary
+// connections are StrictHostKeyChecking=yes, so a changed or unknown key is an
+// error. Only "first contact" with a VM this stack has just created accepts a
+// key: it connects with accept-new into a private temporary file, then, under
+// a lock, removes any stale entry for the address (a replaced domain comes
+// back at the same IP with a new key) and appends the new one.
+import { run } from "./run";
+
+export interface SshTarget {
+    host: string;
+    user: string;
+    port: number;
+    /** Private key; "~/" is expanded. */
+    identityFile: string;
+    /** The stack's known-hosts file; "~/" is expanded. */
+    knownHostsFile: string;
+}
+
+/** "strict": the key must already be in the known-hosts file and match. "accept-new": record an unknown key, refuse a changed one. */
+export type HostKeyPolicy = "strict" | "accept-new";
+
+export type SshFailureKind = "host-key-changed" | "host-key-unknown" | "auth" | "unreachable";
+
+export function expandHome(path: string): string {
+    const os = require("node:os") as typeof import("node:os");
+    if (path === "~") return os.homedir();
+    if (path.startsWith("~/")) return `${os.homedir()}${path.slice(1)}`;
+    return path;
+}
+
+/**
+ * The ssh options for a target, as argv words. They are also what goes into
+ * NIX_SSHOPTS, which both nixos-rebuild generations split on whitespace (the
+ * shell script by unquoted expansion, nixos-rebuild-ng with shlex.split and
+ * then " ".join for nix-copy-closure), so no word may contain whitespace,
+ * quotes or glob characters: those are rejected with the offending key named.
+ */
+export function sshOptions(t: SshTarget, policy: HostKeyPolicy, connectTimeoutSeconds = 10): string[] {
+    const identity = expandHome(t.identityFile);
+    const knownHosts = expandHome(t.knownHostsFile);
+    checkOptionWord("ssh port", String(t.port));
+    checkOptionWord("identity file", identity);
+    checkOptionWord("known-hosts file", knownHosts);
+    if (!Number.isInteger(t.port) || t.port < 1 || t.port > 65535) throw new Error(`ssh port must be a whole number from 1 to 65535, got ${t.port}`);
+    return [
+        "-p", String(t.port),
+        "-i", identity,
+        "-o", "IdentitiesOnly=yes",
+        "-o", `UserKnownHostsFile=${knownHosts}`,
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", `StrictHostKeyChecking=${policy === "strict" ? "yes" : "accept-new"}`,
+        "-o", "HashKnownHosts=no",
+        "-o", "BatchMode=yes",
+        "-o", `ConnectTimeout=${Math.max(1, Math.round(connectTimeoutSeconds))}`,
+        "-o", "LogLevel=ERROR",
+    ];
+}
+
+function checkOptionWord(what: string, word: string): void {
+    if (word === "" || /[\s'"\\*?[\]$`]/.test(word)) {
+        throw new Error(
+            `${what} ${JSON.stringify(word)} cannot be passed to nixos-rebuild: NIX_SSHOPTS is split on whitespace without quoting, ` +
+                `so it must not contain spaces, quotes, '\\', '$', '\`' or glob characters; use a path without them`,
+        );
+    }
+}
+
+/** NIX_SSHOPTS for nixos-rebuild (both generations): the same options, space-separated. */
+export function nixSshOpts(t: SshTarget, policy: HostKeyPolicy): string {
+    return sshOptions(t, policy).join(" ");
+}
+
+export function destination(t: Pick<SshTarget, "user" | "host">): string {
+    if (!/^[A-Za-z0-9._-]+$/.test(t.user)) throw new Error(`ssh user ${JSON.stringify(t.user)} is not a plain user name`);
+    if (!/^[A-Za-z0-9.:_-]+$/.test(t.host) || t.host.startsWith("-")) throw new Error(`ssh host ${JSON.stringify(t.host)} is not a plain host name or address`);
+    return `${t.user}@${t.host}`;
+}
+
+/**
+ * argv for running `command` on the target. The remote words are joined by
+ * ssh and parsed by the remote shell, so only plain words are allowed.
+ */
+export function sshArgv(t: SshTarget, policy: HostKeyPolicy, command: string[], connectTimeoutSeconds = 10): string[] {
+    for (const w of command) {
+        if (!/^[A-Za-z0-9_./=:@%+,-]+$/.test(w)) throw new Error(`remote command word ${JSON.stringify(w)} needs shell quoting; refusing to send it`);
+    }
+    return ["ssh", ...sshOptions(t, policy, connectTimeoutSeconds), destination(t), "--", ...command];
+}
+
+/** What an ssh failure means, from its stderr (OpenSSH's wording). */
+export function classifySshFailure(stderr: string): SshFailureKind {
+    if (/REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed/i.test(stderr)) return "host-key-changed";
+    if (/No [A-Z0-9-]+ host key is known for|Host key verification failed/i.test(stderr)) return "host-key-unknown";
+    if (/Permission denied|Too many authentication failures/i.test(stderr)) return "auth";
+    return "unreachable";
+}
+
+/** The names a host's key is filed under in known_hosts (ssh writes "[host]:port" for ports other than 22). */
+export function knownHostNames(host: string, port: number): string[] {
+    return port === 22 ? [host] : [`[${host}]:${port}`, host];
+}
+
+/** Explains a host-key failure and tells the user the fix. */
+export function hostKeyError(t: SshTarget, kind: "host-key-changed" | "host-key-unknown", context: string, stderr: string): Error {
+    const file = expandHome(t.knownHostsFile);
+    const name = knownHostNames(t.host, t.port)[0];
+    const why =
+        kind === "host-key-changed"
+            ? `the SSH host key of ${t.host}:${t.port} has CHANGED since this stack recorded it in ${file}. ` +
+              `It is refused, never accepted silently: someone may be intercepting the connection, or the machine was re-installed outside Pulumi. ` +
+              `If you know why the key changed, remove the old entry with \`ssh-keygen -R '${name}' -f ${file}\` and run again ` +
+              `(or replace the node's domain, whose create records the new key)`
+            : `no SSH host key for ${t.host}:${t.port} is recorded in this stack's known-hosts file ${file}. ` +
+              `Keys are recorded only on first contact with a VM this stack creates; ` +
+              `if the file was lost, check the machine's key out of band and add it (e.g. \`ssh-keyscan -p ${t.port} ${t.host} >> ${file}\` after verifying the fingerprint)`;
+    return new Error(`${context}: ${why}\nssh said: ${lastLine(stderr)}`);
+}
+
+function lastLine(s: string): string {
+    const lines = s.split("\n").map((l) => l.trim()).filter((l) => l !== "");
+    return lines.slice(-3).join(" | ") || "(nothing)";
+}
+
+/** Creates the known-hosts file (mode 600) and its directory (mode 700) if missing. */
+export function ensureKnownHostsFile(file: string): string {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const path = require("node:path") as typeof import("node:path");
+    const f = expandHome(file);
+    fs.mkdirSync(path.dirname(f), { recursive: true, mode: 0o700 });
+    if (!fs.existsSync(f)) fs.writeFileSync(f, "", { mode: 0o600 });
+    return f;
+}
+
+/**
+ * Runs fn while holding a lock next to `file` (a directory made with mkdir,
+ * which is atomic across processes). The per-stack known-hosts file is shared
+ * by every node, and nodes are deployed in parallel.
+ */
+export async function withFileLock<T>(file: string, fn: () => Promise<T>, timeoutMs = 60_000): Promise<T> {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const lock = `${file}.lock`;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+        try {
+            fs.mkdirSync(lock);
+            break;
+        } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+            try {
+                // A lock older than two minutes was left by a killed process.
+                if (Date.now() - fs.statSync(lock).mtimeMs > 120_000) fs.rmSync(lock, { recursive: true, force: true });
+            } catch {
+                /* it went away meanwhile */
+            }
+            if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for the lock ${lock}; remove it if no other pulumi run is active`);
+            await new Promise((r) => setTimeout(r, 50 + Math.floor(Math.random() * 100)));
+        }
+    }
+    try {
+        return await fn();
+    } finally {
+        fs.rmSync(lock, { recursive: true, force: true });
+    }
+}
+
+/** Removes every entry for host:port from the known-hosts file (ssh-keygen -R). Call with the file lock held. */
+export async function forgetHostKeys(file: string, host: string, port: number): Promise<void> {
+    const f = expandHome(file);
+    for (const name of knownHostNames(host, port)) {
+        // Exit 0 whether or not the name was present; non-zero only for real errors.
+        await run(["ssh-keygen", "-R", name, "-f", f], { timeoutMs: 30_000 });
+    }
+    const fs = require("node:fs") as typeof import("node:fs");
+    fs.rmSync(`${f}.old`, { force: true }); // ssh-keygen's backup copy
+}
+
+/**
+ * Replaces the known-hosts entries of host:port with `lines` (a fresh VM's
+ * key, learnt on first contact), under the file lock.
+ */
+export async function replaceHostKeys(file: string, host: string, port: number, lines: string[]): Promise<void> {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const f = ensureKnownHostsFile(file);
+    await withFileLock(f, async () => {
+        await forgetHostKeys(f, host, port);
+        const text = lines.map((l) => l.trim()).filter((l) => l !== "").join("\n");
+        if (text) {
+            const current = fs.readFileSync(f, "utf8");
+            fs.appendFileSync(f, `${current === "" || current.endsWith("\n") ? "" : "\n"}${text}\n`);
+        }
+    });
+}
+
+export interface WaitOptions {
+    /** Total time allowed, in seconds. */
+    timeoutSeconds: number;
+    policy: HostKeyPolicy;
+    /** Called with a short message on each failed attempt (progress). */
+    log?: (message: string) => void;
+    /** Pause between attempts, in milliseconds. */
+    retryDelayMs?: number;
+}
+
+/**
+ * Waits until `ssh ... true` succeeds on the target, bounded in time. Refused
+ * or timed-out connections are retried (a VM that is still booting); a
+ * host-key or authentication failure ends the wait at once with an error that
+ * says why, since waiting does not fix those.
+ */
+export async function waitForSsh(t: SshTarget, opts: WaitOptions): Promise<void> {
+    const started = Date.now();
+    const deadline = started + opts.timeoutSeconds * 1000;
+    const where = `${destination(t)} port ${t.port}`;
+    let attempts = 0;
+    let lastError = "";
+    for (;;) {
+        attempts++;
+        const remaining = Math.max(1, Math.ceil((deadline - Date.now()) / 1000));
+        const connectTimeout = Math.min(5, remaining);
+        let stderr = "";
+        let ok = false;
+        try {
+            const r = await run(sshArgv(t, opts.policy, ["true"], connectTimeout), { timeoutMs: (connectTimeout + 10) * 1000, allowFailure: true });
+            ok = r.code === 0;
+            stderr = r.stderr;
+        } catch (e) {
+            stderr = (e as Error).message; // timed out
+        }
+        if (ok) {
+            if (attempts > 1) opts.log?.(`SSH on ${where} answered after ${Math.round((Date.now() - started) / 1000)} s`);
+            return;
+        }
+        const kind = classifySshFailure(stderr);
+        if (kind === "host-key-changed" || kind === "host-key-unknown") throw hostKeyError(t, kind, `SSH to ${where}`, stderr);
+        if (kind === "auth") {
+            throw new Error(
+                `SSH to ${where}: authentication failed with the key ${expandHome(t.identityFile)}; ` +
+                    `check ssh.privateKeyPath and that the image authorizes its public key for user ${t.user}\nssh said: ${lastLine(stderr)}`,
+            );
+        }
+        lastError = lastLine(stderr);
+        if (Date.now() + (opts.retryDelayMs ?? 1000) >= deadline) {
+            throw new Error(
+                `SSH on ${where} did not answer within ${opts.timeoutSeconds} s (${attempts} attempts); last error: ${lastError}. ` +
+                    `Is the VM running and did it get its address? Raise deploy.sshWaitSeconds for slow boots.`,
+            );
+        }
+        if (attempts === 1 || attempts % 10 === 0) opts.log?.(`waiting for SSH on ${where}: ${lastError}`);
+        await new Promise((r) => setTimeout(r, opts.retryDelayMs ?? 1000));
+    }
+}
+
+/**
+ * First contact with a VM this stack just created: wait for SSH accepting its
+ * key into a private temporary file, then record that key in the stack's
+ * known-hosts file in place of any stale entry for the same address.
+ */
+export async function firstContact(t: SshTarget, opts: Omit<WaitOptions, "policy">): Promise<void> {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const os = require("node:os") as typeof import("node:os");
+    const path = require("node:path") as typeof import("node:path");
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-kh-"));
+    try {
+        const scratch = path.join(dir, "known_hosts");
+        fs.writeFileSync(scratch, "", { mode: 0o600 });
+        await waitForSsh({ ...t, knownHostsFile: scratch }, { ...opts, policy: "accept-new" });
+        const lines = fs.readFileSync(scratch, "utf8").split("\n").filter((l) => l.trim() !== "");
+        if (lines.length === 0) throw new Error(`SSH to ${destination(t)} port ${t.port} succeeded but recorded no host key`);
+        await replaceHostKeys(t.knownHostsFile, t.host, t.port, lines);
+    } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+    }
+}
+
+/** Runs a command on the target (strict host keys) and returns its trimmed stdout; errors name the target. */
+export async function remoteCommand(t: SshTarget, command: string[], timeoutMs = 60_000): Promise<string> {
+    const r = await run(sshArgv(t, "strict", command), { timeoutMs, allowFailure: true });
+    if (r.code !== 0) {
+        const kind = classifySshFailure(r.stderr);
+        const ctx = `\`${command.join(" ")}\` on ${destination(t)} port ${t.port}`;
+        if (r.code === 255 && (kind === "host-key-changed" || kind === "host-key-unknown")) throw hostKeyError(t, kind, ctx, r.stderr);
+        throw new Error(`${ctx} failed with exit code ${r.code}: ${lastLine(r.stderr || r.stdout)}`);
+    }
+    return r.stdout.trim();
+}
