@@ -1,0 +1,179 @@
+// The Nix side, as far as Debian's Nix 2.8 can check it without nixpkgs:
+// every .nix file parses, and the pure functions that turn stack settings
+// into node parameters evaluate and follow their rules.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { copyDir, evalJson, FIXTURES, filesUnder, nix, NIX_DIR, nixEnv } from "../fixtures/nix-env";
+
+jest.setTimeout(120_000);
+
+beforeAll(() => {
+    nixEnv();
+});
+
+const example = JSON.parse(fs.readFileSync(path.join(NIX_DIR, "stacks/example.json"), "utf8"));
+
+/** params.nix applied to the example stack with some fields replaced. */
+function params<T = any>(overrides: Record<string, unknown> = {}): T {
+    return evalJson<T>(`import ./lib/params.nix (builtins.fromJSON ${JSON.stringify(JSON.stringify({ ...example, ...overrides }))})`);
+}
+
+/** The error message of a params evaluation that must fail. */
+function paramsError(overrides: Record<string, unknown>): string {
+    try {
+        params(overrides);
+    } catch (e) {
+        return (e as Error).message;
+    }
+    throw new Error("expected the evaluation to fail");
+}
+
+describe("every .nix file", () => {
+    const files = [...filesUnder(NIX_DIR, ".nix"), ...fs.readdirSync(FIXTURES).filter((d) => d.startsWith("nix-") && fs.statSync(path.join(FIXTURES, d)).isDirectory()).flatMap((d) => filesUnder(path.join(FIXTURES, d), ".nix"))];
+
+    test("there are the files the design names", () => {
+        const rel = files.map((f) => path.relative(NIX_DIR, f));
+        for (const f of ["flake.nix", "lib/params.nix", "lib/stacks.nix", "modules/common.nix", "modules/image.nix", "modules/master.nix", "modules/worker.nix", "modules/spark.nix", "tests/spark-cluster.nix"]) {
+            expect(rel).toContain(f);
+        }
+    });
+
+    test.each(files.map((f) => [path.relative(path.dirname(NIX_DIR), f), f]))("%s parses", (_rel, file) => {
+        nix(["nix-instantiate", "--parse", file]);
+    });
+});
+
+describe("lib/params.nix (stack settings -> node parameters)", () => {
+    test("the example stack", () => {
+        const p = params();
+        expect(p.stack).toBe("example");
+        expect(p.deployUser).toBe("deploy");
+        expect(p.sshKeys).toEqual([example.sshPublicKey]);
+        expect(p.master).toEqual({ ip: "10.77.0.10", hostname: "example-master", vcpus: 2, memoryMiB: 2048, url: "spark://10.77.0.10:7077", webUiUrl: "http://10.77.0.10:8080" });
+        expect(p.worker.cores).toBe(2);
+        expect(p.ports).toEqual({ ssh: 22, master: 7077, masterWebUi: 8080, worker: 7078, workerWebUi: 8081 });
+        expect(p.network).toEqual({ cidr: "10.77.0.0/24", prefix: 24 });
+    });
+
+    test.each([
+        // VM MiB, OS reserve, Spark memory (VM - reserve - 512 MiB daemon heap, at least 256)
+        [1024, 512, 256],
+        [2048, 512, 1024],
+        [4096, 512, 3072],
+        [8192, 819, 6861],
+        [65536, 6553, 58471],
+    ])("a worker VM of %i MiB keeps %i MiB for the OS and offers %i MiB to Spark", (vm, reserve, spark) => {
+        const p = params({ worker: { vcpus: 3, memoryMiB: vm } });
+        expect(p.worker).toEqual({ cores: 3, vmMemoryMiB: vm, osReserveMiB: reserve, sparkMemoryMiB: spark });
+        expect(p.worker.sparkMemoryMiB + p.worker.osReserveMiB + p.daemonMemoryMiB).toBeLessThanOrEqual(Math.max(vm, 256 + reserve + 512));
+    });
+
+    test("Spark settings: fixed ports and the master by default, the stack's settings win, every value a string", () => {
+        const p = params({ sparkSettings: { "spark.executor.memory": "1g", "spark.sql.shuffle.partitions": 8, "spark.eventLog.enabled": true, "spark.ui.port": "4140" } });
+        expect(p.sparkSettings).toEqual({
+            "spark.master": "spark://10.77.0.10:7077",
+            "spark.driver.port": "7100",
+            "spark.blockManager.port": "7200",
+            "spark.port.maxRetries": "16",
+            "spark.ui.port": "4140",
+            "spark.executor.memory": "1g",
+            "spark.sql.shuffle.partitions": "8",
+            "spark.eventLog.enabled": "true",
+        });
+    });
+
+    test("the firewall opens the fixed ports and each port setting with its retries, to the cluster subnet", () => {
+        const p = params({ sparkSettings: { "spark.driver.port": "9000", "spark.port.maxRetries": "4", "spark.driver.blockManager.port": "9100" } });
+        expect(p.firewall.sourceCidr).toBe("10.77.0.0/24");
+        expect(p.firewall.tcpPorts).toEqual([7077, 8080, 7078, 8081]);
+        expect(p.firewall.tcpPortRanges).toEqual([
+            { from: 9000, to: 9004 },
+            { from: 7200, to: 7204 },
+            { from: 9100, to: 9104 },
+            { from: 4040, to: 4044 },
+        ]);
+    });
+
+    test("a port setting of 0 (random) opens nothing for it", () => {
+        const p = params({ sparkSettings: { "spark.blockManager.port": "0" } });
+        expect(p.firewall.tcpPortRanges.map((r: { from: number }) => r.from)).toEqual([7100, 4040]);
+    });
+
+    test("python packages: the stack's list, sorted, without duplicates; the default list when absent", () => {
+        expect(params({ pythonPackages: ["scipy", "pyspark", "numpy", "scipy"] }).pythonPackages).toEqual(["numpy", "pyspark", "scipy"]);
+        const { pythonPackages: _dropped, ...withoutList } = example;
+        expect(evalJson<any>(`(import ./lib/params.nix (builtins.fromJSON ${JSON.stringify(JSON.stringify(withoutList))})).pythonPackages`)).toEqual(["numpy", "pandas", "pyspark"]);
+    });
+
+    test.each([
+        [{ version: 2 }, /version 2 is not understood/],
+        [{ sshPublicKey: "not a key" }, /field "sshPublicKey": expected an SSH public key line/],
+        [{ masterIp: "10.77.0.300" }, /masterIp: expected an IPv4 address/],
+        [{ worker: { vcpus: 0, memoryMiB: 4096 } }, /worker.vcpus: expected a whole number of at least 1/],
+        [{ worker: { vcpus: 2 } }, /worker.memoryMiB is missing/],
+        [{ sparkSettings: { "executor.memory": "1g" } }, /executor.memory: Spark setting names start with "spark."/],
+        [{ sparkSettings: { "spark.memory.fraction": 0.5 } }, /write fractional numbers as strings/],
+        [{ sparkSettings: { "spark.driver.port": "http" } }, /spark.driver.port" = "http": expected a TCP port number/],
+        [{ pythonPackages: "numpy" }, /pythonPackages: expected a list of python3Packages attribute names/],
+    ])("refuses %j with a message that names the field", (overrides, message) => {
+        expect(paramsError(overrides)).toMatch(message);
+    });
+
+    test("a missing field is named", () => {
+        const { masterIp: _dropped, ...rest } = example;
+        expect(() => evalJson(`import ./lib/params.nix (builtins.fromJSON ${JSON.stringify(JSON.stringify(rest))})`)).toThrow(/missing field "masterIp"/);
+    });
+});
+
+describe("lib/stacks.nix (every stacks/<stack>.json)", () => {
+    test("one entry per JSON file, named after the file", () => {
+        const dir = copyDir(path.join(NIX_DIR, "stacks"), "nixspark-stacks-");
+        fs.writeFileSync(path.join(dir, "dev.json"), JSON.stringify({ ...example, stack: "dev", masterIp: "10.88.0.10" }));
+        fs.writeFileSync(path.join(dir, "notes.txt"), "not a stack");
+        const stacks = evalJson<Record<string, any>>(`builtins.mapAttrs (_: p: p.master.ip) (import ./lib/stacks.nix { stacksDir = ${dir}; })`);
+        expect(stacks).toEqual({ dev: "10.88.0.10", example: "10.77.0.10" });
+    });
+
+    test("a file whose stack field differs from its name is refused", () => {
+        const dir = copyDir(path.join(NIX_DIR, "stacks"), "nixspark-stacks-");
+        fs.writeFileSync(path.join(dir, "prod.json"), JSON.stringify({ ...example, stack: "dev" }));
+        expect(() => evalJson(`builtins.mapAttrs (_: p: p.stack) (import ./lib/stacks.nix { stacksDir = ${dir}; })`)).toThrow(/prod.json holds settings for stack "dev"/);
+    });
+});
+
+describe("lib/params-module.nix (parameters -> nixspark.* options)", () => {
+    test("sets the options the role modules read", () => {
+        const m = evalJson<any>(`import ./lib/params-module.nix (import ./lib/params.nix (builtins.fromJSON (builtins.readFile ./stacks/example.json)))`);
+        expect(m.nixspark.clusterCidr).toBe("10.77.0.0/24");
+        expect(m.nixspark.master).toEqual({ address: "10.77.0.10", hostname: "example-master", port: 7077, webUiPort: 8080 });
+        expect(m.nixspark.worker).toEqual({ cores: 2, memoryMiB: 3072, port: 7078, webUiPort: 8081 });
+        expect(m.nixspark.pythonPackages).toEqual(["numpy", "pandas", "pyspark"]);
+        expect(m.nixspark.firewall.tcpPorts).toEqual([7077, 8080, 7078, 8081]);
+        expect(Object.keys(m.nixspark).sort()).toEqual(
+            ["clusterCidr", "daemonMemoryMiB", "deployUser", "firewall", "master", "pythonPackages", "sparkSettings", "sshKeys", "stack", "worker"].sort(),
+        );
+    });
+
+    test("every option it sets is declared in modules/options.nix", () => {
+        const options = fs.readFileSync(path.join(NIX_DIR, "modules/options.nix"), "utf8");
+        const m = evalJson<any>(`import ./lib/params-module.nix (import ./lib/params.nix (builtins.fromJSON (builtins.readFile ./stacks/example.json)))`);
+        const leaves = (o: Record<string, unknown>, prefix: string[]): string[][] =>
+            Object.entries(o).flatMap(([k, v]) => (v && typeof v === "object" && !Array.isArray(v) && k !== "sparkSettings" ? leaves(v as Record<string, unknown>, [...prefix, k]) : [[...prefix, k]]));
+        for (const leaf of leaves(m.nixspark, [])) {
+            expect([leaf.join("."), new RegExp(`\\b${leaf[leaf.length - 1]} = mkOption`).test(options)]).toEqual([leaf.join("."), true]);
+        }
+    });
+});
+
+describe("flake.lock", () => {
+    test("pins nixpkgs to a nixos-24.11 revision that Nix 2.8 reads", () => {
+        const lock = JSON.parse(fs.readFileSync(path.join(NIX_DIR, "flake.lock"), "utf8"));
+        expect(lock.nodes.nixpkgs.original).toEqual({ owner: "NixOS", repo: "nixpkgs", ref: "nixos-24.11", type: "github" });
+        expect(lock.nodes.nixpkgs.locked.rev).toMatch(/^[0-9a-f]{40}$/);
+        expect(lock.nodes.nixpkgs.locked.narHash).toMatch(/^sha256-[A-Za-z0-9+/]{43}=$/);
+        const dir = copyDir(NIX_DIR, "nixspark-flake-");
+        const meta = JSON.parse(nix(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "metadata", "--json", `path:${dir}`]));
+        expect(meta.locks.nodes.nixpkgs.locked.rev).toBe(lock.nodes.nixpkgs.locked.rev);
+        expect(meta.description).toMatch(/nixspark/);
+    });
+});
