@@ -1,0 +1,168 @@
+// Pure decisions of the NixosDeployment provider: diff (update vs no-op,
+// never replace), input checks, and the exact nixos-rebuild argv/env for both
+// generations. No SSH here; see nixosDeployment.switch.test.ts for that.
+import {
+    checkInputs,
+    deploymentDiff,
+    NixosDeploymentInputs,
+    nixosDeploymentProvider,
+    rebuildArgv,
+    rebuildEnv,
+    switchKeys,
+    withDefaults,
+} from "../../providers/nixosDeployment";
+import { roundTrip } from "../helpers/serialize";
+
+const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"; // pulumi.runtime.unknownValue
+
+const SYS_A = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-dev-worker-24.11";
+const SYS_B = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-dev-worker-24.11";
+
+const inputs: NixosDeploymentInputs = {
+    node: "worker-1",
+    flake: "path:./nix",
+    configuration: "dev-worker",
+    host: "10.77.0.11",
+    sshUser: "deploy",
+    sshPort: 22,
+    identityFile: "/home/me/.ssh/id_ed25519",
+    knownHostsFile: "/home/me/.nixspark/dev/known_hosts",
+    expectedSystem: SYS_A,
+    useSudo: true,
+    rebuildCommand: "nixos-rebuild",
+    flavour: "auto",
+    sshWaitSeconds: 300,
+    switchTimeoutSeconds: 3600,
+};
+/** What a create returned: all inputs plus what the node runs. */
+const outs = { ...inputs, currentSystem: SYS_A, flavourUsed: "legacy", __provider: "serialized-1" };
+
+describe("diff", () => {
+    test("nothing changed: no-op", () => {
+        expect(deploymentDiff(outs, { ...inputs, __provider: "serialized-2" })).toMatchObject({ changes: false, replaces: [] });
+    });
+
+    test("a new expected system (a Spark setting, a Python package) is an in-place update, never a replace", () => {
+        const d = deploymentDiff(outs, { ...inputs, expectedSystem: SYS_B });
+        expect(d).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false, reasons: ["expectedSystem changed", `the node runs ${SYS_A}, not the expected system`] });
+    });
+
+    test.each([
+        ["flake", { flake: "path:/srv/nix" }],
+        ["configuration", { configuration: "dev-master" }],
+        ["host", { host: "10.77.0.12" }],
+    ])("%s changed: update", (_k, change) => {
+        expect(deploymentDiff(outs, { ...inputs, ...change })).toMatchObject({ changes: true, replaces: [] });
+    });
+
+    test.each([
+        ["sshPort", { sshPort: 2222 }],
+        ["sshUser", { sshUser: "root" }],
+        ["identityFile", { identityFile: "/other/key" }],
+        ["knownHostsFile", { knownHostsFile: "/other/known_hosts" }],
+        ["sshWaitSeconds", { sshWaitSeconds: 10 }],
+        ["switchTimeoutSeconds", { switchTimeoutSeconds: 60 }],
+        ["useSudo", { useSudo: false }],
+        ["buildHost", { buildHost: "builder.example" }],
+        ["rebuildCommand", { rebuildCommand: "/opt/nixos-rebuild" }],
+        ["flavour", { flavour: "ng" }],
+        ["node (a message name)", { node: "w1" }],
+    ])("only %s changed: no changes on the VM", (_k, change) => {
+        expect(deploymentDiff(outs, { ...inputs, ...change })).toMatchObject({ changes: false, replaces: [] });
+    });
+
+    test("unknown during preview: update", () => {
+        for (const k of switchKeys()) {
+            expect(deploymentDiff(outs, { ...inputs, [k]: UNKNOWN })).toMatchObject({ changes: true, replaces: [], reasons: [`${k} is not known until apply`] });
+        }
+    });
+
+    test("refresh found the node running something else: update switches it back", () => {
+        expect(deploymentDiff({ ...outs, currentSystem: SYS_B }, inputs)).toMatchObject({ changes: true, reasons: [`the node runs ${SYS_B}, not the expected system`] });
+    });
+
+    test("state written before currentSystem existed does not force an update", () => {
+        const { currentSystem: _c, ...older } = outs;
+        expect(deploymentDiff(older, inputs).changes).toBe(false);
+    });
+
+    test("the provider's diff answers `changes` and defaults missing optionals", async () => {
+        const { sshPort: _p, useSudo: _u, flavour: _f, ...sparse } = inputs;
+        await expect(nixosDeploymentProvider.diff!("worker-1@10.77.0.11", outs, { ...sparse, __provider: "x" })).resolves.toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+    });
+});
+
+describe("check", () => {
+    test("valid inputs pass; unknowns pass", () => {
+        expect(checkInputs(withDefaults({ ...inputs }))).toEqual([]);
+        expect(checkInputs(withDefaults({ ...inputs, expectedSystem: UNKNOWN, host: UNKNOWN }))).toEqual([]);
+    });
+
+    test("problems name the input and say what is expected", () => {
+        const f = checkInputs(withDefaults({ ...inputs, expectedSystem: `${SYS_A}.drv`, flake: "path:./nix#x", sshPort: 0, flavour: "new", configuration: "a b" }));
+        expect(f.map((x) => x.property).sort()).toEqual(["configuration", "expectedSystem", "flake", "flavour", "sshPort"]);
+        expect(f.find((x) => x.property === "expectedSystem")?.reason).toMatch(/toplevel OUT path .*outPath.*not a \.drv/);
+    });
+
+    test("defaults fill optional inputs", async () => {
+        const { sshPort: _p, useSudo: _u, rebuildCommand: _r, flavour: _f, sshWaitSeconds: _w, switchTimeoutSeconds: _t, ...required } = inputs;
+        const r = await nixosDeploymentProvider.check!({}, required);
+        expect(r.failures).toEqual([]);
+        expect(r.inputs).toMatchObject({ sshPort: 22, useSudo: true, rebuildCommand: "nixos-rebuild", flavour: "auto", sshWaitSeconds: 300, switchTimeoutSeconds: 3600 });
+    });
+});
+
+describe("nixos-rebuild argv and environment", () => {
+    test("legacy shell script, sudo: --use-remote-sudo", () => {
+        expect(rebuildArgv(inputs, "legacy")).toEqual([
+            "nixos-rebuild", "switch", "--flake", "path:./nix#dev-worker", "--target-host", "deploy@10.77.0.11", "--use-remote-sudo",
+        ]);
+    });
+
+    test("nixos-rebuild-ng, sudo: --sudo", () => {
+        expect(rebuildArgv(inputs, "ng")).toEqual(["nixos-rebuild", "switch", "--flake", "path:./nix#dev-worker", "--target-host", "deploy@10.77.0.11", "--sudo"]);
+    });
+
+    test("no sudo: no privilege flag in either generation", () => {
+        for (const f of ["legacy", "ng"] as const) {
+            expect(rebuildArgv({ ...inputs, useSudo: false }, f)).toEqual(["nixos-rebuild", "switch", "--flake", "path:./nix#dev-worker", "--target-host", "deploy@10.77.0.11"]);
+        }
+    });
+
+    test("build host", () => {
+        expect(rebuildArgv({ ...inputs, buildHost: "builder@10.1.0.5" }, "ng")).toEqual([
+            "nixos-rebuild", "switch", "--flake", "path:./nix#dev-worker", "--target-host", "deploy@10.77.0.11", "--build-host", "builder@10.1.0.5", "--sudo",
+        ]);
+    });
+
+    test("rollback: same flags plus --rollback --fast (no re-exec from the new flake)", () => {
+        expect(rebuildArgv(inputs, "legacy", { rollback: true })).toEqual([
+            "nixos-rebuild", "switch", "--rollback", "--fast", "--flake", "path:./nix#dev-worker", "--target-host", "deploy@10.77.0.11", "--use-remote-sudo",
+        ]);
+    });
+
+    test("NIX_SSHOPTS carries port, identity, the stack's known-hosts file and strict checking", () => {
+        const env = rebuildEnv({ ...inputs, sshPort: 2222 }, { PATH: "/bin" });
+        expect(env).toEqual({
+            PATH: "/bin",
+            NIX_SSHOPTS:
+                "-p 2222 -i /home/me/.ssh/id_ed25519 -o IdentitiesOnly=yes -o UserKnownHostsFile=/home/me/.nixspark/dev/known_hosts " +
+                "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o HashKnownHosts=no -o BatchMode=yes -o ConnectTimeout=10 -o LogLevel=ERROR",
+        });
+    });
+});
+
+describe("serialization", () => {
+    test("the provider survives serialize -> load -> call", async () => {
+        const p = await roundTrip(nixosDeploymentProvider);
+        await expect(p.diff!("id", outs, { ...inputs, expectedSystem: SYS_B })).resolves.toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+        await expect(p.check!({}, { ...inputs, sshPort: -1 })).resolves.toMatchObject({ failures: [{ property: "sshPort" }] });
+    });
+
+    test("the serialized provider captures neither @pulumi/pulumi nor zod", async () => {
+        const sc = require("@pulumi/pulumi/runtime/closure/serializeClosure");
+        const sf = await sc.serializeFunction(() => nixosDeploymentProvider, { allowSecrets: true });
+        expect(sf.text).not.toMatch(/require\("@pulumi\/pulumi"\)|require\("zod"\)/);
+        expect(sf.text).not.toMatch(/dynamic\.Resource/);
+    });
+});
