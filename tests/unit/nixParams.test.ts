@@ -1,0 +1,198 @@
+// cluster/nixParams.ts: what the program writes for the flake, and the
+// attribute names it asks Nix for. The contract with the Nix side is tested
+// for real: the JSON written here is read by nix/lib/params.nix, and
+// nix/flake.nix itself is evaluated (with a stub nixpkgs, since the real one
+// cannot be fetched here) at the attributes this module names.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { parseConfig } from "../../cluster/config";
+import { buildTopology } from "../../cluster/topology";
+import {
+    absoluteFlakeRef,
+    attrSegment,
+    evalDrvPath,
+    evalSystemPath,
+    gcRootDir,
+    imageAttribute,
+    localFlakeDir,
+    NIX_PARAMS_VERSION,
+    nixStackParams,
+    prepareNixImage,
+    prepareNixSystems,
+    removeNixStackParams,
+    renderNixStackParams,
+    roleConfiguration,
+    stackParamsPath,
+    writeNixStackParams,
+} from "../../cluster/nixParams";
+import { copyDir, evalJson, FIXTURES, NIX_DIR, nixEnv } from "../fixtures/nix-env";
+
+jest.setTimeout(120_000);
+
+const KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyFakeKeyFakeKeyFakeKeyFakeKeyFakeKey me@host";
+const OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOtherKeyOtherKeyOtherKeyOtherKeyOt me@host";
+const STUB = ["--no-write-lock-file", "--override-input", "nixpkgs", `path:${path.join(FIXTURES, "nix-stub-nixpkgs")}`];
+
+/** A project directory holding a copy of nix/ (the tests write stacks/ files into it). */
+function project(): { proj: string; dir: string } {
+    const proj = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-proj-"));
+    fs.cpSync(NIX_DIR, path.join(proj, "nix"), { recursive: true });
+    return { proj, dir: path.join(proj, "nix") };
+}
+
+function setup(stack: string, raw: Record<string, unknown> = {}) {
+    const cfg = parseConfig({ ssh: { publicKey: KEY }, ...raw });
+    return { cfg, topo: buildTopology(stack, cfg) };
+}
+
+describe("nixStackParams (pure)", () => {
+    test("carries what nix/lib/params.nix needs, from config and topology", () => {
+        const { cfg, topo } = setup("dev", {
+            network: { cidr: "10.50.0.0/24" },
+            workers: { count: 3, vcpus: 4, memoryMiB: 8192 },
+            spark: { settings: { "spark.sql.shuffle.partitions": 8, "spark.eventLog.enabled": true, "spark.executor.memory": "2g" }, pythonPackages: ["scipy", "numpy", "numpy"] },
+        });
+        expect(nixStackParams(cfg, topo)).toEqual({
+            version: NIX_PARAMS_VERSION,
+            stack: "dev",
+            sshUser: "deploy",
+            sshPublicKey: KEY,
+            cidr: "10.50.0.0/24",
+            prefix: 24,
+            masterIp: "10.50.0.10",
+            masterHostname: "dev-master",
+            master: { vcpus: 2, memoryMiB: 2048 },
+            worker: { vcpus: 4, memoryMiB: 8192 },
+            sparkSettings: { "spark.eventLog.enabled": "true", "spark.executor.memory": "2g", "spark.sql.shuffle.partitions": "8" },
+            pythonPackages: ["numpy", "scipy"],
+        });
+    });
+
+    test("the worker count is not in it: scaling never changes a Nix derivation", () => {
+        const a = setup("dev", { workers: { count: 1 } });
+        const b = setup("dev", { workers: { count: 7 } });
+        expect(renderNixStackParams(nixStackParams(a.cfg, a.topo))).toBe(renderNixStackParams(nixStackParams(b.cfg, b.topo)));
+    });
+
+    test("without an SSH key it says which setting to set", () => {
+        const cfg = parseConfig({});
+        expect(() => nixStackParams(cfg, buildTopology("dev", cfg))).toThrow(/nixspark:ssh.publicKey: required to build the base image/);
+    });
+});
+
+describe("names", () => {
+    test("flake references", () => {
+        expect(localFlakeDir("path:./nix", "/proj")).toBe("/proj/nix");
+        expect(localFlakeDir("./nix", "/proj")).toBe("/proj/nix");
+        expect(localFlakeDir("/abs/nix", "/proj")).toBe("/abs/nix");
+        expect(localFlakeDir("github:me/repo?dir=nix", "/proj")).toBeUndefined();
+        expect(absoluteFlakeRef("path:./nix", "/proj")).toBe("path:/proj/nix");
+        expect(absoluteFlakeRef("github:me/repo", "/proj")).toBe("github:me/repo");
+        expect(stackParamsPath("/proj/nix", "dev")).toBe("/proj/nix/stacks/dev.json");
+        expect(gcRootDir("dev", "/proj")).toBe("/proj/.nixspark/dev/gcroots");
+    });
+
+    test("attributes: the stack's own image unless another attribute is configured; names quoted when needed", () => {
+        expect(imageAttribute("dev")).toBe("packages.x86_64-linux.dev-base-image");
+        expect(imageAttribute("st.ack")).toBe('packages.x86_64-linux."st.ack-base-image"');
+        expect(imageAttribute("dev", "packages.x86_64-linux.my-image")).toBe("packages.x86_64-linux.my-image");
+        expect(roleConfiguration("dev", "worker")).toBe("dev-worker");
+        expect(attrSegment("9lives")).toBe('"9lives"');
+    });
+});
+
+describe("the settings file", () => {
+    test("is written only when its content changes, and removed on request", () => {
+        const dir = copyDir(NIX_DIR, "nixspark-flake-");
+        const { cfg, topo } = setup("dev");
+        const p = nixStackParams(cfg, topo);
+        const first = writeNixStackParams(dir, p);
+        expect(first).toEqual({ path: path.join(dir, "stacks/dev.json"), changed: true });
+        const mtime = fs.statSync(first.path).mtimeMs;
+        expect(writeNixStackParams(dir, p).changed).toBe(false);
+        expect(fs.statSync(first.path).mtimeMs).toBe(mtime);
+        expect(writeNixStackParams(dir, { ...p, sshPublicKey: OTHER_KEY }).changed).toBe(true);
+        expect(fs.readdirSync(path.join(dir, "stacks")).sort()).toEqual(["dev.json", "example.json"]);
+        expect(removeNixStackParams(dir, "dev")).toBe(true);
+        expect(removeNixStackParams(dir, "dev")).toBe(false);
+    });
+
+    test("refuses a directory that is not the flake", () => {
+        const { cfg, topo } = setup("dev");
+        expect(() => writeNixStackParams(FIXTURES, nixStackParams(cfg, topo))).toThrow(/holds no flake.nix/);
+    });
+
+    test("is what nix/lib/params.nix reads (the same rules on both sides)", () => {
+        nixEnv();
+        const dir = copyDir(NIX_DIR, "nixspark-flake-");
+        const { cfg, topo } = setup("dev", { workers: { vcpus: 3, memoryMiB: 4096 }, spark: { settings: { "spark.sql.shuffle.partitions": 8 } } });
+        writeNixStackParams(dir, nixStackParams(cfg, topo));
+        const p = evalJson<any>(`(import ./lib/stacks.nix { stacksDir = ./stacks; }).dev`, dir);
+        expect(p.master.ip).toBe(topo.master.ip);
+        expect(p.master.hostname).toBe(topo.master.hostname);
+        expect(p.worker).toEqual({ cores: 3, vmMemoryMiB: 4096, osReserveMiB: 512, sparkMemoryMiB: 3072 });
+        expect(p.sparkSettings["spark.sql.shuffle.partitions"]).toBe("8");
+        expect(p.sparkSettings["spark.master"]).toBe(`spark://${topo.master.ip}:7077`);
+        expect(p.pythonPackages).toEqual(["numpy", "pandas", "pyspark"]);
+    });
+});
+
+describe("nix/flake.nix at the attributes the program asks for (stub nixpkgs)", () => {
+    beforeAll(() => {
+        nixEnv();
+    });
+
+    test("the image's drvPath: stable while nothing changes, new when the SSH key changes", async () => {
+        const { proj, dir } = project();
+        const { cfg, topo } = setup("dev");
+        const prepared = await prepareNixImage("dev", cfg, topo, { cwd: proj, extraArgs: STUB });
+        expect(prepared.flake).toBe(`path:${dir}`);
+        expect(prepared.attribute).toBe("packages.x86_64-linux.dev-base-image");
+        expect(prepared.drvPath).toMatch(/^\/nix\/store\/[a-z0-9]{32}-stub-disk-image\.drv$/);
+        expect(prepared.gcRootDir).toBe(path.join(proj, ".nixspark/dev/gcroots"));
+        expect(prepared.paramsFile).toBe(path.join(dir, "stacks/dev.json"));
+
+        const again = await evalDrvPath(prepared.flake, prepared.attribute, { extraArgs: STUB });
+        expect(again).toBe(prepared.drvPath);
+
+        writeNixStackParams(dir, nixStackParams(parseConfig({ ssh: { publicKey: OTHER_KEY } }), topo));
+        expect(await evalDrvPath(prepared.flake, prepared.attribute, { extraArgs: STUB })).not.toBe(prepared.drvPath);
+    });
+
+    test("a stack name that needs quoting", async () => {
+        const { proj } = project();
+        const { cfg, topo } = setup("st.ack");
+        const prepared = await prepareNixImage("st.ack", cfg, topo, { cwd: proj, extraArgs: STUB });
+        expect(prepared.drvPath).toMatch(/stub-disk-image\.drv$/);
+    });
+
+    test("the role systems: <stack>-master and <stack>-worker", async () => {
+        const dir = copyDir(NIX_DIR, "nixspark-flake-");
+        const { cfg, topo } = setup("dev");
+        const sys = await prepareNixSystems("dev", { ...cfg, deploy: { ...cfg.deploy, flake: `path:${dir}` } }, topo, { extraArgs: STUB });
+        expect(sys.flake).toBe(`path:${dir}`);
+        expect(sys.master.configuration).toBe("dev-master");
+        expect(sys.worker.configuration).toBe("dev-worker");
+        expect(sys.master.expectedSystem).toMatch(/^\/nix\/store\/[a-z0-9]{32}-stub-nixos-system$/);
+        expect(await evalSystemPath(sys.flake, "example-master", { extraArgs: STUB })).toMatch(/stub-nixos-system$/);
+    });
+
+    test("the example stack's shortcuts exist: base-image, spark-master, spark-worker", async () => {
+        const flake = `path:${copyDir(NIX_DIR, "nixspark-flake-")}`;
+        expect(await evalDrvPath(flake, "packages.x86_64-linux.base-image", { extraArgs: STUB })).toBe(
+            await evalDrvPath(flake, "packages.x86_64-linux.example-base-image", { extraArgs: STUB }),
+        );
+        expect(await evalSystemPath(flake, "spark-worker", { extraArgs: STUB })).toBe(await evalSystemPath(flake, "example-worker", { extraArgs: STUB }));
+    });
+
+    test("an attribute that does not exist fails with Nix's message", async () => {
+        const flake = `path:${copyDir(NIX_DIR, "nixspark-flake-")}`;
+        await expect(evalDrvPath(flake, imageAttribute("nosuchstack"), { extraArgs: STUB })).rejects.toThrow(/nosuchstack-base-image/);
+    });
+
+    test("a remote image flake is refused: the settings file needs a local directory", async () => {
+        const { cfg, topo } = setup("dev", { image: { flake: "github:me/repo?dir=nix" } });
+        await expect(prepareNixImage("dev", cfg, topo)).rejects.toThrow(/nixspark:image.flake: "github:me\/repo\?dir=nix" is not a local directory/);
+    });
+});
