@@ -247,14 +247,14 @@ export async function waitForSsh(t: SshTarget, opts: WaitOptions): Promise<void>
             );
         }
         lastError = lastLine(stderr);
-        if (Date.now() + (opts.retryDelayMs ?? 1000) >= deadline) {
+        if (Date.now() >= deadline) {
             throw new Error(
                 `SSH on ${where} did not answer within ${opts.timeoutSeconds} s (${attempts} attempts); last error: ${lastError}. ` +
                     `Is the VM running and did it get its address? Raise deploy.sshWaitSeconds for slow boots.`,
             );
         }
         if (attempts === 1 || attempts % 10 === 0) opts.log?.(`waiting for SSH on ${where}: ${lastError}`);
-        await new Promise((r) => setTimeout(r, opts.retryDelayMs ?? 1000));
+        await new Promise((r) => setTimeout(r, Math.max(0, Math.min(opts.retryDelayMs ?? 1000, deadline - Date.now()))));
     }
 }
 

@@ -1,0 +1,160 @@
+// NixosDeployment and SSH reachability: waiting for a VM that is still
+// booting (bounded), the per-stack known-hosts file (first contact records the
+// key, a replaced VM's new key replaces the stale entry on create, a changed
+// key is refused on update), and refresh when the node cannot be reached.
+// A real sshd in a private network namespace plays the node.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { NixosDeploymentInputs, NixosDeploymentOutputs, nixosDeploymentProvider } from "../../providers/nixosDeployment";
+import { SshTargetEnv } from "../helpers/sshTarget";
+
+jest.setTimeout(90_000);
+
+const BASE = "/nix/store/00000000000000000000000000000000-nixos-system-base-image";
+const SYS_A = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-dev-worker-24.11";
+const SYS_B = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-dev-worker-24.11";
+
+let env: SshTargetEnv;
+let restoreEnv: () => void = () => undefined;
+let logged: string[] = [];
+
+beforeAll(async () => {
+    env = await SshTargetEnv.create({ startSshd: false });
+});
+afterAll(async () => {
+    await env?.cleanup();
+});
+
+beforeEach(() => {
+    env.resetNode(BASE);
+    env.clearStandinLog();
+    env.setSystem("dev-worker", SYS_A);
+    restoreEnv = env.useStandin({ NIXSPARK_STANDIN_FLAVOUR: "legacy" });
+    logged = [];
+    jest.spyOn(console, "error").mockImplementation((...args: unknown[]) => {
+        logged.push(args.map(String).join(" "));
+    });
+});
+afterEach(async () => {
+    restoreEnv();
+    jest.restoreAllMocks();
+    await env.stopSshd();
+});
+
+function inputs(over: Partial<NixosDeploymentInputs> = {}): NixosDeploymentInputs {
+    return {
+        node: "worker-1",
+        flake: "path:./nix",
+        configuration: "dev-worker",
+        host: env.host,
+        sshUser: env.user,
+        sshPort: env.port,
+        identityFile: env.identityFile,
+        knownHostsFile: env.knownHostsFile,
+        expectedSystem: SYS_A,
+        useSudo: false,
+        rebuildCommand: "nixos-rebuild",
+        flavour: "legacy",
+        sshWaitSeconds: 30,
+        switchTimeoutSeconds: 60,
+        ...over,
+    };
+}
+
+const asRecord = (o: object) => o as unknown as Record<string, unknown>;
+const switches = () => env.standinCalls().filter((c) => c.argv[0] === "switch");
+const hostPub = () => fs.readFileSync(path.join(env.dir, "host_ed25519.pub"), "utf8").split(" ").slice(0, 2).join(" ");
+const knownHosts = () => fs.readFileSync(env.knownHostsFile, "utf8").split("\n").filter((l) => l.trim() !== "");
+
+async function create(inp: NixosDeploymentInputs): Promise<NixosDeploymentOutputs> {
+    return (await nixosDeploymentProvider.create!(asRecord(inp))).outs as NixosDeploymentOutputs;
+}
+
+describe("waiting for SSH", () => {
+    test("a VM whose sshd comes up late: create waits, then records its key and switches", async () => {
+        fs.rmSync(env.knownHostsFile, { force: true });
+        const started = Date.now();
+        const late = new Promise<void>((resolve, reject) => setTimeout(() => env.startSshd().then(resolve, reject), 4_000));
+        const outs = await create(inputs());
+        await late;
+        expect(Date.now() - started).toBeGreaterThanOrEqual(4_000);
+        expect(outs.currentSystem).toBe(SYS_A);
+        expect(logged.some((l) => /^\[worker-1\] waiting for SSH on root@[\d.]+ port \d+: .*Connection refused/.test(l))).toBe(true);
+        expect(logged.some((l) => /SSH on .* answered after \d+ s/.test(l))).toBe(true);
+        // First contact recorded exactly the node's key, under ssh's name for a non-22 port.
+        expect(knownHosts()).toEqual([`[${env.host}]:${env.port} ${hostPub()}`]);
+    });
+
+    test("a VM whose sshd never comes up: a bounded error naming the node, and nixos-rebuild never runs", async () => {
+        const started = Date.now();
+        await expect(create(inputs({ sshWaitSeconds: 3 }))).rejects.toThrow(
+            new RegExp(`^NixosDeployment worker-1 \\(root@${env.host.replace(/\./g, "\\.")}\\): SSH on root@[\\d.]+ port ${env.port} did not answer within 3 s .*Connection refused.*deploy\\.sshWaitSeconds`, "s"),
+        );
+        expect(Date.now() - started).toBeLessThan(20_000);
+        expect(switches()).toEqual([]);
+    });
+});
+
+describe("host keys", () => {
+    test("update refuses a changed host key with a clear error and touches nothing", async () => {
+        await env.startSshd();
+        const outs = await create(inputs());
+        const recorded = knownHosts();
+        expect(recorded).toEqual([`[${env.host}]:${env.port} ${hostPub()}`]);
+
+        await env.rotateHostKey(); // the machine at this address now presents another key
+        env.setSystem("dev-worker", SYS_B);
+        const err = await nixosDeploymentProvider.update!("id", asRecord(outs), asRecord(inputs({ expectedSystem: SYS_B }))).then(() => undefined, (e: Error) => e);
+        expect(err?.message).toMatch(/^NixosDeployment worker-1 \(root@[\d.]+\): SSH to root@[\d.]+ port \d+: the SSH host key of [\d.]+:\d+ has CHANGED since this stack recorded it/);
+        expect(err?.message).toContain(`ssh-keygen -R '[${env.host}]:${env.port}' -f ${env.knownHostsFile}`);
+        expect(err?.message).toMatch(/ssh said: .*(REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed)/);
+        expect(knownHosts()).toEqual(recorded); // never silently accepted
+        expect(switches()).toHaveLength(1); // only the create's
+        expect(env.currentSystem()).toBe(SYS_A);
+    });
+
+    test("create (a replaced domain: same address, new key) replaces the stale entry", async () => {
+        await env.startSshd();
+        await create(inputs());
+        const old = knownHosts();
+        await env.rotateHostKey();
+        env.resetNode(BASE); // a fresh VM
+        const outs = await create(inputs());
+        expect(outs.currentSystem).toBe(SYS_A);
+        const now = knownHosts();
+        expect(now).toEqual([`[${env.host}]:${env.port} ${hostPub()}`]);
+        expect(now).not.toEqual(old);
+        expect(fs.readdirSync(path.dirname(env.knownHostsFile)).sort()).toEqual(["known_hosts"]); // no lock or .old left behind
+    });
+
+    test("update refuses a host whose key this stack never recorded", async () => {
+        await env.startSshd();
+        const outs = await create(inputs());
+        fs.writeFileSync(env.knownHostsFile, ""); // the file was lost
+        await expect(nixosDeploymentProvider.update!("id", asRecord(outs), asRecord(inputs({ expectedSystem: SYS_B })))).rejects.toThrow(
+            /no SSH host key for [\d.]+:\d+ is recorded in this stack's known-hosts file/,
+        );
+        expect(knownHosts()).toEqual([]);
+    });
+
+    test("an update that moves the deployment to a new address records that address's key on first contact", async () => {
+        await env.startSshd();
+        const outs = await create(inputs());
+        // Pretend the deployment used to point elsewhere; this address is new to it.
+        fs.writeFileSync(env.knownHostsFile, "");
+        const r = await nixosDeploymentProvider.update!("id", asRecord({ ...outs, host: "10.255.255.254" }), asRecord(inputs()));
+        expect(r.outs).toMatchObject({ host: env.host, currentSystem: SYS_A });
+        expect(knownHosts()).toEqual([`[${env.host}]:${env.port} ${hostPub()}`]);
+    });
+});
+
+describe("refresh", () => {
+    test("an unreachable node keeps the recorded state, with a note", async () => {
+        await env.startSshd();
+        const outs = await create(inputs());
+        await env.stopSshd();
+        const r = await nixosDeploymentProvider.read!("worker-1@x", asRecord(outs));
+        expect(r).toEqual({ id: "worker-1@x", props: asRecord(outs) });
+        expect(logged.some((l) => /^\[worker-1\] refresh: could not ask the node which system it runs, keeping the recorded state: .*Connection refused/.test(l))).toBe(true);
+    });
+});
