@@ -78,12 +78,12 @@ describe("diff", () => {
     });
 
     test("refresh found the node running something else: update switches it back", () => {
-        expect(deploymentDiff({ ...outs, currentSystem: SYS_B }, inputs)).toMatchObject({ changes: true, reasons: [`the node runs ${SYS_B}, not the expected system`] });
+        expect(deploymentDiff({ ...outs, currentSystem: SYS_B }, { ...inputs })).toMatchObject({ changes: true, reasons: [`the node runs ${SYS_B}, not the expected system`] });
     });
 
     test("state written before currentSystem existed does not force an update", () => {
         const { currentSystem: _c, ...older } = outs;
-        expect(deploymentDiff(older, inputs).changes).toBe(false);
+        expect(deploymentDiff(older, { ...inputs }).changes).toBe(false);
     });
 
     test("the provider's diff answers `changes` and defaults missing optionals", async () => {
