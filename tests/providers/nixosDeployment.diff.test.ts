@@ -129,7 +129,13 @@ describe("nixos-rebuild argv and environment", () => {
         }
     });
 
-    test("build host", () => {
+    test("build host, legacy", () => {
+        expect(rebuildArgv({ ...inputs, buildHost: "builder@10.1.0.5" }, "legacy")).toEqual([
+            "nixos-rebuild", "switch", "--flake", "path:./nix#dev-worker", "--target-host", "deploy@10.77.0.11", "--build-host", "builder@10.1.0.5", "--use-remote-sudo",
+        ]);
+    });
+
+    test("build host, ng", () => {
         expect(rebuildArgv({ ...inputs, buildHost: "builder@10.1.0.5" }, "ng")).toEqual([
             "nixos-rebuild", "switch", "--flake", "path:./nix#dev-worker", "--target-host", "deploy@10.77.0.11", "--build-host", "builder@10.1.0.5", "--sudo",
         ]);
