@@ -358,3 +358,124 @@ export function renderStatus(report: StatusReport): string {
     }
     return out.join("\n");
 }
+
+// ---------------------------------------------------------------------------
+// Stack outputs, as `npm run status` and `npm run smoke` read them
+
+/** The SSH settings the stack deploys with (SshTarget of providers/ssh.ts, less the host). */
+export interface StackSsh {
+    user: string;
+    port: number;
+    identityFile: string;
+    knownHostsFile: string;
+}
+
+/** The stack outputs the scripts rely on (`pulumi stack output --json`). */
+export interface StackOutputs {
+    masterUrl: string;
+    webUiUrl: string;
+    /** Absent when the nodes are not libvirt VMs (existing NixOS hosts). */
+    libvirtUri?: string;
+    nodes: StackNode[];
+    /** Absent: the running NixOS systems are not checked. */
+    ssh?: StackSsh;
+}
+
+/** Validates `pulumi stack output --json`; the error names the output and says how to fix it. */
+export function parseStackOutputs(raw: unknown, source: string): StackOutputs {
+    const fail = (what: string): never => {
+        throw new Error(`${source}: ${what}. Run \`pulumi up\` for this stack first, or pass --outputs FILE with the stack's outputs as JSON`);
+    };
+    if (!raw || typeof raw !== "object" || Array.isArray(raw)) return fail("expected a JSON object of stack outputs");
+    const o = raw as Record<string, unknown>;
+    const text = (k: string, re: RegExp, example: string): string => {
+        const v = o[k];
+        if (typeof v !== "string" || !re.test(v)) return fail(`output "${k}" is ${v === undefined ? "missing" : JSON.stringify(v)}; expected for example ${example}`);
+        return v;
+    };
+    const masterUrl = text("masterUrl", /^spark:\/\/[^/:]+:\d+$/, "spark://10.77.0.10:7077");
+    const webUiUrl = text("webUiUrl", /^https?:\/\/[^/]+\/?$/, "http://10.77.0.10:8080");
+    if (!Array.isArray(o.nodes)) return fail(`output "nodes" is ${o.nodes === undefined ? "missing" : "not a list"}; expected a list of {name, role, ip, libvirtName, system}`);
+    const nodes = o.nodes.map((n: unknown, i: number): StackNode => {
+        const x = (n ?? {}) as Record<string, unknown>;
+        for (const k of ["name", "role", "ip"]) if (typeof x[k] !== "string" || !x[k]) fail(`output "nodes[${i}].${k}" is missing`);
+        return {
+            name: x.name as string,
+            role: x.role as string,
+            ip: x.ip as string,
+            ...(typeof x.libvirtName === "string" && x.libvirtName ? { libvirtName: x.libvirtName } : {}),
+            ...(typeof x.system === "string" && x.system ? { system: x.system } : {}),
+        };
+    });
+    const out: StackOutputs = { masterUrl, webUiUrl, nodes };
+    if (typeof o.libvirtUri === "string" && o.libvirtUri) out.libvirtUri = o.libvirtUri;
+    if (o.ssh && typeof o.ssh === "object") {
+        const s = o.ssh as Record<string, unknown>;
+        const port = typeof s.port === "string" ? Number(s.port) : s.port;
+        if (typeof s.user !== "string" || typeof s.identityFile !== "string" || typeof s.knownHostsFile !== "string" || typeof port !== "number") {
+            fail(`output "ssh" must be {user, port, identityFile, knownHostsFile}, got ${JSON.stringify(o.ssh)}`);
+        }
+        out.ssh = { user: s.user as string, port: port as number, identityFile: s.identityFile as string, knownHostsFile: s.knownHostsFile as string };
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------
+// The smoke job's output (scripts/jobs/sum_of_squares.py)
+
+export const SMOKE_N = 100000;
+export const SMOKE_PARTITIONS = 4;
+/** sum of i*i for i = 1..100000 */
+export const SMOKE_EXPECTED_SUM = "333338333350000";
+
+export interface SmokeTask {
+    partition: number;
+    worker: string;
+    executor: string;
+    host: string;
+    sum: string;
+}
+
+export interface SmokeVerdict {
+    ok: boolean;
+    sum?: string;
+    tasks: SmokeTask[];
+    /** Distinct workers that ran tasks, with their partitions. */
+    workers: { worker: string; partitions: number[] }[];
+    problems: string[];
+}
+
+function fields(line: string): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const m of line.matchAll(/(\w+)=(\S*)/g)) out[m[1]] = m[2];
+    return out;
+}
+
+/** Reads the job's NIXSPARK_TASK / NIXSPARK_RESULT lines and checks the result and the spread over workers. */
+export function verifySmokeOutput(stdout: string, minWorkers: number): SmokeVerdict {
+    const problems: string[] = [];
+    const tasks: SmokeTask[] = [];
+    let sum: string | undefined;
+    for (const line of stdout.split("\n")) {
+        const t = line.trim();
+        if (t.startsWith("NIXSPARK_TASK ")) {
+            const f = fields(t);
+            tasks.push({ partition: Number(f.partition), worker: f.worker ?? "?", executor: f.executor ?? "?", host: f.host ?? "?", sum: f.sum ?? "" });
+        } else if (t.startsWith("NIXSPARK_RESULT ")) {
+            sum = fields(t).sum;
+        }
+    }
+    const byWorker = new Map<string, number[]>();
+    for (const t of tasks) byWorker.set(t.worker, [...(byWorker.get(t.worker) ?? []), t.partition]);
+    const workers = [...byWorker.entries()].map(([worker, partitions]) => ({ worker, partitions: partitions.sort((a, b) => a - b) }));
+    if (sum === undefined) problems.push("the job printed no NIXSPARK_RESULT line: it did not finish (see its output above)");
+    else if (sum !== SMOKE_EXPECTED_SUM) problems.push(`wrong result: the job computed ${sum}, expected ${SMOKE_EXPECTED_SUM}`);
+    if (tasks.length !== SMOKE_PARTITIONS) problems.push(`expected ${SMOKE_PARTITIONS} task lines (one per partition), the job printed ${tasks.length}`);
+    if (workers.length < minWorkers) {
+        problems.push(
+            `tasks ran on ${workers.length} worker(s) (${workers.map((w) => w.worker).join(", ") || "none"}), expected at least ${minWorkers}: ` +
+                "the other workers did not get executors (see `npm run status`, and the master's web UI for the application)",
+        );
+    }
+    return { ok: problems.length === 0, sum, tasks, workers, problems };
+}
