@@ -59,7 +59,8 @@ export function nixImageDefaults(): { buildTimeoutSeconds: number } {
 }
 
 /** check: one failure per bad input; unknown (preview) values pass. */
-export function checkNixImageInputs(news: Record<string, unknown>): { property: string; reason: string }[] {
+export function checkNixImageInputs(inputs: object): { property: string; reason: string }[] {
+    const news = inputs as Record<string, unknown>;
     const failures: { property: string; reason: string }[] = [];
     const str = (k: string) => news[k] !== UNKNOWN && news[k] !== undefined;
     for (const k of ["flake", "attribute", "drvPath", "gcRootDir"]) {
@@ -89,9 +90,11 @@ export function checkNixImageInputs(news: Record<string, unknown>): { property: 
  * Keys not listed here (__provider among them) are ignored.
  */
 export function nixImageDiff(
-    olds: Record<string, unknown>,
-    news: Record<string, unknown>,
+    oldOutputs: object,
+    newInputs: object,
 ): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean; stables: string[]; reasons: string[] } {
+    const olds = oldOutputs as Record<string, unknown>;
+    const news = newInputs as Record<string, unknown>;
     const reasons: string[] = [];
     const replaces: string[] = [];
     if (news.drvPath === UNKNOWN) {

@@ -214,7 +214,7 @@ describe("against real Nix", () => {
         const inputs = await inputsFor("packages.x86_64-linux.base-image", path.join(rootsBase, "upd-a/gcroots"));
         const { id, outs } = (await nixImageProvider.create!(inputs)) as { id: string; outs: NixImageOutputs };
         const moved = { ...inputs, gcRootDir: path.join(rootsBase, "upd-b/gcroots") };
-        expect(nixImageDiff(outs as unknown as Record<string, unknown>, moved as unknown as Record<string, unknown>)).toMatchObject({ changes: true, replaces: [] });
+        expect(nixImageDiff(outs, moved)).toMatchObject({ changes: true, replaces: [] });
         const spy = jest.spyOn(console, "error").mockImplementation(() => undefined);
         let updated: NixImageOutputs;
         try {
