@@ -43,10 +43,10 @@
 
   # Address and host name from libvirt's DHCP (a reservation per node), so
   # that every worker can share one configuration. dhcpcd sets the host name
-  # only while it is empty, and asks polkit to do so.
+  # only while it is empty; since it runs unprivileged, it asks polkit
+  # (hostnamed) to do so.
   networking.hostName = "";
   networking.useDHCP = true;
-  networking.dhcpcd.setHostname = true;
   security.polkit.enable = true;
 
   services.qemuGuest.enable = true;

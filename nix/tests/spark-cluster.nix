@@ -61,7 +61,7 @@ pkgs.testers.runNixOSTest {
     let
       params = paramsFor nodes;
       webUi = params.master.webUiUrl;
-      iptables = "${nodes.master.networking.firewall.package}/bin/iptables";
+      iptables = "${pkgs.iptables}/bin/iptables";
     in
     ''
       import json
