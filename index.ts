@@ -1,21 +1,52 @@
-// The nixspark program: read and validate the stack config, build the
-// cluster, export what a user (and `npm run status`) needs to reach it.
+// The nixspark program: read and validate the stack config, ask Nix what the
+// image and the role systems will be (before anything is registered, so that
+// preview knows and a bad setting stops early), build the cluster, and export
+// what a user (and `npm run status` / `npm run smoke`) needs to reach it.
 import * as pulumi from "@pulumi/pulumi";
-import { loadStackConfig } from "./cluster/stackConfig";
+import { loadStackConfig, resolveSsh, stackStateDir } from "./cluster/stackConfig";
+import { NixParamsError, prepareNixImage, prepareNixSystems } from "./cluster/nixParams";
 import { SparkCluster } from "./cluster/sparkCluster";
 
-const stack = pulumi.getStack();
-const { config } = loadStackConfig(stack, pulumi.runtime.allConfig());
+async function main() {
+    const stack = pulumi.getStack();
+    const loaded = loadStackConfig(stack, pulumi.runtime.allConfig());
+    const ssh = resolveSsh(loaded.config, stackStateDir(stack));
+    const config = { ...loaded.config, ssh: { ...loaded.config.ssh, publicKey: ssh.publicKey } };
+    const topology = loaded.topology;
 
-if (!config.image.path) {
-    throw new pulumi.RunError("nixspark:image.path: set it to a prebuilt qcow2 base image");
+    let image, systems;
+    try {
+        image = config.image.path ? { path: config.image.path } : { nix: await prepareNixImage(stack, config, topology) };
+        systems = config.deploy.enabled ? await prepareNixSystems(stack, config, topology) : undefined;
+    } catch (e) {
+        if (e instanceof NixParamsError) throw new pulumi.RunError(`invalid stack configuration:\n  ${e.message}`);
+        throw e;
+    }
+
+    const cluster = new SparkCluster("nixspark", {
+        stack,
+        config,
+        baseImage: image,
+        systems,
+        ssh: { identityFile: ssh.identityFile, knownHostsFile: ssh.knownHostsFile },
+    });
+
+    return {
+        libvirtUri: config.libvirtUri,
+        network: cluster.network.name,
+        nodes: cluster.nodeOutputs,
+        masterAddress: cluster.masterAddress,
+        masterUrl: cluster.masterUrl,
+        webUiUrl: cluster.webUiUrl,
+        sshUser: config.ssh.user,
+        sshIdentityFile: ssh.identityFile,
+        knownHostsFile: ssh.knownHostsFile,
+        expectedSystems: systems ? { master: systems.master.expectedSystem, worker: systems.worker.expectedSystem } : undefined,
+        baseImagePath: cluster.image ? cluster.image.imagePath : config.image.path,
+        health: cluster.health
+            ? { aliveWorkers: cluster.health.aliveWorkers, totalCores: cluster.health.totalCores, totalMemoryMiB: cluster.health.totalMemoryMiB }
+            : undefined,
+    };
 }
 
-const cluster = new SparkCluster("nixspark", { stack, config, baseImagePath: config.image.path });
-
-export const libvirtUri = config.libvirtUri;
-export const network = cluster.network.name;
-export const nodes = cluster.nodeOutputs;
-export const masterAddress = cluster.masterAddress;
-export const masterUrl = cluster.masterUrl;
-export const webUiUrl = cluster.webUiUrl;
+export = main();

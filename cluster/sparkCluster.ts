@@ -8,12 +8,23 @@ import { Network } from "../providers/network";
 import { StoragePool } from "../providers/pool";
 import { Volume } from "../providers/volume";
 import { Domain } from "../providers/domain";
+import { NixImage } from "../providers/nixImage";
+import { NixosDeployment } from "../providers/nixosDeployment";
+import { SparkHealth } from "../providers/sparkHealth";
+import type { PreparedNixImage, PreparedNixSystems } from "./nixParams";
 
 export interface SparkClusterArgs {
     stack: string;
     config: ClusterConfig;
-    /** The base qcow2 image every node's volume backs onto. */
-    baseImagePath: pulumi.Input<string>;
+    /**
+     * The base image every node's volume backs onto: a prebuilt qcow2 file, or
+     * the Nix build evaluated by prepareNixImage (built by a NixImage resource).
+     */
+    baseImage: { path: string } | { nix: PreparedNixImage };
+    /** The role systems evaluated by prepareNixSystems; deployments are made when given. */
+    systems?: PreparedNixSystems;
+    /** SSH private key (absolute) and the stack's known-hosts file, for deployments. */
+    ssh?: { identityFile: string; knownHostsFile: string };
     /** Where serial console logs go; default /var/log/libvirt/qemu. */
     consoleLogDir?: string;
     /** Seconds a guest gets to power off on delete. */
@@ -33,6 +44,7 @@ export interface ClusterNode {
     spec: NodeSpec;
     volume: Volume;
     domain: Domain;
+    deployment?: NixosDeployment;
 }
 
 export class SparkCluster extends pulumi.ComponentResource {
@@ -40,6 +52,9 @@ export class SparkCluster extends pulumi.ComponentResource {
     readonly network: Network;
     readonly pool: StoragePool;
     readonly nodes: ClusterNode[];
+    readonly image?: NixImage;
+    readonly deployments: NixosDeployment[] = [];
+    readonly health?: SparkHealth;
     readonly masterAddress: string;
     readonly masterUrl: string;
     readonly webUiUrl: string;
@@ -71,11 +86,20 @@ export class SparkCluster extends pulumi.ComponentResource {
             child,
         );
 
+        let baseImagePath: pulumi.Input<string>;
+        if ("path" in args.baseImage) {
+            baseImagePath = args.baseImage.path;
+        } else {
+            const nix = args.baseImage.nix;
+            this.image = new NixImage(`${args.stack}-base-image`, { flake: nix.flake, attribute: nix.attribute, drvPath: nix.drvPath, gcRootDir: nix.gcRootDir }, child);
+            baseImagePath = this.image.imagePath;
+        }
+
         const logDir = (args.consoleLogDir ?? "/var/log/libvirt/qemu").replace(/\/+$/, "");
         this.nodes = t.nodes.map((spec) => {
             const volume = new Volume(
                 `${spec.domainName}-disk`,
-                { uri, pool: this.pool.name, name: spec.volumeName, backingPath: args.baseImagePath, capacityBytes: spec.diskGiB * 1024 ** 3 },
+                { uri, pool: this.pool.name, name: spec.volumeName, backingPath: baseImagePath, capacityBytes: spec.diskGiB * 1024 ** 3 },
                 child,
             );
             const domain = new Domain(
@@ -100,8 +124,58 @@ export class SparkCluster extends pulumi.ComponentResource {
                 // The network's reservations must exist before the guest asks for an address.
                 { ...child, dependsOn: [this.network] },
             );
-            return { spec, volume, domain };
+            return { spec, volume, domain } as ClusterNode;
         });
+
+        if (args.systems && cfg.deploy.enabled) {
+            if (!args.ssh) throw new Error("SparkCluster: deployments need args.ssh (identity file and known-hosts file)");
+            const systems = args.systems;
+            const ssh = args.ssh;
+            const deploy = (node: ClusterNode, dependsOn: pulumi.Resource[]) => {
+                const role = node.spec.role === "master" ? systems.master : systems.worker;
+                node.deployment = new NixosDeployment(
+                    `${node.spec.domainName}-nixos`,
+                    {
+                        node: node.spec.name,
+                        flake: systems.flake,
+                        configuration: role.configuration,
+                        host: node.spec.ip,
+                        sshUser: cfg.ssh.user,
+                        sshPort: cfg.ssh.port,
+                        identityFile: ssh.identityFile,
+                        knownHostsFile: ssh.knownHostsFile,
+                        expectedSystem: role.expectedSystem,
+                        buildHost: cfg.deploy.buildHost,
+                        useSudo: cfg.deploy.useSudo,
+                        rebuildCommand: cfg.deploy.rebuildCommand,
+                        sshWaitSeconds: cfg.deploy.sshWaitSeconds,
+                        switchTimeoutSeconds: cfg.deploy.switchTimeoutSeconds,
+                    },
+                    { ...child, dependsOn },
+                );
+                this.deployments.push(node.deployment);
+                return node.deployment;
+            };
+            // The master first: workers register with a running master.
+            const [masterNode, ...workerNodes] = this.nodes;
+            const masterDeployment = deploy(masterNode, [masterNode.domain]);
+            for (const w of workerNodes) deploy(w, [w.domain, masterDeployment]);
+
+            if (cfg.health.enabled) {
+                this.health = new SparkHealth(
+                    `${args.stack}-spark-health`,
+                    {
+                        masterUrl: `spark://${t.master.ip}:7077`,
+                        webUiUrl: `http://${t.master.ip}:8080`,
+                        expectedWorkers: t.workers.map((w) => ({ name: w.name, ip: w.ip })),
+                        timeoutSeconds: cfg.health.timeoutSeconds,
+                        // Re-check whenever the topology or a deployed system changes.
+                        trigger: { systems: [systems.master.expectedSystem, systems.worker.expectedSystem], nodes: t.nodes.map((n) => `${n.name}=${n.ip}`) },
+                    },
+                    { ...child, dependsOn: this.deployments },
+                );
+            }
+        }
 
         this.masterAddress = t.master.ip;
         this.masterUrl = `spark://${t.master.ip}:7077`;

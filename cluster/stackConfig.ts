@@ -18,3 +18,28 @@ export function loadStackConfig(stack: string, all: Record<string, string>): { c
         throw e;
     }
 }
+
+/** Where the program keeps per-stack files (known hosts, GC roots): <project>/.nixspark/<stack>. */
+export function stackStateDir(stack: string, base: string = process.cwd()): string {
+    const path = require("node:path") as typeof import("node:path");
+    return path.resolve(base, ".nixspark", stack);
+}
+
+function expandHome(p: string): string {
+    const os = require("node:os") as typeof import("node:os");
+    return p === "~" ? os.homedir() : p.startsWith("~/") ? `${os.homedir()}/${p.slice(2)}` : p;
+}
+
+/**
+ * The SSH material of a stack: the private key (absolute), its public key
+ * (nixspark:ssh.publicKey, else the key file's .pub next to it; needed only
+ * to build the image) and the stack's known-hosts file.
+ */
+export function resolveSsh(cfg: ClusterConfig, stateDir: string): { identityFile: string; publicKey?: string; knownHostsFile: string } {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const path = require("node:path") as typeof import("node:path");
+    const identityFile = path.resolve(expandHome(cfg.ssh.privateKeyPath));
+    let publicKey = cfg.ssh.publicKey;
+    if (!publicKey && fs.existsSync(`${identityFile}.pub`)) publicKey = fs.readFileSync(`${identityFile}.pub`, "utf8").trim();
+    return { identityFile, publicKey, knownHostsFile: path.join(stateDir, "known_hosts") };
+}

@@ -431,6 +431,8 @@ export class NixosDeployment extends pulumi.dynamic.Resource {
                 flavourUsed: undefined,
             },
             opts,
+            "nixspark",
+            "NixosDeployment",
         );
     }
 }

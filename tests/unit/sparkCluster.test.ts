@@ -44,7 +44,7 @@ async function build(workers?: number) {
     const { SparkCluster } = await import("../../cluster/sparkCluster");
     const base = devConfig();
     const config = workers === undefined ? base : { ...base, workers: { ...base.workers, count: workers } };
-    const cluster = new SparkCluster("dev", { stack: "dev", config, baseImagePath: "/images/base.qcow2" });
+    const cluster = new SparkCluster("dev", { stack: "dev", config, baseImage: { path: "/images/base.qcow2" } });
     // Wait until every resource has been registered with the mocks.
     const ids = [cluster.network.id, cluster.pool.id, ...cluster.nodes.flatMap((n) => [n.volume.id, n.domain.id])];
     await new Promise<void>((resolve) => pulumi.all(ids).apply(() => resolve()));
