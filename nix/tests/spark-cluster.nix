@@ -82,13 +82,16 @@ pkgs.testers.runNixOSTest {
           # spark.master comes from spark-defaults.conf; cores.max and the
           # registered-resources ratio make the job wait for both workers'
           # executors before it schedules tasks.
-          out = master.succeed(
+          status, out = master.execute(
               "spark-submit --executor-memory 512m --executor-cores 2"
               " --conf spark.cores.max=4"
               " --conf spark.scheduler.minRegisteredResourcesRatio=1.0"
               " --conf spark.scheduler.maxRegisteredResourcesWaitingTime=120s"
               " /tmp/sum_of_squares.py 2>/tmp/spark-submit.log"
           )
+          if status != 0:
+              print(master.succeed("tail -n 100 /tmp/spark-submit.log"))
+              raise Exception(f"spark-submit failed with exit code {status}")
           report = json.loads(out.strip().splitlines()[-1])
           print(f"job report: {report}")
           assert report["result"] == 333338333350000, f"wrong sum: {report['result']}"
