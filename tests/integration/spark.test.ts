@@ -67,7 +67,7 @@ const gateInputs = (timeoutSeconds: number): SparkHealthInputs => ({
 
 /** Runs a script the way `npm run` does, as its own process (ts-node, without type checking to keep it quick). */
 function script(name: string, args: string[], env: Record<string, string> = {}) {
-    return run(["node", "-r", "ts-node/register/transpile-only", path.join(REPO, "scripts", name), ...args], {
+    return run([process.execPath, "-r", "ts-node/register/transpile-only", path.join(REPO, "scripts", name), ...args], {
         cwd: REPO,
         timeoutMs: 240_000,
         allowFailure: true,
