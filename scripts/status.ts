@@ -91,7 +91,12 @@ export async function loadStackOutputs(opts: { outputsFile?: string; stack?: str
     const r = await run(argv, { timeoutMs: 60_000, cwd: REPO, env: pulumiEnv(), allowFailure: true }).catch((e: Error) => {
         throw new UsageError(`could not run pulumi: ${e.message}. Install it (see README) or pass --outputs FILE`);
     });
-    if (r.code !== 0) throw new UsageError(`${argv.join(" ")} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`);
+    if (r.code !== 0) {
+        throw new UsageError(
+            `${argv.join(" ")} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).split("\n").slice(-3).join(" | ")}\n` +
+                "Run it where the stack lives (e.g. after `source scripts/pulumi-env`, with --stack NAME), or pass --outputs FILE",
+        );
+    }
     try {
         return parseStackOutputs(JSON.parse(r.stdout), `stack ${opts.stack ?? "(selected)"} outputs`);
     } catch (e) {
