@@ -140,6 +140,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                         flake: systems.flake,
                         configuration: role.configuration,
                         host: node.spec.ip,
+                        machineId: node.domain.uuid,
                         sshUser: cfg.ssh.user,
                         sshPort: cfg.ssh.port,
                         identityFile: ssh.identityFile,

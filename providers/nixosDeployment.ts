@@ -27,6 +27,12 @@ export interface NixosDeploymentInputs {
     configuration: string;
     /** Address of the node. */
     host: string;
+    /**
+     * Identity of the VM behind the address (its libvirt domain UUID). A new
+     * one means a new VM: it is deployed again and its new host key replaces
+     * the old one in the known-hosts file, as on first contact.
+     */
+    machineId?: string;
     sshUser: string;
     sshPort: number;
     identityFile: string;
@@ -58,6 +64,8 @@ export interface NixosDeploymentArgs {
     flake: pulumi.Input<string>;
     configuration: pulumi.Input<string>;
     host: pulumi.Input<string>;
+    /** The VM's identity (libvirt domain UUID): a new VM at the same address is deployed again. */
+    machineId?: pulumi.Input<string>;
     sshUser: pulumi.Input<string>;
     /** Default 22. */
     sshPort?: pulumi.Input<number>;
@@ -85,7 +93,10 @@ const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 // capture this whole module (and with it @pulumi/pulumi via the class below).
 
 /** Inputs whose change means the node must switch. Everything else only says how to reach it. */
-const SWITCH_KEYS = ["expectedSystem", "flake", "configuration", "host"] as const;
+// machineId: a VM recreated at the same address (a domain replaced, or
+// destroyed behind the stack's back and brought back by `up`) boots the bare
+// base image and must be deployed again.
+const SWITCH_KEYS = ["expectedSystem", "flake", "configuration", "host", "machineId"] as const;
 
 const DEFAULTS = {
     sshPort: 22,
@@ -230,7 +241,7 @@ function logger(node: string): (m: string) => void {
 function inputsOf(props: Record<string, unknown>): NixosDeploymentInputs {
     const p = withDefaults(props) as Record<string, unknown>;
     const out: Record<string, unknown> = {};
-    for (const k of ["node", "flake", "configuration", "host", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds"]) {
+    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds"]) {
         if (p[k] !== undefined && p[k] !== null && p[k] !== "") out[k] = p[k];
     }
     return out as unknown as NixosDeploymentInputs;
@@ -384,7 +395,9 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
 
     async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
         const inp = inputsOf(news);
-        const contact = olds.host !== inp.host ? "new-address" : "known";
+        // A different VM (same address, new machine) is a first contact: this
+        // stack created it, so its new host key replaces the recorded one.
+        const contact = olds.machineId !== undefined && olds.machineId !== inp.machineId ? "first" : olds.host !== inp.host ? "new-address" : "known";
         return { outs: await deploy(inp, contact) };
     },
 

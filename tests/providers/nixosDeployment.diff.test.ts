@@ -71,6 +71,12 @@ describe("diff", () => {
         expect(deploymentDiff(outs, { ...inputs, ...change })).toMatchObject({ changes: false, replaces: [] });
     });
 
+    test("a new VM at the same address (new machineId) must be deployed again", () => {
+        const withId = { ...outs, machineId: "uuid-1" };
+        expect(deploymentDiff(withId, { ...inputs, machineId: "uuid-1" }).changes).toBe(false);
+        expect(deploymentDiff(withId, { ...inputs, machineId: "uuid-2" })).toMatchObject({ changes: true, replaces: [], reasons: ["machineId changed"] });
+    });
+
     test("unknown during preview: update", () => {
         for (const k of switchKeys()) {
             expect(deploymentDiff(outs, { ...inputs, [k]: UNKNOWN })).toMatchObject({ changes: true, replaces: [], reasons: [`${k} is not known until apply`] });

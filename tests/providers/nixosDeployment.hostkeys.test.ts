@@ -127,6 +127,22 @@ describe("host keys", () => {
         expect(fs.readdirSync(path.dirname(env.knownHostsFile)).sort()).toEqual(["known_hosts"]); // no lock or .old left behind
     });
 
+    test("update to a new VM at the same address (new machineId: a domain brought back by `up`) records its new key and deploys it", async () => {
+        await env.startSshd();
+        const outs = await create(inputs({ machineId: "uuid-old" }));
+        const old = knownHosts();
+        await env.rotateHostKey();
+        env.resetNode(BASE); // the recreated VM boots the bare image
+        const r = await nixosDeploymentProvider.update!("id", asRecord(outs), asRecord(inputs({ machineId: "uuid-new" })));
+        expect(r.outs).toMatchObject({ machineId: "uuid-new", currentSystem: SYS_A });
+        expect(env.currentSystem()).toBe(SYS_A);
+        expect(knownHosts()).toEqual([`[${env.host}]:${env.port} ${hostPub()}`]);
+        expect(knownHosts()).not.toEqual(old);
+        // The same machine again: a changed key is still refused.
+        await env.rotateHostKey();
+        await expect(nixosDeploymentProvider.update!("id", asRecord(r.outs as NixosDeploymentOutputs), asRecord(inputs({ machineId: "uuid-new", expectedSystem: SYS_B })))).rejects.toThrow(/has CHANGED/);
+    });
+
     test("update refuses a host whose key this stack never recorded", async () => {
         await env.startSshd();
         const outs = await create(inputs());
