@@ -34,14 +34,12 @@ async function main() {
     return {
         libvirtUri: config.libvirtUri,
         network: cluster.network.name,
-        nodes: cluster.nodeOutputs,
+        // `system`: what each node must run (npm run status compares it with the node).
+        nodes: cluster.nodeOutputs.map((n) => ({ ...n, system: systems ? systems[n.role === "master" ? "master" : "worker"].expectedSystem : undefined })),
         masterAddress: cluster.masterAddress,
         masterUrl: cluster.masterUrl,
         webUiUrl: cluster.webUiUrl,
-        sshUser: config.ssh.user,
-        sshIdentityFile: ssh.identityFile,
-        knownHostsFile: ssh.knownHostsFile,
-        expectedSystems: systems ? { master: systems.master.expectedSystem, worker: systems.worker.expectedSystem } : undefined,
+        ssh: { user: config.ssh.user, port: config.ssh.port, identityFile: ssh.identityFile, knownHostsFile: ssh.knownHostsFile },
         baseImagePath: cluster.image ? cluster.image.imagePath : config.image.path,
         health: cluster.health
             ? { aliveWorkers: cluster.health.aliveWorkers, totalCores: cluster.health.totalCores, totalMemoryMiB: cluster.health.totalMemoryMiB }
