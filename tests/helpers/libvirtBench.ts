@@ -348,6 +348,10 @@ libvirtd --daemon --config "$dir/etc/libvirtd.conf" --pid-file "$dir/libvirtd.pi
 
 function writeDaemonFiles(dir: string): void {
     for (const sub of ["etc", "run", "lib", "log"]) fs.mkdirSync(path.join(dir, sub), { mode: 0o755 });
+    // A host's libvirt package ships /var/log/libvirt/qemu, where domains log
+    // their serial console by default (SparkCluster's consoleLogDir); libvirtd
+    // does not create it, and `virsh start` fails without it.
+    fs.mkdirSync(path.join(dir, "log", "qemu"), { mode: 0o755 });
     fs.writeFileSync(path.join(dir, "etc", "libvirtd.conf"), LIBVIRTD_CONF);
     fs.writeFileSync(path.join(dir, "etc", "qemu.conf"), QEMU_CONF);
     fs.writeFileSync(path.join(dir, "etc", "virtlogd.conf"), VIRTLOGD_CONF);
