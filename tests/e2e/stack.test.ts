@@ -1,0 +1,399 @@
+// The real Pulumi engine on the real libvirt bench: a user's story, told with
+// the CLI against a throw-away copy of the project and a local file backend.
+//
+//   a new stack's preview lists exactly what will be created, and creates
+//   nothing -> up creates it; every tiny guest takes its reserved address and
+//   runs the role system the program expects; an unchanged preview is all
+//   "same" -> one more worker: one volume, one domain, one deployment, the
+//   network updated in place (same UUID) -> a Spark setting: the four
+//   deployments update, nothing is replaced, no VM is touched -> a VM removed
+//   behind the stack's back: refresh notices, up brings it back and deploys
+//   it -> an invalid config in a fresh stack fails with the schema's own
+//   messages and leaves the stack empty -> destroy leaves no libvirt object
+//   and no GC root.
+//
+// Where things run. libvirtd and the guests live in the bench's private
+// network namespace. The `pulumi` CLI runs inside that namespace too
+// (`ip netns exec NS pulumi ...`): the program and its dynamic providers are
+// its children, so the ssh and nixos-rebuild (stand-in) they start reach the
+// guests, and all traffic stays inside the namespace. libvirt is reached
+// through the bench's unix socket (bench.uri), a file path, which works from
+// any network namespace.
+//
+// NixOS cannot be built here: the flake copy evaluates against the stub
+// nixpkgs (real Nix, real nix/flake.nix), and the e2e stand-in for
+// nixos-rebuild (tests/fixtures/e2e-nixos-rebuild) switches a guest by
+// pointing its /run/current-system at the evaluated system path.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { run } from "../../providers/run";
+import { Bench, startBench, tailFile, waitFor } from "../helpers/libvirtBench";
+import { installPulumi, opKinds, OperationResult, PulumiCli, Step, stepList } from "../helpers/pulumiCli";
+import { createE2eProject, E2eProject, randomCidr, randomStackName, tinyStackConfig } from "../fixtures/e2e-project";
+
+jest.setTimeout(10 * 60_000);
+
+const stack = randomStackName("e2e");
+const cidr = randomCidr();
+const net = cidr.replace(/\.0\/24$/, "");
+const timings: Record<string, string> = {};
+
+let bench: Bench;
+let project: E2eProject;
+let cli: PulumiCli;
+let rebuildLog: string;
+/** True once an `up` may have created something: afterAll then destroys. */
+let mayHaveResources = false;
+let destroyed = false;
+
+function say(line: string): void {
+    process.stderr.write(`[e2e ${stack}] ${line}\n`);
+}
+
+async function timed<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    const t = Date.now();
+    try {
+        return await fn();
+    } finally {
+        timings[what] = `${((Date.now() - t) / 1000).toFixed(1)} s`;
+        say(`${what}: ${timings[what]}`);
+    }
+}
+
+beforeAll(async () => {
+    await timed("install-pulumi", () => installPulumi());
+    bench = await timed("startBench", () => startBench({ log: say }));
+    project = createE2eProject();
+    rebuildLog = path.join(project.root, "rebuilds.jsonl");
+    cli = new PulumiCli({
+        cwd: project.dir,
+        stack,
+        backendDir: project.backendDir,
+        netns: bench.netns,
+        env: { NIX_CONFIG: project.nixConfig, NIXSPARK_E2E_REBUILD_LOG: rebuildLog },
+    });
+    await cli.stackInit();
+    cli.writeStackConfig(tinyStackConfig(bench, project, { workers: 2, cidr }));
+    say(`project ${project.dir}, netns ${bench.netns}, ${bench.uri}, subnet ${cidr}`);
+}, 30 * 60_000);
+
+afterAll(async () => {
+    try {
+        if (cli && mayHaveResources && !destroyed) {
+            const d = await cli.destroy({ allowFailure: true, timeoutMs: 5 * 60_000 }).catch((e: Error) => e);
+            if (d instanceof Error || d.code !== 0) say(`cleanup: pulumi destroy failed (the bench removes the rest): ${d instanceof Error ? d.message : d.stderr.slice(-2000)}`);
+        }
+    } finally {
+        try {
+            await bench?.stop();
+        } finally {
+            project?.remove();
+            say(`timings: ${JSON.stringify(timings)}`);
+        }
+    }
+}, 10 * 60_000);
+
+// ------------------------------------------------------------------ helpers
+
+const names = {
+    pool: `${stack}-pool`,
+    network: `${stack}-net`,
+    domain: (n: string) => `${stack}-${n}`,
+    volume: (n: string) => `${stack}-${n}-disk`,
+    deployment: (n: string) => `${stack}-${n}-nixos`,
+};
+const nodeNames = (workers: number) => ["master", ...Array.from({ length: workers }, (_, i) => `worker-${i + 1}`)];
+const ipOf = (node: string) => `${net}.${node === "master" ? 10 : 10 + Number(node.replace("worker-", ""))}`;
+
+/** Steps other than "same". */
+const changed = (r: OperationResult): Step[] => r.steps.filter((s) => s.op !== "same");
+
+async function virshNames(args: string[]): Promise<string[]> {
+    const r = await bench.virsh(args);
+    return r.stdout.split("\n").map((l) => l.trim()).filter(Boolean).sort();
+}
+
+/** What libvirt holds, all object kinds. */
+async function libvirtObjects() {
+    const pools = await virshNames(["pool-list", "--all", "--name"]);
+    const volumes: string[] = [];
+    for (const p of pools) {
+        const r = await bench.virsh(["vol-list", "--pool", p], { allowFailure: true });
+        volumes.push(...r.stdout.split("\n").slice(2).map((l) => l.trim().split(/\s+/)[0]).filter(Boolean));
+    }
+    return {
+        domains: await virshNames(["list", "--all", "--name"]),
+        networks: await virshNames(["net-list", "--all", "--name"]),
+        pools,
+        volumes: volumes.sort(),
+    };
+}
+
+/** The role system as real Nix evaluates it from the flake copy (independently of the program). */
+async function evalSystem(role: "master" | "worker"): Promise<string> {
+    const r = await run(
+        ["nix", "--extra-experimental-features", "nix-command flakes", "eval", "--raw", `${project.flakeRef}#nixosConfigurations."${stack}-${role}".config.system.build.toplevel.outPath`],
+        { env: { ...process.env, NIX_CONFIG: project.nixConfig }, timeoutMs: 120_000 },
+    );
+    return r.stdout.trim();
+}
+
+/** What /run/current-system points at on a guest ("" when it has none). */
+async function currentSystem(ip: string): Promise<string> {
+    const r = await bench.ssh(ip, ["readlink", "-f", "/run/current-system", "||", "true"], { allowFailure: true, timeoutMs: 30_000 });
+    if (r.code !== 0) throw new Error(`ssh ${ip}: exit ${r.code}: ${r.stderr.trim()}`);
+    const out = r.stdout.trim();
+    return out.startsWith("/nix/store/") ? out : "";
+}
+
+/** The guest answers HTTP at its reserved address with the hostname DHCP gave it. */
+async function expectReservedAddress(node: string): Promise<void> {
+    const ip = ipOf(node);
+    const hostname = names.domain(node);
+    let body = "";
+    await waitFor(
+        `${hostname} answering at ${ip}`,
+        async () => {
+            const r = await bench.exec(["wget", "-qO-", "-T", "3", `http://${ip}/`], { allowFailure: true, timeoutMs: 10_000 });
+            body = r.stdout.trim();
+            return r.code === 0 && body === hostname ? body : undefined;
+        },
+        { timeoutMs: 120_000, intervalMs: 1000, diagnose: () => `last answer: ${body}\n${tailFile(path.join(bench.dir, "log", "qemu", `${hostname}-console.log`))}` },
+    );
+}
+
+interface Rebuild {
+    time: number;
+    seconds: number;
+    target: string;
+    configuration: string;
+    system: string;
+}
+
+function rebuilds(): Rebuild[] {
+    if (!fs.existsSync(rebuildLog)) return [];
+    return fs.readFileSync(rebuildLog, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l));
+}
+
+async function stateUrns(c: PulumiCli = cli): Promise<string[]> {
+    const d = await c.exportState();
+    return (d.resources ?? []).map((r: { urn: string }) => r.urn);
+}
+
+/** Every NixosDeployment step's name -> op; and the systems the nodes run. */
+async function expectNodesRun(workers: number, systems: { master: string; worker: string }): Promise<void> {
+    const got: Record<string, string> = {};
+    const want: Record<string, string> = {};
+    for (const n of nodeNames(workers)) {
+        got[n] = await currentSystem(ipOf(n));
+        want[n] = n === "master" ? systems.master : systems.worker;
+    }
+    expect(got).toEqual(want);
+}
+
+// -------------------------------------------------------------------- story
+
+describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
+    let systems: { master: string; worker: string };
+    let networkUuid: string;
+
+    test("1. preview of a new stack lists exactly the expected creates and creates nothing", async () => {
+        const p = await timed("preview (new stack)", () => cli.preview());
+        expect(opKinds(p.steps)).toEqual(
+            [
+                "create Stack",
+                "create SparkCluster",
+                "create StoragePool",
+                "create Network",
+                ...Array(3).fill("create Volume"),
+                ...Array(3).fill("create Domain"),
+                ...Array(3).fill("create NixosDeployment"),
+            ].sort(),
+        );
+        expect(stepList(p.steps)).toEqual(
+            [
+                `create nixspark-${stack}`,
+                "create nixspark",
+                `create ${names.pool}`,
+                `create ${names.network}`,
+                ...nodeNames(2).flatMap((n) => [`create ${names.volume(n)}`, `create ${names.domain(n)}`, `create ${names.deployment(n)}`]),
+            ].sort(),
+        );
+        expect(p.summary).toEqual({ create: 13 });
+        expect(await libvirtObjects()).toEqual({ domains: [], networks: [], pools: [], volumes: [] });
+        expect(await stateUrns()).toEqual([]);
+        expect(rebuilds()).toEqual([]);
+    });
+
+    test("2. up creates them; each guest takes its reserved address and runs its role system; a second preview is all same", async () => {
+        mayHaveResources = true;
+        const u = await timed("up (1+2 nodes)", () => cli.up());
+        expect(u.summary).toEqual({ create: 13 });
+        systems = { master: await evalSystem("master"), worker: await evalSystem("worker") };
+        expect(systems.master).toMatch(/^\/nix\/store\/[a-z0-9]{32}-/);
+
+        const objects = await libvirtObjects();
+        expect(objects.domains).toEqual(nodeNames(2).map(names.domain).sort());
+        expect(objects.networks).toEqual([names.network]);
+        expect(objects.pools).toEqual([names.pool]);
+        expect(objects.volumes).toHaveLength(3);
+        expect(await virshNames(["list", "--state-running", "--name"])).toEqual(objects.domains);
+
+        for (const n of nodeNames(2)) await expectReservedAddress(n);
+        await expectNodesRun(2, systems);
+
+        // One switch per node, the master's finished before any worker's started.
+        const r = rebuilds();
+        expect(r.map((x) => x.target).sort()).toEqual(nodeNames(2).map((n) => `root@${ipOf(n)}`).sort());
+        const master = r.find((x) => x.target === `root@${ipOf("master")}`)!;
+        for (const w of r.filter((x) => x !== master)) expect(w.time).toBeGreaterThanOrEqual(master.time + master.seconds);
+
+        const out = await cli.outputs();
+        expect(out.network).toBe(names.network);
+        expect(out.masterAddress).toBe(ipOf("master"));
+        expect(out.nodes.map((n: { name: string; ip: string }) => `${n.name}=${n.ip}`)).toEqual(nodeNames(2).map((n) => `${n}=${ipOf(n)}`));
+        // What each node must run, as the program exports it (npm run status reads it).
+        expect(out.nodes.map((n: { name: string; system: string }) => `${n.name}=${n.system}`)).toEqual(
+            nodeNames(2).map((n) => `${n}=${n === "master" ? systems.master : systems.worker}`),
+        );
+
+        const again = await timed("preview (unchanged, 1+2)", () => cli.preview());
+        expect(changed(again)).toEqual([]);
+        expect(Object.keys(again.summary)).toEqual(["same"]);
+        expect(again.summary.same).toBe(13);
+    });
+
+    test("3. workers 2 -> 3: one volume, one domain, one deployment, the network updated in place", async () => {
+        networkUuid = (await bench.virsh(["net-uuid", names.network])).stdout.trim();
+        const before = rebuilds().length;
+        await cli.configSet("workers.count", "3");
+        const p = await timed("preview (+1 worker)", () => cli.preview());
+        expect(stepList(changed(p))).toEqual(
+            [`create ${names.volume("worker-3")}`, `create ${names.domain("worker-3")}`, `create ${names.deployment("worker-3")}`, `update ${names.network}`].sort(),
+        );
+        expect(opKinds(changed(p))).toEqual(["create Domain", "create NixosDeployment", "create Volume", "update Network"]);
+
+        const u = await timed("up (+1 worker)", () => cli.up());
+        expect(u.summary).toMatchObject({ create: 3, update: 1 });
+        expect(Object.keys(u.summary).sort()).toEqual(["create", "same", "update"]);
+        expect((await bench.virsh(["net-uuid", names.network])).stdout.trim()).toBe(networkUuid);
+
+        await expectReservedAddress("worker-3");
+        for (const n of nodeNames(2)) await expectReservedAddress(n);
+        await expectNodesRun(3, systems);
+        // Only the new node was switched.
+        expect(rebuilds().slice(before).map((x) => x.target)).toEqual([`root@${ipOf("worker-3")}`]);
+    });
+
+    test("4. a Spark setting updates the four deployments only: no replacement, no VM touched; up switches every node", async () => {
+        const uuids = await Promise.all(nodeNames(3).map(async (n) => (await bench.virsh(["domuuid", names.domain(n)])).stdout.trim()));
+        const before = rebuilds().length;
+        await cli.configSet('spark.settings["spark.executor.memory"]', "512m");
+        const p = await timed("preview (Spark setting)", () => cli.preview());
+        expect(stepList(changed(p))).toEqual(nodeNames(3).map((n) => `update ${names.deployment(n)}`).sort());
+        expect(p.summary).toMatchObject({ update: 4 });
+        expect(Object.keys(p.summary).sort()).toEqual(["same", "update"]);
+
+        const u = await timed("up (Spark setting, 4 nodes)", () => cli.up());
+        expect(u.summary).toMatchObject({ update: 4 });
+        expect(Object.keys(u.summary).sort()).toEqual(["same", "update"]);
+
+        const next = { master: await evalSystem("master"), worker: await evalSystem("worker") };
+        expect(next.master).not.toBe(systems.master);
+        expect(next.worker).not.toBe(systems.worker);
+        systems = next;
+        await expectNodesRun(3, systems);
+        expect(rebuilds().slice(before).map((x) => x.target).sort()).toEqual(nodeNames(3).map((n) => `root@${ipOf(n)}`).sort());
+        // Same VMs as before.
+        expect(await Promise.all(nodeNames(3).map(async (n) => (await bench.virsh(["domuuid", names.domain(n)])).stdout.trim()))).toEqual(uuids);
+    });
+
+    // Step 5 is two tests: the libvirt part, and whether the re-created VM
+    // gets its NixOS configuration again.
+    const lost = "worker-1";
+    let previewAfterRefresh: OperationResult | undefined;
+    let upAfterRefresh: OperationResult | undefined;
+    let rebuildsBeforeRecreate = 0;
+
+    test("5a. a domain destroyed behind the stack's back: refresh drops it from state, up brings the VM back at its address", async () => {
+        const dom = names.domain(lost);
+        await bench.virsh(["destroy", dom]);
+        await bench.virsh(["undefine", "--nvram", dom]);
+
+        const r = await timed("refresh (one VM gone)", () => cli.refresh());
+        expect(r.summary).toMatchObject({ delete: 1 });
+        expect(stepList(r.steps, (s) => s.op === "delete")).toEqual([`delete ${dom}`]);
+        const urns = await stateUrns();
+        expect(urns.some((u) => u.endsWith(`::${dom}`))).toBe(false);
+        expect(urns.some((u) => u.endsWith(`::${names.volume(lost)}`))).toBe(true);
+
+        previewAfterRefresh = await timed("preview (after refresh)", () => cli.preview());
+        // The VM comes back; nothing else of libvirt moves (its deployment: 5b).
+        expect(stepList(changed(previewAfterRefresh), (s) => s.kind !== "NixosDeployment")).toEqual([`create ${dom}`]);
+
+        rebuildsBeforeRecreate = rebuilds().length;
+        upAfterRefresh = await timed("up (re-create the VM)", () => cli.up());
+        expect(await virshNames(["list", "--state-running", "--name"])).toEqual(nodeNames(3).map(names.domain).sort());
+        await expectReservedAddress(lost);
+    });
+
+    // A new VM boots the base image: nothing of the role is on it. Its
+    // deployment must notice (the domain's UUID is its machineId, unknown in
+    // preview, new after up) and switch it, as a first contact; the other
+    // nodes' deployments stay as they are.
+    test("5b. the re-created VM is deployed again: only its NixosDeployment updates, and it switches the new VM", async () => {
+        expect(upAfterRefresh).toBeDefined();
+        const facts = {
+            plan: stepList(changed(previewAfterRefresh!)),
+            applied: stepList(changed(upAfterRefresh!)),
+            switched: rebuilds().slice(rebuildsBeforeRecreate).map((x) => x.target),
+            running: await currentSystem(ipOf(lost)),
+        };
+        // One comparison with all the facts, so a failure explains itself.
+        expect(facts).toEqual({
+            plan: [`create ${names.domain(lost)}`, `update ${names.deployment(lost)}`],
+            applied: [`create ${names.domain(lost)}`, `update ${names.deployment(lost)}`],
+            switched: [`root@${ipOf(lost)}`],
+            running: systems.worker,
+        });
+        await expectNodesRun(3, systems);
+    });
+
+    test("6. invalid config in a fresh stack: preview and up fail with the schema's messages and the stack stays empty", async () => {
+        const bad = new PulumiCli({ ...cli.opts, stack: `${stack}bad` });
+        await bad.stackInit();
+        const cfg = tinyStackConfig(bench, project, { workers: 2, cidr: randomCidr() });
+        bad.writeStackConfig({ ...cfg, domainType: "xen", workers: { ...(cfg.workers as object), count: -1 } });
+        try {
+            const p = await timed("preview (invalid config)", () => bad.preview({ allowFailure: true }));
+            expect(p.code).not.toBe(0);
+            const text = `${p.stdout}\n${p.stderr}\n${p.diagnostics.map((d) => d.message).join("\n")}`;
+            expect(text).toContain("invalid stack configuration");
+            expect(text).toContain("nixspark:workers.count: expected the number of Spark workers: a whole number from 0 to 250");
+            expect(p.diagnostics.map((d) => d.message).join("\n")).toMatch(/nixspark:domainType: expected "kvm" \(hardware virtualization\) or "qemu"/);
+            // A user error, not a crash: no stack trace of the program.
+            expect(text).not.toMatch(/at (Object\.|async )?\S+ \(.*\.ts:\d+:\d+\)/);
+
+            const u = await bad.up({ allowFailure: true });
+            expect(u.code).not.toBe(0);
+            expect(u.diagnostics.map((d) => d.message).join("\n")).toContain("nixspark:workers.count: expected the number of Spark workers");
+            const left = (await stateUrns(bad)).filter((urn) => !urn.includes("::pulumi:pulumi:Stack::"));
+            expect(left).toEqual([]);
+            expect((await libvirtObjects()).domains.filter((d) => d.startsWith(`${stack}bad`))).toEqual([]);
+        } finally {
+            await bad.stackRm();
+        }
+    });
+
+    test("7. destroy leaves no libvirt object and no GC root", async () => {
+        const d = await timed("destroy (1+3 nodes)", () => cli.destroy());
+        destroyed = true;
+        expect(Object.keys(d.summary)).toEqual(["delete"]);
+        expect(await libvirtObjects()).toEqual({ domains: [], networks: [], pools: [], volumes: [] });
+        const poolDir = path.join(bench.dir, "images", stack);
+        expect(fs.existsSync(poolDir) ? fs.readdirSync(poolDir) : []).toEqual([]);
+        const gcroots = path.join(project.dir, ".nixspark", stack, "gcroots");
+        expect(fs.existsSync(gcroots) ? fs.readdirSync(gcroots) : []).toEqual([]);
+        expect(await stateUrns()).toEqual([]);
+    });
+});
