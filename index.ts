@@ -20,7 +20,10 @@ async function main() {
         systems = config.deploy.enabled ? await prepareNixSystems(stack, config, topology) : undefined;
     } catch (e) {
         if (e instanceof NixParamsError) throw new pulumi.RunError(`invalid stack configuration:\n  ${e.message}`);
-        throw e;
+        // Nix's own words (a misspelt package in nixspark:spark.pythonPackages, no
+        // nix on PATH, ...): a user-facing error before anything is registered.
+        const hint = /could not start/.test(String(e)) ? "\nInstall Nix with flakes (see README: Prerequisites)." : "";
+        throw new pulumi.RunError(`evaluating the Nix flake failed, nothing was changed:\n${(e as Error).message}${hint}`);
     }
 
     const cluster = new SparkCluster("nixspark", {
