@@ -134,9 +134,8 @@ export class PulumiCli {
             PULUMI_CONFIG_PASSPHRASE: opts.passphrase ?? "e2e-passphrase",
             PULUMI_SKIP_UPDATE_CHECK: "1",
             PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION: "true",
+            // No "Do you want to perform this update?" (every command also gets --non-interactive).
             PULUMI_SKIP_CONFIRMATIONS: "1",
-            // No "Do you want to perform this update?" and no terminal tricks.
-            PULUMI_NON_INTERACTIVE: "1",
             ...opts.env,
         };
     }
