@@ -3,18 +3,11 @@
 // persistent), so scaling never recreates the network; only a new name,
 // bridge or subnet replaces it.
 import * as pulumi from "@pulumi/pulumi";
-import { byMac, DhcpHost, dhcpHostXml, dnsHostXml, networkXml, readNetwork } from "./libvirtXml";
+import { byMac, DhcpHost, dhcpHostXml, dnsHostXml, networkXml, NetworkSpec, readNetwork } from "./libvirtXml";
 import { diffByKeys, dumpXml, virsh, withXmlFile } from "./virsh";
 
-export interface NetworkInputs {
+export interface NetworkInputs extends NetworkSpec {
     uri: string;
-    name: string;
-    bridge: string;
-    gateway: string;
-    netmask: string;
-    dhcpStart: string;
-    dhcpEnd: string;
-    hosts: DhcpHost[];
     autostart: boolean;
 }
 

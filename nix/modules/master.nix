@@ -19,8 +19,8 @@ in
         # disk; workers reconnect to it by themselves.
         "-Dspark.deploy.recoveryMode=FILESYSTEM"
         "-Dspark.deploy.recoveryDirectory=/var/lib/spark/recovery"
-        # A worker silent for 30 s is lost (Spark's default: 60 s).
-        "-Dspark.worker.timeout=30"
+        # A silent worker is lost after this (Spark's default: 60 s).
+        "-Dspark.worker.timeout=${toString cfg.worker.timeoutSeconds}"
       ];
     };
   };

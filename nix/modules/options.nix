@@ -60,6 +60,15 @@ in
     };
 
     worker = {
+      timeoutSeconds = mkOption {
+        type = types.ints.positive;
+        default = 30;
+        description = ''
+          spark.worker.timeout on the master and on every worker: the master
+          drops a worker silent this long, and a worker sends heartbeats every
+          quarter of its own value, so both sides must agree.
+        '';
+      };
       port = mkOption {
         type = types.port;
         default = 7078;

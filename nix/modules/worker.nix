@@ -18,8 +18,8 @@ in
       SPARK_WORKER_WEBUI_PORT = toString cfg.worker.webUiPort;
       SPARK_DAEMON_MEMORY = "${toString cfg.daemonMemoryMiB}m";
       SPARK_WORKER_OPTS = lib.concatStringsSep " " [
-        # Heartbeats every timeout/4: matches the master's 30 s.
-        "-Dspark.worker.timeout=30"
+        # Heartbeats every timeout/4: the same value as the master's.
+        "-Dspark.worker.timeout=${toString cfg.worker.timeoutSeconds}"
         # Finished applications' directories are removed after a day.
         "-Dspark.worker.cleanup.enabled=true"
         "-Dspark.worker.cleanup.appDataTtl=86400"
