@@ -20,6 +20,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { ChildProcess, execFileSync, spawn } from "node:child_process";
 import { run } from "../../providers/run";
+import { NixosDeploymentInputs, NixosDeploymentOutputs, nixosDeploymentProvider } from "../../providers/nixosDeployment";
 
 export const STANDIN_DIR = path.resolve(__dirname, "../fixtures/nixos-rebuild-standin");
 const FAKE_TARGET = path.join(STANDIN_DIR, "fake-target");
@@ -273,6 +274,32 @@ export class SshTargetEnv {
     }
 
     /** nixos-rebuild invocations the stand-in recorded, in order (flavour probes included). */
+    /** NixosDeployment inputs that reach this target as node worker-1 (tests override what they vary). */
+    deploymentInputs(over: Partial<NixosDeploymentInputs> = {}): NixosDeploymentInputs {
+        return {
+            node: "worker-1",
+            flake: "path:./nix",
+            configuration: "dev-worker",
+            host: this.host,
+            sshUser: this.user,
+            sshPort: this.port,
+            identityFile: this.identityFile,
+            knownHostsFile: this.knownHostsFile,
+            expectedSystem: "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-dev-worker-24.11",
+            useSudo: true,
+            rebuildCommand: "nixos-rebuild",
+            flavour: "auto",
+            sshWaitSeconds: 20,
+            switchTimeoutSeconds: 60,
+            ...over,
+        };
+    }
+
+    /** The stand-in's recorded `switch` invocations. */
+    switches(): StandinCall[] {
+        return this.standinCalls().filter((c) => c.argv[0] === "switch");
+    }
+
     standinCalls(): StandinCall[] {
         return readJsonLines(this.standinLog) as StandinCall[];
     }
@@ -349,4 +376,9 @@ function readJsonLines(file: string): unknown[] {
         .split("\n")
         .filter((l) => l.trim() !== "")
         .map((l) => JSON.parse(l));
+}
+
+/** The provider's create, typed for tests. */
+export async function createDeployment(inp: NixosDeploymentInputs): Promise<NixosDeploymentOutputs> {
+    return (await nixosDeploymentProvider.create!(inp as unknown as Record<string, unknown>)).outs as NixosDeploymentOutputs;
 }

@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { NixosDeploymentInputs, NixosDeploymentOutputs, nixosDeploymentProvider } from "../../providers/nixosDeployment";
-import { SshTargetEnv } from "../helpers/sshTarget";
+import { createDeployment, SshTargetEnv } from "../helpers/sshTarget";
 
 jest.setTimeout(90_000);
 
@@ -42,33 +42,15 @@ afterEach(async () => {
 });
 
 function inputs(over: Partial<NixosDeploymentInputs> = {}): NixosDeploymentInputs {
-    return {
-        node: "worker-1",
-        flake: "path:./nix",
-        configuration: "dev-worker",
-        host: env.host,
-        sshUser: env.user,
-        sshPort: env.port,
-        identityFile: env.identityFile,
-        knownHostsFile: env.knownHostsFile,
-        expectedSystem: SYS_A,
-        useSudo: false,
-        rebuildCommand: "nixos-rebuild",
-        flavour: "legacy",
-        sshWaitSeconds: 30,
-        switchTimeoutSeconds: 60,
-        ...over,
-    };
+    return env.deploymentInputs({ useSudo: false, flavour: "legacy", sshWaitSeconds: 30, expectedSystem: SYS_A, ...over });
 }
 
 const asRecord = (o: object) => o as unknown as Record<string, unknown>;
-const switches = () => env.standinCalls().filter((c) => c.argv[0] === "switch");
+const switches = () => env.switches();
 const hostPub = () => fs.readFileSync(path.join(env.dir, "host_ed25519.pub"), "utf8").split(" ").slice(0, 2).join(" ");
 const knownHosts = () => fs.readFileSync(env.knownHostsFile, "utf8").split("\n").filter((l) => l.trim() !== "");
 
-async function create(inp: NixosDeploymentInputs): Promise<NixosDeploymentOutputs> {
-    return (await nixosDeploymentProvider.create!(asRecord(inp))).outs as NixosDeploymentOutputs;
-}
+const create = createDeployment;
 
 describe("waiting for SSH", () => {
     test("a VM whose sshd comes up late: create waits, then records its key and switches", async () => {

@@ -9,7 +9,7 @@
 import { nixSshOpts } from "../../providers/ssh";
 import { NixosDeploymentInputs, NixosDeploymentOutputs, nixosDeploymentProvider } from "../../providers/nixosDeployment";
 import { roundTrip } from "../helpers/serialize";
-import { SshTargetEnv } from "../helpers/sshTarget";
+import { createDeployment, SshTargetEnv } from "../helpers/sshTarget";
 
 jest.setTimeout(60_000);
 
@@ -45,33 +45,14 @@ afterEach(() => {
 });
 
 function inputs(over: Partial<NixosDeploymentInputs> = {}): NixosDeploymentInputs {
-    return {
-        node: "worker-1",
-        flake: "path:./nix",
-        configuration: "dev-worker",
-        host: env.host,
-        sshUser: env.user,
-        sshPort: env.port,
-        identityFile: env.identityFile,
-        knownHostsFile: env.knownHostsFile,
-        expectedSystem: SYS_A,
-        useSudo: true,
-        rebuildCommand: "nixos-rebuild",
-        flavour: "auto",
-        sshWaitSeconds: 20,
-        switchTimeoutSeconds: 60,
-        ...over,
-    };
+    return env.deploymentInputs({ expectedSystem: SYS_A, ...over });
 }
 
 const strictOpts = () => nixSshOpts({ host: env.host, user: env.user, port: env.port, identityFile: env.identityFile, knownHostsFile: env.knownHostsFile }, "strict");
-const switches = () => env.standinCalls().filter((c) => c.argv[0] === "switch");
+const switches = () => env.switches();
 const asRecord = (o: object) => o as unknown as Record<string, unknown>;
 
-async function create(inp: NixosDeploymentInputs): Promise<NixosDeploymentOutputs> {
-    const r = await nixosDeploymentProvider.create!(asRecord(inp));
-    return r.outs as NixosDeploymentOutputs;
-}
+const create = createDeployment;
 
 describe("create: exact nixos-rebuild invocation per generation", () => {
     test("legacy shell script (detected), sudo: --use-remote-sudo, NIX_SSHOPTS strict with the stack's known hosts", async () => {
