@@ -3,7 +3,8 @@
 // VM, delete-before-replace because libvirt names are fixed.
 import * as pulumi from "@pulumi/pulumi";
 import { domainXml, readDomain } from "./libvirtXml";
-import { diffByKeys, dumpXml, isUnknown, sleep, virsh, withXmlFile } from "./virsh";
+import { isUnknown } from "./unknown";
+import { diffByKeys, dumpXml, sleep, virsh, withXmlFile } from "./virsh";
 
 export interface DomainInputs {
     uri: string;

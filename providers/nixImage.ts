@@ -15,6 +15,7 @@
 // line (pulumi.log does not reach the user from inside a provider).
 import * as pulumi from "@pulumi/pulumi";
 import { lastLines, run } from "./run";
+import { UNKNOWN } from "./unknown";
 
 /** Resolved inputs, as the provider sees them (every one is also in the outputs). */
 export interface NixImageInputs {
@@ -50,8 +51,6 @@ export interface NixImageArgs {
     buildTimeoutSeconds?: pulumi.Input<number>;
 }
 
-/** pulumi.runtime.unknownValue, spelled out so the provider does not capture @pulumi/pulumi. */
-const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 
 /** Defaults of optional inputs. */
 export function nixImageDefaults(): { buildTimeoutSeconds: number } {

@@ -13,6 +13,7 @@
 // user line by line (pkg plugin.go, runtrace -> Diag.Infoerrf).
 import * as pulumi from "@pulumi/pulumi";
 import { lastLines, run } from "./run";
+import { UNKNOWN } from "./unknown";
 import { destination, ensureKnownHostsFile, firstContact, nixSshOpts, remoteCommand, SshTarget, waitForSsh } from "./ssh";
 
 export type RebuildFlavour = "auto" | "legacy" | "ng";
@@ -85,8 +86,6 @@ export interface NixosDeploymentArgs {
     switchTimeoutSeconds?: pulumi.Input<number>;
 }
 
-/** pulumi.runtime.unknownValue, spelled out so the provider does not capture @pulumi/pulumi. */
-const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 
 // Not exported as consts on purpose: TypeScript compiles references to an
 // exported const into `exports.X`, which would make the serialized provider

@@ -17,6 +17,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import { describeMaster, healthVerdict, parseMasterJson } from "../cluster/sparkStatus";
 import type { ExpectedWorker, HealthVerdict, MasterState } from "../cluster/sparkStatus";
+import { isUnknown } from "./unknown";
 
 export type { ExpectedWorker } from "../cluster/sparkStatus";
 
@@ -69,20 +70,12 @@ export interface SparkHealthArgs {
 
 export const DEFAULT_HEALTH_TIMEOUT_SECONDS = 300;
 
-/** Pulumi's marker for a value not known during preview (pulumi.runtime.unknownValue). */
-const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 const INPUT_KEYS = ["masterUrl", "webUiUrl", "expectedWorkers", "timeoutSeconds", "trigger"] as const;
 const POLL_INTERVAL_MS = 2_000;
 const REQUEST_TIMEOUT_MS = 5_000;
 /** Repeat an unchanged progress line at most this often. */
 const PROGRESS_EVERY_MS = 15_000;
 
-function containsUnknown(v: unknown): boolean {
-    if (v === UNKNOWN) return true;
-    if (Array.isArray(v)) return v.some(containsUnknown);
-    if (v && typeof v === "object") return Object.values(v as Record<string, unknown>).some(containsUnknown);
-    return false;
-}
 
 /** JSON with sorted keys, so that key order never reads as a change. */
 function canonical(v: unknown): string {
@@ -223,7 +216,7 @@ export async function waitForHealthy(inputs: SparkHealthInputs, log: (line: stri
 export const sparkHealthProvider: pulumi.dynamic.ResourceProvider = {
     async check(_olds: any, news: any) {
         const failures: { property: string; reason: string }[] = [];
-        const known = (k: string) => news[k] !== undefined && !containsUnknown(news[k]);
+        const known = (k: string) => news[k] !== undefined && !isUnknown(news[k]);
         if (known("masterUrl") && !/^spark:\/\/[^/:]+:\d+$/.test(String(news.masterUrl))) {
             failures.push({ property: "masterUrl", reason: `expected spark://HOST:PORT, got ${JSON.stringify(news.masterUrl)}` });
         }
@@ -245,7 +238,7 @@ export const sparkHealthProvider: pulumi.dynamic.ResourceProvider = {
     async diff(_id: string, olds: any, news: any) {
         const changed: string[] = [];
         for (const k of INPUT_KEYS) {
-            if (containsUnknown(news[k]) || canonical(olds[k]) !== canonical(news[k])) changed.push(k);
+            if (isUnknown(news[k]) || canonical(olds[k]) !== canonical(news[k])) changed.push(k);
         }
         // A refresh that found the cluster degraded makes the next `up` check again.
         const expected = Array.isArray(olds.expectedWorkers) ? olds.expectedWorkers.length : 0;

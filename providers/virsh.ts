@@ -1,6 +1,7 @@
 // virsh, the way every libvirt provider calls it: argv arrays, the stack's
 // connection URI, a timeout, and XML handed over in a private temp file.
 import { run, RunResult } from "./run";
+import { isUnknown } from "./unknown";
 
 export const VIRSH_TIMEOUT_MS = 60_000;
 
@@ -36,15 +37,6 @@ export async function dumpXml(uri: string, args: string[]): Promise<string | und
     throw new Error(`virsh ${args.join(" ")}: exit code ${r.code}\n${r.stderr.trim()}`);
 }
 
-/** Pulumi's marker for a value not known during preview. */
-export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
-
-export function isUnknown(v: unknown): boolean {
-    if (v === UNKNOWN) return true;
-    if (Array.isArray(v)) return v.some(isUnknown);
-    if (v && typeof v === "object") return Object.values(v as object).some(isUnknown);
-    return false;
-}
 
 /**
  * The diff every libvirt provider answers: keys whose change replaces the

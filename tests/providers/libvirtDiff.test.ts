@@ -5,7 +5,7 @@ import { domainProvider } from "../../providers/domain";
 import { networkProvider, planHostChanges } from "../../providers/network";
 import { poolProvider } from "../../providers/pool";
 import { volumeProvider } from "../../providers/volume";
-import { UNKNOWN } from "../../providers/virsh";
+import { UNKNOWN } from "../../providers/unknown";
 import { roundTrip } from "../helpers/serialize";
 
 const hosts = [
