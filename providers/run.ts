@@ -1,13 +1,22 @@
 // The one command runner every provider uses.
 //
 // Rules it enforces (DESIGN.md): argv arrays only (never a shell string), a
-// timeout on every command, and stderr carried into the error message.
+// timeout on every command, and stderr carried into the error message. Each
+// command runs in a process group of its own; a timeout kills the whole
+// group (a hung `nix copy` or `ssh` under nixos-rebuild too) and the promise
+// settles only when that group is gone.
 // It requires its modules inside the function so that a dynamic provider that
 // captures `run` serializes to a self-contained closure.
 
 export interface RunOptions {
-    /** Milliseconds before the command is killed (SIGTERM, then SIGKILL). */
+    /**
+     * Milliseconds before the command is killed with its whole process group:
+     * SIGTERM, then SIGKILL after killGraceMs. The promise settles only once
+     * the command has exited and its group is gone.
+     */
     timeoutMs?: number;
+    /** Milliseconds between SIGTERM and SIGKILL on timeout (default 3000). */
+    killGraceMs?: number;
     /** Written to the command's stdin, which is then closed. */
     input?: string;
     /** Environment; defaults to this process's. */
@@ -40,17 +49,52 @@ export function run(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
         return Promise.reject(new Error(`run: argv must be a non-empty array of strings, got ${JSON.stringify(argv)}`));
     }
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const graceMs = opts.killGraceMs ?? 3_000;
     const mask = (s: string) => (opts.secrets ?? []).filter((x) => x).reduce((acc, x) => acc.split(x).join("***"), s);
     const shown = mask(argv.join(" "));
     return new Promise((resolve, reject) => {
+        // detached: the command leads a process group of its own, so a timeout
+        // can take all of it (nixos-rebuild -> nix copy -> ssh), not only argv[0].
         const child = spawn(argv[0], argv.slice(1), {
             env: (opts.env ?? process.env) as NodeJS.ProcessEnv,
             cwd: opts.cwd,
             stdio: ["pipe", "pipe", "pipe"],
+            detached: true,
         });
+        const pgid = child.pid;
+        // While it runs, the group is killed if this process exits (the
+        // engine ends a provider by its own process group, which no longer
+        // holds the command). One shared 'exit' listener for all commands.
+        const g = globalThis as unknown as { __nixsparkGroups?: Set<number> };
+        if (pgid !== undefined) {
+            if (!g.__nixsparkGroups) {
+                const groups = (g.__nixsparkGroups = new Set<number>());
+                process.once("exit", () => {
+                    for (const id of groups) {
+                        try {
+                            process.kill(-id, "SIGKILL");
+                        } catch {
+                            /* already gone */
+                        }
+                    }
+                });
+            }
+            g.__nixsparkGroups.add(pgid);
+        }
+        const signalGroup = (sig: NodeJS.Signals): boolean => {
+            if (pgid === undefined) return false;
+            try {
+                process.kill(-pgid, sig);
+                return true;
+            } catch {
+                return false; // ESRCH: nobody left in the group
+            }
+        };
+        const groupAlive = () => signalGroup(0 as unknown as NodeJS.Signals);
         let stdout = "";
         let stderr = "";
         let timedOut = false;
+        const timers: NodeJS.Timeout[] = [];
         const partial = { stdout: "", stderr: "" };
         const feed = (stream: "stdout" | "stderr", chunk: Buffer) => {
             const text = chunk.toString("utf8");
@@ -64,17 +108,40 @@ export function run(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
         };
         child.stdout.on("data", (c: Buffer) => feed("stdout", c));
         child.stderr.on("data", (c: Buffer) => feed("stderr", c));
-        const timer = setTimeout(() => {
-            timedOut = true;
-            child.kill("SIGTERM");
-            setTimeout(() => child.kill("SIGKILL"), 5_000).unref();
-        }, timeoutMs);
+        timers.push(
+            setTimeout(() => {
+                timedOut = true;
+                signalGroup("SIGTERM");
+                timers.push(
+                    setTimeout(() => {
+                        signalGroup("SIGKILL");
+                        // A process that left the group but holds our pipes must not keep us waiting.
+                        timers.push(
+                            setTimeout(() => {
+                                child.stdout.destroy();
+                                child.stderr.destroy();
+                            }, 10_000),
+                        );
+                    }, graceMs),
+                );
+            }, timeoutMs),
+        );
+        const done = () => {
+            for (const t of timers) clearTimeout(t);
+            if (pgid !== undefined) g.__nixsparkGroups?.delete(pgid);
+        };
         child.on("error", (err: Error) => {
-            clearTimeout(timer);
+            done();
             reject(new Error(`${shown}: could not start: ${err.message}`));
         });
-        child.on("close", (code: number | null, signal: string | null) => {
-            clearTimeout(timer);
+        child.on("close", async (code: number | null, signal: string | null) => {
+            if (timedOut) {
+                // Settle once the whole group is gone (killed, and reaped), bounded.
+                signalGroup("SIGKILL");
+                const deadline = Date.now() + 10_000;
+                while (groupAlive() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+            }
+            done();
             if (opts.onLine) {
                 for (const s of ["stdout", "stderr"] as const) if (partial[s]) opts.onLine(mask(partial[s]), s);
             }
@@ -88,6 +155,7 @@ export function run(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
                 resolve(result);
             }
         });
+        child.stdin.on("error", () => undefined); // EPIPE: the command exited without reading its input
         if (opts.input !== undefined) child.stdin.end(opts.input);
         else child.stdin.end();
     });

@@ -60,6 +60,10 @@ export function sshOptions(t: SshTarget, policy: HostKeyPolicy, connectTimeoutSe
         "-o", "HashKnownHosts=no",
         "-o", "BatchMode=yes",
         "-o", `ConnectTimeout=${Math.max(1, Math.round(connectTimeoutSeconds))}`,
+        // A node that vanishes mid-command (crashed, network gone) ends the
+        // connection after about a minute instead of hanging until the timeout.
+        "-o", "ServerAliveInterval=15",
+        "-o", "ServerAliveCountMax=4",
         "-o", "LogLevel=ERROR",
     ];
 }

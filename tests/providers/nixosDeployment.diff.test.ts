@@ -159,7 +159,8 @@ describe("nixos-rebuild argv and environment", () => {
             PATH: "/bin",
             NIX_SSHOPTS:
                 "-p 2222 -i /home/me/.ssh/id_ed25519 -o IdentitiesOnly=yes -o UserKnownHostsFile=/home/me/.nixspark/dev/known_hosts " +
-                "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o HashKnownHosts=no -o BatchMode=yes -o ConnectTimeout=10 -o LogLevel=ERROR",
+                "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o HashKnownHosts=no -o BatchMode=yes -o ConnectTimeout=10 " +
+                "-o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o LogLevel=ERROR",
         });
     });
 });

@@ -30,6 +30,8 @@ describe("ssh options", () => {
             "-o", "HashKnownHosts=no",
             "-o", "BatchMode=yes",
             "-o", "ConnectTimeout=10",
+            "-o", "ServerAliveInterval=15",
+            "-o", "ServerAliveCountMax=4",
             "-o", "LogLevel=ERROR",
         ]);
     });
