@@ -4,7 +4,7 @@
 // what a user (and `npm run status` / `npm run smoke`) needs to reach it.
 import * as pulumi from "@pulumi/pulumi";
 import { loadStackConfig, resolveSsh, stackStateDir } from "./cluster/stackConfig";
-import { NixParamsError, prepareNixImage, prepareNixSystems } from "./cluster/nixParams";
+import { NixParamsError, prepareNix } from "./cluster/nixParams";
 import { SparkCluster } from "./cluster/sparkCluster";
 
 async function main() {
@@ -14,10 +14,11 @@ async function main() {
     const config = { ...loaded.config, ssh: { ...loaded.config.ssh, publicKey: ssh.publicKey } };
     const topology = loaded.topology;
 
-    let image, systems;
+    let prepared;
     try {
-        image = config.image.path ? { path: config.image.path } : { nix: await prepareNixImage(stack, config, topology) };
-        systems = config.deploy.enabled ? await prepareNixSystems(stack, config, topology) : undefined;
+        // One `nix eval` at most, none when nothing it reads changed since the
+        // last run (cluster/nixParams.ts); says so only at debug level.
+        prepared = await prepareNix(stack, config, topology, { log: (m) => void pulumi.log.debug(m) });
     } catch (e) {
         if (e instanceof NixParamsError) throw new pulumi.RunError(`invalid stack configuration:\n  ${e.message}`);
         // Nix's own words (a misspelt package in nixspark:spark.pythonPackages, no
@@ -25,6 +26,8 @@ async function main() {
         const hint = /could not start/.test(String(e)) ? "\nInstall Nix with flakes (see README: Prerequisites)." : "";
         throw new pulumi.RunError(`evaluating the Nix flake failed, nothing was changed:\n${(e as Error).message}${hint}`);
     }
+    const image = config.image.path ? { path: config.image.path } : { nix: prepared.image! };
+    const systems = prepared.systems;
 
     const cluster = new SparkCluster("nixspark", {
         stack,

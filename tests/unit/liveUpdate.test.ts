@@ -9,7 +9,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import { parseConfig } from "../../cluster/config";
-import { prepareNixSystems } from "../../cluster/nixParams";
+import { prepareNix } from "../../cluster/nixParams";
 import { buildTopology } from "../../cluster/topology";
 import { FIXTURES, NIX_DIR, nixEnv } from "../fixtures/nix-env";
 
@@ -49,7 +49,7 @@ async function graph(sparkSettings: Record<string, string>) {
         spark: { settings: sparkSettings },
     });
     const topo = buildTopology("dev", cfg);
-    const systems = await prepareNixSystems("dev", cfg, topo, { cwd: proj, extraArgs: STUB });
+    const systems = (await prepareNix("dev", cfg, topo, { cwd: proj, extraArgs: STUB })).systems!;
     const { SparkCluster } = await import("../../cluster/sparkCluster");
     const c = new SparkCluster("dev", { stack: "dev", config: cfg, baseImage: { path: "/images/base.qcow2" }, systems, ssh: { identityFile: "/k", knownHostsFile: "/kh" } });
     const all = [c.network, c.pool, ...c.nodes.flatMap((n) => [n.volume, n.domain]), ...c.deployments, ...(c.health ? [c.health] : [])];
