@@ -41,13 +41,15 @@
     terminal_output serial console
   '';
 
-  # Address and host name from libvirt's DHCP (a reservation per node), so
-  # that every worker can share one configuration. dhcpcd sets the host name
-  # only while it is empty; since it runs unprivileged, it asks polkit
-  # (hostnamed) to do so.
+  # The address comes from libvirt's DHCP (a reservation per node), so that
+  # every worker can share one configuration. The host name does not: on
+  # nixos-24.11 dhcpcd runs unprivileged (ProtectHostname) and cannot set
+  # it. Instead libvirt hands each VM its name as the systemd credential
+  # `system.hostname` (an SMBIOS OEM string in the domain XML, see
+  # providers/libvirtXml.ts), which systemd (>= 254) sets at boot when there
+  # is no /etc/hostname, and an empty hostName writes none.
   networking.hostName = "";
   networking.useDHCP = true;
-  security.polkit.enable = true;
 
   services.qemuGuest.enable = true;
 

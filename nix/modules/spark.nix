@@ -1,6 +1,14 @@
 # What master and worker share: nixpkgs' services.spark package and one
 # configuration directory, the Python that runs jobs, and the firewall that
 # lets the cluster's Spark traffic in from the cluster subnet only.
+#
+# The Spark package (nixos-24.11: pkgs/applications/networking/cluster/spark,
+# Spark 3.5) installs the distribution at the top of its output: bin/, sbin/,
+# jars/, python/ and conf/ (templates only, no spark-env.sh). Every bin/
+# program is a wrapper that sets JAVA_HOME to the package's JDK and
+# SPARK_DIST_CLASSPATH to `hadoop classpath` of the package's Hadoop, and
+# the daemons' sbin/ scripts start Spark through those wrappers. So our
+# spark-env.sh adds only what is ours.
 {
   config,
   lib,
@@ -10,11 +18,13 @@
 let
   cfg = config.nixspark;
   spark = config.services.spark.package;
-  sparkHome = "${spark}/lib/${spark.untarDir}";
 
   # The Python that runs PySpark drivers and executors on every node. The
   # store path is the same on every node (same configuration inputs), which
-  # matters: the driver tells executors which interpreter to start.
+  # matters: the driver tells executors which interpreter to start. PySpark
+  # itself is not in it: spark-submit puts the Spark package's own
+  # python/lib/pyspark.zip and py4j on the path of drivers and executors, so
+  # the job always talks to the Spark that runs it.
   python = pkgs.python3.withPackages (
     ps:
     map (
@@ -29,10 +39,6 @@ let
   );
 
   sparkEnv = pkgs.writeText "spark-env.sh" ''
-    # The package's own environment: JAVA_HOME, SPARK_HOME and Hadoop's
-    # classpath (nixpkgs ships Spark without Hadoop).
-    . ${sparkHome}/conf/spark-env.sh
-
     export PYSPARK_PYTHON=${python}/bin/python3
     export PYSPARK_DRIVER_PYTHON=${python}/bin/python3
 
@@ -46,14 +52,11 @@ let
     fi
   '';
 
-  # The package's conf/ (log4j2.properties, ...) with our spark-env.sh and
-  # spark-defaults.conf in place of its own.
+  # SPARK_CONF_DIR of the daemons and of spark-submit: our two files. Spark
+  # falls back to its built-in log4j2 defaults, as the package's conf/ has
+  # templates only.
   confDir = pkgs.runCommand "nixspark-spark-conf" { } ''
     mkdir -p $out
-    for f in ${sparkHome}/conf/*; do
-      ln -s "$f" "$out/$(basename "$f")"
-    done
-    rm -f $out/spark-env.sh $out/spark-defaults.conf
     cp ${sparkEnv} $out/spark-env.sh
     cp ${sparkDefaults} $out/spark-defaults.conf
   '';
@@ -78,7 +81,14 @@ in
     SPARK_CONF_DIR = "${confDir}";
     PYSPARK_PYTHON = "${python}/bin/python3";
   };
-  environment.systemPackages = [ python ];
+  # nixpkgs' Spark module puts the package on PATH too; hiPrio makes its
+  # spark-submit win over any program of the same name that a Python
+  # package might bring, so `spark-submit` is always the Spark that runs
+  # the daemons.
+  environment.systemPackages = [
+    (lib.hiPrio spark)
+    python
+  ];
 
   networking.hosts = lib.mkIf (cfg.master.hostname != null) { ${cfg.master.address} = [ cfg.master.hostname ]; };
 
