@@ -106,7 +106,10 @@ export const configSchema = z
                     .array(z.string().regex(/^[A-Za-z0-9_.-]+$/, "expected nixpkgs python3Packages attribute names such as numpy"), {
                         invalid_type_error: "expected a list of python3Packages attribute names",
                     })
-                    .default(["pyspark", "numpy", "pandas"]),
+                    .refine((names) => !names.includes("pyspark"), {
+                        message: "remove pyspark: every job already gets PySpark from the cluster's own Spark package (a second one would shadow its spark-submit)",
+                    })
+                    .default(["numpy", "pandas"]),
             })
             .strict()
             .default({}),

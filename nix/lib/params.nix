@@ -129,7 +129,6 @@ let
   workerSize = size json "worker";
   userSettings = json.sparkSettings or { };
   pythonPackages = json.pythonPackages or [
-    "pyspark"
     "numpy"
     "pandas"
   ];
@@ -175,6 +174,10 @@ let
   packageNames =
     if !(isList pythonPackages && all (p: isString p && match "[A-Za-z0-9_.-]+" p != null) pythonPackages) then
       fail "pythonPackages: expected a list of python3Packages attribute names such as \"numpy\""
+    else if elem "pyspark" pythonPackages then
+      # A second Spark on every node, whose bin/spark-submit could shadow
+      # the real one: jobs get PySpark from the Spark package that runs them.
+      fail "pythonPackages: remove \"pyspark\": every job already gets PySpark from the cluster's own Spark package"
     else
       sort (a: b: a < b) (uniq pythonPackages);
 in

@@ -117,11 +117,10 @@ in
     pythonPackages = mkOption {
       type = types.listOf types.str;
       default = [
-        "pyspark"
         "numpy"
         "pandas"
       ];
-      description = "python3Packages attribute names in the Python that runs jobs (PYSPARK_PYTHON) on every node.";
+      description = "python3Packages attribute names in the Python that runs jobs (PYSPARK_PYTHON) on every node; PySpark itself comes from the Spark package.";
     };
   };
 }

@@ -16,7 +16,7 @@ describe("config schema", () => {
         expect(c.domainType).toBe("kvm");
         expect(c.workers.count).toBe(2);
         expect(c.network.cidr).toBe("10.77.0.0/24");
-        expect(c.spark.pythonPackages).toEqual(["pyspark", "numpy", "pandas"]);
+        expect(c.spark.pythonPackages).toEqual(["numpy", "pandas"]);
         expect(c.ssh.user).toBe("deploy");
     });
 
@@ -55,6 +55,7 @@ describe("config schema", () => {
         ["nixspark:spark.settings.spark.x", { spark: { settings: { "spark.x": { a: 1 } } } }, /string, number or boolean/],
         ["nixspark:spark.pythonPackages", { spark: { pythonPackages: "numpy" } }, /list of python3Packages/],
         ["nixspark:spark.pythonPackages.0", { spark: { pythonPackages: ["numpy; rm -rf /"] } }, /attribute names/],
+        ["nixspark:spark.pythonPackages", { spark: { pythonPackages: ["numpy", "pyspark"] } }, /remove pyspark: every job already gets PySpark from the cluster's own Spark package/],
         ["nixspark:deploy.enabled", { deploy: { enabled: "yes" } }, /true or false/],
         ["nixspark:deploy.flake", { deploy: { flake: "" } }, /flake reference/],
         ["nixspark:deploy.rebuildCommand", { deploy: { rebuildCommand: "" } }, /nixos-rebuild/],

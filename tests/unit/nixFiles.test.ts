@@ -100,9 +100,13 @@ describe("lib/params.nix (stack settings -> node parameters)", () => {
     });
 
     test("python packages: the stack's list, sorted, without duplicates; the default list when absent", () => {
-        expect(params({ pythonPackages: ["scipy", "pyspark", "numpy", "scipy"] }).pythonPackages).toEqual(["numpy", "pyspark", "scipy"]);
+        expect(params({ pythonPackages: ["scipy", "pyarrow", "numpy", "scipy"] }).pythonPackages).toEqual(["numpy", "pyarrow", "scipy"]);
         const { pythonPackages: _dropped, ...withoutList } = example;
-        expect(evalJson<any>(`(import ./lib/params.nix (builtins.fromJSON ${JSON.stringify(JSON.stringify(withoutList))})).pythonPackages`)).toEqual(["numpy", "pandas", "pyspark"]);
+        expect(evalJson<any>(`(import ./lib/params.nix (builtins.fromJSON ${JSON.stringify(JSON.stringify(withoutList))})).pythonPackages`)).toEqual(["numpy", "pandas"]);
+    });
+
+    test("pyspark is refused: jobs get PySpark from the Spark package, a second one would shadow its spark-submit", () => {
+        expect(paramsError({ pythonPackages: ["numpy", "pyspark"] })).toMatch(/pythonPackages: remove "pyspark": every job already gets PySpark from the cluster's own Spark package/);
     });
 
     test.each([
@@ -147,7 +151,7 @@ describe("lib/params-module.nix (parameters -> nixspark.* options)", () => {
         expect(m.nixspark.clusterCidr).toBe("10.77.0.0/24");
         expect(m.nixspark.master).toEqual({ address: "10.77.0.10", hostname: "example-master", port: 7077, webUiPort: 8080 });
         expect(m.nixspark.worker).toEqual({ cores: 2, memoryMiB: 3072, port: 7078, webUiPort: 8081 });
-        expect(m.nixspark.pythonPackages).toEqual(["numpy", "pandas", "pyspark"]);
+        expect(m.nixspark.pythonPackages).toEqual(["numpy", "pandas"]);
         expect(m.nixspark.firewall.tcpPorts).toEqual([7077, 8080, 7078, 8081]);
         expect(Object.keys(m.nixspark).sort()).toEqual(
             ["clusterCidr", "daemonMemoryMiB", "deployUser", "firewall", "master", "pythonPackages", "sparkSettings", "sshKeys", "stack", "worker"].sort(),
