@@ -35,6 +35,14 @@ import { loadStackOutputs, parseArgs, UsageError } from "./status";
 const JOB = path.resolve(__dirname, "jobs/sum_of_squares.py");
 
 /**
+ * spark-submit on a node, by its system profile path rather than PATH: a
+ * non-login SSH command's PATH is the shell's business, and this one is the
+ * Spark package's own (nix/modules/spark.nix gives it priority over any
+ * Python package's), with the daemons' SPARK_CONF_DIR from the environment.
+ */
+export const NODE_SPARK_SUBMIT = "/run/current-system/sw/bin/spark-submit";
+
+/**
  * spark-submit settings that make the spread over workers deterministic:
  * one 1-core executor per worker (the standalone master spreads executors
  * over workers by default), and no task is scheduled before all of them have
@@ -129,7 +137,7 @@ export async function main(argv: string[]): Promise<number> {
             await run(sshArgv(target, "strict", ["tee", remoteJob]), { input: fs.readFileSync(JOB, "utf8"), timeoutMs: 60_000 });
             try {
                 say(`running spark-submit on the master against ${masterUrl} (${workers} executor(s), one per worker)`);
-                const r = await run(sshArgv(target, "strict", ["spark-submit", ...conf, remoteJob]), { timeoutMs, onLine: echo, allowFailure: true });
+                const r = await run(sshArgv(target, "strict", [NODE_SPARK_SUBMIT, ...conf, remoteJob]), { timeoutMs, onLine: echo, allowFailure: true });
                 stdout = r.stdout;
                 if (r.code === 127) say("spark-submit is not on the master's PATH: the master role must install Spark (environment.systemPackages)");
                 else if (r.code !== 0) say(`spark-submit on the master exited with code ${r.code}`);

@@ -35,7 +35,7 @@ if cmd[:1] == ["readlink"]:
         sys.exit(0)
     sys.stderr.write("ssh: connect to host %s port 22: Connection refused\\n" % host)
     sys.exit(255)
-if cmd[:1] == ["spark-submit"]:
+if cmd[:1] == ["/run/current-system/sw/bin/spark-submit"]:
     sys.stdout.write(os.environ["FAKE_JOB_OUTPUT"])
     sys.exit(0)
 sys.exit(0)
@@ -189,14 +189,14 @@ describe("npm run smoke over ssh (the default on a real cluster)", () => {
         const r = await script("smoke.ts", ["--outputs", writeOutputs(outputs())], { FAKE_JOB_OUTPUT: jobOutput(["127.0.0.11:8081", "127.0.0.12:8081"]) });
         expect(r.code).toBe(0);
         expect(r.stdout).toMatch(/smoke: OK in \d+ s: sum of squares 1\.\.100000 = 333338333350000; 4 tasks on 2 workers: 127\.0\.0\.11:8081 \(partitions 0,2\), 127\.0\.0\.12:8081 \(partitions 1,3\)/);
-        expect(r.ssh.map((c) => c.cmd[0])).toEqual(["tee", "spark-submit", "rm"]);
+        expect(r.ssh.map((c) => c.cmd[0])).toEqual(["tee", "/run/current-system/sw/bin/spark-submit", "rm"]);
         expect(r.ssh.every((c) => c.dest === "deploy@127.0.0.10")).toBe(true);
         const [upload, submit, cleanup] = r.ssh;
         const remote = upload.cmd[1];
         expect(remote).toMatch(/^\/tmp\/nixspark-smoke-[0-9a-f]{12}\.py$/);
         expect(upload.stdin).toBe(fs.readFileSync(path.join(REPO, "scripts/jobs/sum_of_squares.py"), "utf8"));
         expect(submit.cmd).toEqual([
-            "spark-submit", "--master", "spark://127.0.0.10:7077", "--name", "nixspark-smoke",
+            "/run/current-system/sw/bin/spark-submit", "--master", "spark://127.0.0.10:7077", "--name", "nixspark-smoke",
             "--conf", "spark.executor.cores=1", "--conf", "spark.cores.max=2", "--conf", "spark.executor.memory=512m",
             "--conf", "spark.deploy.spreadOut=true", "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
             "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=120s", "--conf", "spark.ui.enabled=false",
