@@ -51,9 +51,27 @@
       lib = {
         params = import ./lib/params.nix;
         inherit stacks;
+
+        # Everything the Pulumi program needs from one stack, so that one
+        # `nix eval --json <flake>#lib.stackEvaluations.<stack>` evaluates it
+        # all at once (NixOS evaluation takes seconds; one process shares the
+        # work of nixpkgs and the module system between image and roles).
+        stackEvaluations = perStack (
+          name: _: {
+            "${name}" = {
+              baseImage.drvPath = self.packages.${system}."${name}-base-image".drvPath;
+              systems = {
+                master = self.nixosConfigurations."${name}-master".config.system.build.toplevel.outPath;
+                worker = self.nixosConfigurations."${name}-worker".config.system.build.toplevel.outPath;
+              };
+            };
+          }
+        );
       };
 
       nixosModules = roles // {
+        # For the machine that runs the VMs: libvirtd, firewall, Nix (modules/host.nix).
+        host = ./modules/host.nix;
         options = ./modules/options.nix;
         guest = ./modules/guest.nix;
         common = ./modules/common.nix;

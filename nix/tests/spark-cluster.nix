@@ -28,8 +28,11 @@ let
       }
     );
 
+  # Each node gets its host name the way a libvirt VM does (modules/guest.nix):
+  # no configured name, and the systemd credential `system.hostname` as an
+  # SMBIOS OEM string, which libvirt's <sysinfo> passes to QEMU as this.
   node =
-    role:
+    role: name:
     { nodes, ... }:
     let
       params = paramsFor nodes;
@@ -38,6 +41,11 @@ let
       imports = [
         roles.${role}
         (import ../lib/params-module.nix params)
+      ];
+      networking.hostName = lib.mkForce "";
+      virtualisation.qemu.options = [
+        "-smbios"
+        "type=11,value=io.systemd.credential:system.hostname=${name}"
       ];
       virtualisation.cores = if role == "spark-worker" then params.worker.cores else 2;
       virtualisation.memorySize = if role == "spark-worker" then params.worker.vmMemoryMiB else 2048;
@@ -51,9 +59,9 @@ pkgs.testers.runNixOSTest {
   name = "nixspark-spark-cluster";
 
   nodes = {
-    master = node "spark-master";
-    worker1 = node "spark-worker";
-    worker2 = node "spark-worker";
+    master = node "spark-master" "master";
+    worker1 = node "spark-worker" "worker1";
+    worker2 = node "spark-worker" "worker2";
   };
 
   testScript =
@@ -62,6 +70,7 @@ pkgs.testers.runNixOSTest {
       params = paramsFor nodes;
       webUi = params.master.webUiUrl;
       iptables = "${pkgs.iptables}/bin/iptables";
+      spark = nodes.master.services.spark.package;
     in
     ''
       import json
@@ -73,6 +82,19 @@ pkgs.testers.runNixOSTest {
           master.wait_until_succeeds("${nc} -z ${params.master.ip} ${toString params.ports.master}")
           for worker in (worker1, worker2):
               worker.wait_for_unit("spark-worker.service")
+
+      with subtest("each node has the host name its VM was given, not one from a configuration"):
+          for machine, name in ((master, "master"), (worker1, "worker1"), (worker2, "worker2")):
+              machine.wait_for_unit("multi-user.target")
+              machine.fail("test -e /etc/hostname")
+              actual = machine.succeed("hostname").strip()
+              assert actual == name, f"{name} is called {actual!r}"
+
+      with subtest("spark-submit on PATH is the Spark package's, not a Python package's"):
+          for machine in (master, worker1):
+              found = machine.succeed("readlink -f $(command -v spark-submit)").strip()
+              assert found == "${spark}/bin/spark-submit", f"spark-submit is {found}"
+              machine.succeed("test $(readlink -f /run/current-system/sw/bin/spark-submit) = ${spark}/bin/spark-submit")
 
       with subtest("both workers register with the master"):
           master.wait_until_succeeds("test $(python3 ${aliveWorkers} ${webUi}) -eq 2", timeout=300)

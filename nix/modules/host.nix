@@ -1,0 +1,89 @@
+# The machine that runs a nixspark stack's VMs, as a NixOS module: add
+# `nixspark.nixosModules.host` to its configuration, set
+# `nixspark.host.users`, and `nixos-rebuild switch`. It gives:
+#   - libvirtd with QEMU/KVM (qemu:///system, where the program defines its
+#     pools, networks and domains);
+#   - the firewall letting the stacks' VMs reach libvirt's dnsmasq on their
+#     bridges (DHCP and DNS) with either NixOS firewall: on nftables hosts
+#     libvirt's own accept rules live in another table and do not override
+#     NixOS' input chain, so they are not enough;
+#   - Nix with flakes and the system features the image build and the NixOS
+#     test need (kvm, nixos-test);
+#   - the listed users in the libvirtd group, and the tools the program runs.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.nixspark.host;
+  inherit (lib) mkOption types;
+
+  # Every stack's default bridge is "nxs-<stack>" (cluster/topology.ts).
+  udp = lib.concatMapStringsSep ", " toString [
+    53
+    67
+  ];
+  nftablesRules = ''
+    iifname "${cfg.bridgePrefix}*" udp dport { ${udp} } accept
+    iifname "${cfg.bridgePrefix}*" tcp dport 53 accept
+  '';
+  iptablesRules = ''
+    iptables -A nixos-fw -i ${cfg.bridgePrefix}+ -p udp -m multiport --dports ${toString 53},${toString 67} -j nixos-fw-accept
+    iptables -A nixos-fw -i ${cfg.bridgePrefix}+ -p tcp --dport 53 -j nixos-fw-accept
+  '';
+in
+{
+  options.nixspark.host = {
+    users = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "alice" ];
+      description = "Users who run `pulumi up` for nixspark stacks: added to the libvirtd group.";
+    };
+    bridgePrefix = mkOption {
+      type = types.strMatching "[A-Za-z0-9_-]{1,14}";
+      default = "nxs-";
+      description = "Name prefix of the stacks' bridges (nixspark:network.bridge; the default is nxs-<stack>).";
+    };
+  };
+
+  config = {
+    virtualisation.libvirtd = {
+      enable = true;
+      # QEMU for this machine's architecture only, with KVM.
+      qemu.package = lib.mkDefault pkgs.qemu_kvm;
+      # Domains with autostart come back after a reboot; shut them down
+      # cleanly instead of suspending them to disk.
+      onShutdown = lib.mkDefault "shutdown";
+    };
+
+    networking.firewall.extraInputRules = lib.mkIf config.networking.nftables.enable nftablesRules;
+    networking.firewall.extraCommands = lib.mkIf (!config.networking.nftables.enable) iptablesRules;
+
+    nix.settings = {
+      experimental-features = [
+        "nix-command"
+        "flakes"
+      ];
+      # make-disk-image runs in a VM (kvm); the NixOS test needs nixos-test.
+      system-features = [
+        "nixos-test"
+        "benchmark"
+        "big-parallel"
+        "kvm"
+      ];
+    };
+
+    users.users = lib.genAttrs cfg.users (_: {
+      extraGroups = [ "libvirtd" ];
+    });
+
+    environment.systemPackages = [
+      pkgs.nodejs_20
+      pkgs.pulumi-bin
+      pkgs.qemu-utils
+    ];
+  };
+}

@@ -1,0 +1,264 @@
+// The project's real NixOS modules, evaluated by the stand-in nixpkgs
+// (tests/fixtures/nix-stub-nixpkgs): a module system with nixpkgs'
+// semantics, nixos-24.11's option types and defaults, and packages with only
+// the attributes the 24.11 ones have. So what would stop `nix eval` on a
+// real NixOS host (a removed package attribute, a misspelt option, a value
+// of the wrong type) stops these tests too, with Nix's message.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { FIXTURES, nix, NIX_DIR, nixEnv } from "../fixtures/nix-env";
+
+jest.setTimeout(180_000);
+
+const STUB_DIR = path.join(FIXTURES, "nix-stub-nixpkgs");
+const STUB = ["--no-write-lock-file", "--override-input", "nixpkgs", `path:${STUB_DIR}`];
+const NIX = ["nix", "--extra-experimental-features", "nix-command flakes"];
+
+const tmpDirs: string[] = [];
+afterAll(() => {
+    for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** A copy of nix/ that a test may edit. */
+function flakeCopy(): string {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-modules-"));
+    tmpDirs.push(dir);
+    fs.cpSync(NIX_DIR, dir, { recursive: true });
+    return dir;
+}
+
+function edit(file: string, from: string | RegExp, to: string) {
+    const text = fs.readFileSync(file, "utf8");
+    const next = text.replace(from, to);
+    if (next === text) throw new Error(`${file}: ${from} not found`);
+    fs.writeFileSync(file, next);
+}
+
+/** `nix eval --json <flake>#<attr>` against the stand-in nixpkgs. */
+function evalFlake<T = any>(flakeDir: string, attr: string): T {
+    return JSON.parse(nix([...NIX, "eval", "--json", ...STUB, `path:${flakeDir}#${attr}`]));
+}
+
+/**
+ * A string attribute whose context names several unbuilt derivations: without
+ * the context, and past Nix 2.8's flake evaluation cache, which cannot read
+ * such a context back ("path '<drv> !out!<drv>' is not in the Nix store").
+ */
+function evalString(flakeDir: string, attr: string): string {
+    return JSON.parse(nix([...NIX, "eval", "--no-eval-cache", "--json", ...STUB, `path:${flakeDir}#${attr}`, "--apply", "builtins.unsafeDiscardStringContext"]));
+}
+
+/** The message of an evaluation that must fail. */
+function evalError(flakeDir: string, attr: string): string {
+    try {
+        evalFlake(flakeDir, attr);
+    } catch (e) {
+        return (e as Error).message;
+    }
+    throw new Error(`expected ${attr} to fail evaluation`);
+}
+
+/** `nix eval --impure --json --expr` with `stub` bound to the stand-in flake. */
+function evalExpr<T = any>(expr: string): T {
+    const full = `let stub = builtins.getFlake "path:${STUB_DIR}"; in ${expr}`;
+    return JSON.parse(nix([...NIX, "eval", "--impure", "--json", "--expr", full]));
+}
+
+interface StackEvaluation {
+    baseImage: { drvPath: string };
+    systems: { master: string; worker: string };
+}
+
+/** Writes a stack's settings file into a flake copy (the example's with changes). */
+function writeStack(flakeDir: string, stack: string, changes: Record<string, unknown> = {}) {
+    const example = JSON.parse(fs.readFileSync(path.join(NIX_DIR, "stacks/example.json"), "utf8"));
+    fs.writeFileSync(path.join(flakeDir, "stacks", `${stack}.json`), JSON.stringify({ ...example, stack, ...changes }));
+}
+
+beforeAll(() => {
+    nixEnv();
+});
+
+describe("the committed modules evaluate on the stand-in nixos-24.11", () => {
+    test("image, master and worker systems of the example stack", () => {
+        const e = evalFlake<StackEvaluation>(NIX_DIR, "lib.stackEvaluations.example");
+        expect(e.baseImage.drvPath).toMatch(/^\/nix\/store\/[a-z0-9]{32}-nixspark-example-base-image\.drv$/);
+        expect(e.systems.master).toMatch(/^\/nix\/store\/[a-z0-9]{32}-nixos-system-unnamed-24\.11$/);
+        expect(e.systems.worker).toMatch(/^\/nix\/store\/[a-z0-9]{32}-nixos-system-unnamed-24\.11$/);
+        expect(e.systems.master).not.toBe(e.systems.worker);
+    });
+
+    test("the daemons run from the top of the Spark package, with our configuration directory", () => {
+        const units = evalFlake(NIX_DIR, "nixosConfigurations.example-master.config.systemd.services.spark-master.serviceConfig");
+        const spark = evalFlake<string>(NIX_DIR, "nixosConfigurations.example-master.config.services.spark.package.outPath");
+        expect(units.ExecStart).toBe(`${spark}/sbin/start-master.sh`);
+        const env = evalFlake(NIX_DIR, "nixosConfigurations.example-master.config.systemd.services.spark-master.environment");
+        expect(env.SPARK_CONF_DIR).toMatch(/-nixspark-spark-conf$/);
+        expect(env.SPARK_MASTER_HOST).toBe("10.77.0.10");
+        // No spark-env.sh of the package's is sourced: the 24.11 package ships none.
+        const sparkEnv = evalString(NIX_DIR, "nixosConfigurations.example-master.config.services.spark.confDir.drvAttrs.buildCommand");
+        expect(sparkEnv).not.toMatch(/\/conf\/\*/);
+    });
+
+    test("spark-submit on PATH is the Spark package's: it has priority over the job Python's programs", () => {
+        const listed = nix([...NIX, "eval", "--raw", ...STUB, `path:${NIX_DIR}#nixosConfigurations.example-worker.config.environment.systemPackages`, "--apply", 'ps: builtins.toJSON (map (p: { name = p.name; prio = p.meta.priority or null; }) ps)']);
+        const list = JSON.parse(listed) as { name: string; prio: number | null }[];
+        expect(list).toContainEqual({ name: "spark-3.5.1", prio: -10 });
+        expect(list.map((p) => p.name)).toContain("python3-3.12.7-env");
+        // The job Python carries no PySpark of its own.
+        const paths = JSON.parse(
+            nix([...NIX, "eval", "--raw", ...STUB, `path:${NIX_DIR}#nixosConfigurations.example-worker.config.environment.variables.PYSPARK_PYTHON`, "--apply", "builtins.toJSON"]),
+        );
+        expect(paths).toMatch(/python3-3\.12\.7-env\/bin\/python3$/);
+    });
+
+    test("the nodes have no host name of their own (libvirt gives each its name)", () => {
+        expect(evalFlake(NIX_DIR, "nixosConfigurations.example-worker.config.networking.hostName")).toBe("");
+        expect(evalFlake(NIX_DIR, "nixosConfigurations.example-base.config.networking.hostName")).toBe("");
+    });
+});
+
+describe("what would fail on a real nixos-24.11 host fails here, with Nix's message", () => {
+    test("a package attribute the 24.11 Spark lacks (untarDir, removed in 23.11)", () => {
+        const dir = flakeCopy();
+        edit(path.join(dir, "modules/spark.nix"), "  confDir = pkgs.runCommand", '  sparkHome = "${spark}/lib/${spark.untarDir}";\n  confDir = pkgs.runCommand');
+        edit(path.join(dir, "modules/spark.nix"), "    cp ${sparkEnv} $out/spark-env.sh", "    cp ${sparkHome}/conf/log4j2.properties $out/\n    cp ${sparkEnv} $out/spark-env.sh");
+        expect(evalError(dir, "lib.stackEvaluations.example.systems.master")).toMatch(/attribute 'untarDir' missing/);
+        // The image has no Spark, so it still evaluates.
+        expect(evalFlake<string>(dir, "lib.stackEvaluations.example.baseImage.drvPath")).toMatch(/\.drv$/);
+    });
+
+    test("a misspelt option", () => {
+        const dir = flakeCopy();
+        edit(path.join(dir, "modules/worker.nix"), "services.spark.worker = {", "services.spark.wroker = {");
+        expect(evalError(dir, "lib.stackEvaluations.example.systems.worker")).toMatch(/The option `services\.spark\.wroker' does not exist/);
+    });
+
+    test("a value of the wrong type", () => {
+        const dir = flakeCopy();
+        edit(path.join(dir, "modules/master.nix"), "bind = cfg.master.address;", "bind = 10;");
+        expect(evalError(dir, "lib.stackEvaluations.example.systems.master")).toMatch(
+            /A definition for option `services\.spark\.master\.bind' is not of type `string'/,
+        );
+    });
+
+    test("two modules that disagree, and an option only one side of the firewall has", () => {
+        const dir = flakeCopy();
+        edit(path.join(dir, "modules/spark.nix"), "networking.firewall.extraCommands = firewallRules;", 'networking.firewall.extraCommands = firewallRules;\n  services.spark.master.bind = "0.0.0.0";');
+        expect(evalError(dir, "lib.stackEvaluations.example.systems.master")).toMatch(/The option `services\.spark\.master\.bind' has conflicting definition values/);
+        const nft = flakeCopy();
+        edit(path.join(nft, "modules/spark.nix"), "networking.firewall.extraCommands = firewallRules;", "networking.firewall.extraCommands = firewallRules;\n  networking.nftables.enable = true;");
+        expect(evalError(nft, "lib.stackEvaluations.example.systems.master")).toMatch(/Failed assertions:[\s\S]*incompatible with the nftables based firewall/);
+    });
+
+    test("mkDefault and mkForce decide between definitions as in nixpkgs", () => {
+        const dir = flakeCopy();
+        // guest.nix sets documentation.enable with mkDefault: a plain definition wins.
+        edit(path.join(dir, "modules/common.nix"), "networking.firewall.enable = true;", "networking.firewall.enable = true;\n  documentation.enable = true;\n  services.qemuGuest.enable = lib.mkForce false;");
+        expect(evalFlake(dir, "nixosConfigurations.example-base.config.documentation.enable")).toBe(true);
+        expect(evalFlake(dir, "nixosConfigurations.example-base.config.services.qemuGuest.enable")).toBe(false);
+        expect(evalFlake(NIX_DIR, "nixosConfigurations.example-base.config.documentation.enable")).toBe(false);
+        expect(evalFlake(NIX_DIR, "nixosConfigurations.example-base.config.services.qemuGuest.enable")).toBe(true);
+    });
+});
+
+describe("a system changes exactly when what it runs changes", () => {
+    let dir: string;
+    let base: StackEvaluation;
+    beforeAll(() => {
+        dir = flakeCopy();
+        writeStack(dir, "s");
+        base = evalFlake<StackEvaluation>(dir, "lib.stackEvaluations.s");
+    });
+    const again = (changes: Record<string, unknown>) => {
+        writeStack(dir, "s", changes);
+        return evalFlake<StackEvaluation>(dir, "lib.stackEvaluations.s");
+    };
+
+    test("a Spark setting moves both role systems, never the base image", () => {
+        const e = again({ sparkSettings: { "spark.sql.shuffle.partitions": "64" } });
+        expect(e.systems.master).not.toBe(base.systems.master);
+        expect(e.systems.worker).not.toBe(base.systems.worker);
+        expect(e.baseImage.drvPath).toBe(base.baseImage.drvPath);
+    });
+
+    test("a Python package moves both role systems, never the base image", () => {
+        const e = again({ pythonPackages: ["numpy", "pandas", "scipy"] });
+        expect(e.systems.master).not.toBe(base.systems.master);
+        expect(e.systems.worker).not.toBe(base.systems.worker);
+        expect(e.baseImage.drvPath).toBe(base.baseImage.drvPath);
+    });
+
+    test("the worker size moves the worker system only", () => {
+        const e = again({ worker: { vcpus: 4, memoryMiB: 8192 } });
+        expect(e.systems.worker).not.toBe(base.systems.worker);
+        expect(e.systems.master).toBe(base.systems.master);
+        expect(e.baseImage.drvPath).toBe(base.baseImage.drvPath);
+    });
+
+    test("an SSH key moves the image (and the systems, which carry the same user)", () => {
+        const e = again({ sshPublicKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOtherKeyOtherKeyOtherKeyOtherKeyOt other@host" });
+        expect(e.baseImage.drvPath).not.toBe(base.baseImage.drvPath);
+        expect(e.systems.master).not.toBe(base.systems.master);
+    });
+
+    test("the same settings give the same paths", () => {
+        expect(again({})).toEqual(base);
+    });
+});
+
+describe("the NixOS test (checks.x86_64-linux.spark-cluster) on the stand-in test framework", () => {
+    const check = "checks.x86_64-linux.spark-cluster";
+
+    test("each node gets its name as libvirt gives it: no configured name, the system.hostname credential", () => {
+        for (const node of ["master", "worker1", "worker2"]) {
+            expect(evalFlake(NIX_DIR, `${check}.nodes.${node}.networking.hostName`)).toBe("");
+            const qemu = evalFlake<string[]>(NIX_DIR, `${check}.nodes.${node}.virtualisation.qemu.options`);
+            expect(qemu.join(" ")).toContain(`-smbios type=11,value=io.systemd.credential:system.hostname=${node}`);
+        }
+    });
+
+    test("the script checks each node's host name and that spark-submit is the Spark package's", () => {
+        const script = evalString(NIX_DIR, `${check}.script`);
+        const spark = evalFlake<string>(NIX_DIR, `${check}.nodes.master.services.spark.package.outPath`);
+        expect(script).toContain('actual = machine.succeed("hostname").strip()');
+        expect(script).toContain('machine.fail("test -e /etc/hostname")');
+        expect(script).toContain(`assert found == "${spark}/bin/spark-submit"`);
+        expect(evalFlake<string>(NIX_DIR, `${check}.drvPath`)).toMatch(/vm-test-run-nixspark-spark-cluster\.drv$/);
+    });
+});
+
+describe("nixosModules.host: the machine that runs the VMs", () => {
+    const host = (extra: string) =>
+        `(stub.lib.nixosSystem { modules = [ ${path.join(NIX_DIR, "modules/host.nix")} ({ ... }: { nixspark.host.users = [ "alice" ]; ${extra} }) ]; }).config`;
+
+    test("libvirtd with KVM, flakes and the kvm feature, the user in libvirtd; an iptables host lets the bridges reach dnsmasq", () => {
+        const c = evalExpr(
+            `let c = ${host("")}; in { inherit (c.virtualisation.libvirtd) enable; qemu = c.virtualisation.libvirtd.qemu.package.name; groups = c.users.users.alice.extraGroups; features = c.nix.settings.system-features; exp = c.nix.settings.experimental-features; fw = c.networking.firewall.extraCommands; nft = c.networking.firewall.extraInputRules; system = c.system.build.toplevel.drvPath; }`,
+        );
+        expect(c.enable).toBe(true);
+        expect(c.qemu).toMatch(/^qemu-host-cpu-only-/);
+        expect(c.groups).toEqual(["libvirtd"]);
+        expect(c.features).toEqual(expect.arrayContaining(["kvm", "nixos-test"]));
+        expect(c.exp).toEqual(["nix-command", "flakes"]);
+        expect(c.fw).toContain("iptables -A nixos-fw -i nxs-+ -p udp -m multiport --dports 53,67 -j nixos-fw-accept");
+        expect(c.fw).toContain("iptables -A nixos-fw -i nxs-+ -p tcp --dport 53 -j nixos-fw-accept");
+        expect(c.nft).toBe("");
+        expect(c.system).toMatch(/\.drv$/);
+    });
+
+    test("an nftables host gets the same openings as nftables rules (and no iptables commands)", () => {
+        const c = evalExpr(`let c = ${host("networking.nftables.enable = true;")}; in { fw = c.networking.firewall.extraCommands; nft = c.networking.firewall.extraInputRules; system = c.system.build.toplevel.drvPath; }`);
+        expect(c.fw).toBe("");
+        expect(c.nft).toContain('iifname "nxs-*" udp dport { 53, 67 } accept');
+        expect(c.nft).toContain('iifname "nxs-*" tcp dport 53 accept');
+        expect(c.system).toMatch(/\.drv$/);
+    });
+
+    test("is a flake output", () => {
+        expect(evalFlake<string[]>(NIX_DIR, "nixosModules")).toBeDefined();
+        const names = JSON.parse(nix([...NIX, "eval", "--json", ...STUB, `path:${NIX_DIR}#nixosModules`, "--apply", "builtins.attrNames"]));
+        expect(names).toContain("host");
+    });
+});
