@@ -52,7 +52,9 @@ export const configSchema = z
         network: z
             .object({
                 name: dnsLabel("a short network name").default("net"),
-                cidr: str("an IPv4 subnet in CIDR form such as 10.77.0.0/24").default("10.77.0.0/24"),
+                // Default: a /24 derived from the stack name (cluster/subnet.ts), so that
+                // two stacks with default settings can share a host.
+                cidr: str("an IPv4 subnet in CIDR form such as 10.77.0.0/24").optional(),
                 bridge: z
                     .string()
                     .regex(/^[A-Za-z0-9_-]{1,15}$/, "expected a Linux bridge name: 1 to 15 letters, digits, '-' or '_'")

@@ -4,11 +4,34 @@
 import * as pulumi from "@pulumi/pulumi";
 import { ClusterConfig, ConfigError, parseConfig, rawFromPulumiConfig } from "./config";
 import { buildTopology, Topology, TopologyError } from "./topology";
+import { conflictingRoutes, HostRoute, hostRoutes } from "./subnet";
 
-export function loadStackConfig(stack: string, all: Record<string, string>): { config: ClusterConfig; topology: Topology } {
+/**
+ * Refuses a cluster subnet that a host route other than the stack's own
+ * bridge already covers: the network would fail to start after the pool and
+ * volumes were created, or the VMs would shadow part of the host's network.
+ */
+export function checkSubnetFree(config: ClusterConfig, topology: Topology, routes: HostRoute[]): void {
+    const clash = conflictingRoutes(topology.cidr, topology.bridge, routes);
+    if (clash.length === 0) return;
+    const which = config.network.cidr ? "nixspark:network.cidr" : `nixspark:network.cidr (not set: the default for stack "${topology.stack}")`;
+    const routesText = clash.map((r) => `${r.cidr} on ${r.iface}`).join(", ");
+    throw new TopologyError(
+        `${which} is ${topology.cidr}, which this host already routes (${routesText}); another libvirt network or host network uses it. ` +
+            `Set a free subnet: pulumi config set --path network.cidr 10.<n>.<m>.0/24`,
+    );
+}
+
+export function loadStackConfig(
+    stack: string,
+    all: Record<string, string>,
+    routes: HostRoute[] = hostRoutes(),
+): { config: ClusterConfig; topology: Topology } {
     try {
         const config = parseConfig(rawFromPulumiConfig(all));
-        return { config, topology: buildTopology(stack, config) };
+        const topology = buildTopology(stack, config);
+        checkSubnetFree(config, topology, routes);
+        return { config, topology };
     } catch (e) {
         if (e instanceof ConfigError || e instanceof TopologyError) {
             const message = e instanceof TopologyError ? `invalid stack configuration:\n  ${e.message}` : e.message;

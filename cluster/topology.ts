@@ -6,6 +6,7 @@
 import { createHash } from "node:crypto";
 import { Address4 } from "ip-address";
 import type { ClusterConfig } from "./config";
+import { defaultCidr } from "./subnet";
 
 export type Role = "master" | "worker";
 
@@ -108,13 +109,14 @@ export function buildTopology(stack: string, cfg: ClusterConfig): Topology {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(stack)) {
         throw new TopologyError(`stack name "${stack}" must start with a letter or digit and hold only letters, digits, '-', '_' or '.'`);
     }
-    const { base, size, prefix, netmask } = parseSubnet(cfg.network.cidr);
+    const cidr = cfg.network.cidr ?? defaultCidr(stack);
+    const { base, size, prefix, netmask } = parseSubnet(cidr);
     const count = cfg.workers.count;
-    const room = capacity(cfg.network.cidr);
+    const room = capacity(cidr);
     if (1 + count > room) {
         const need = [24, 23, 22, 21, 20, 16].find((p) => capacity(`10.0.0.0/${p}`) >= 1 + count) ?? 16;
         throw new TopologyError(
-            `nixspark:network.cidr: ${cfg.network.cidr} has room for ${room} node(s) (master + workers), ` +
+            `nixspark:network.cidr: ${cidr} has room for ${room} node(s) (master + workers), ` +
                 `but nixspark:workers.count = ${count} needs ${1 + count}; use a larger subnet such as /${need}`,
         );
     }
@@ -151,7 +153,7 @@ export function buildTopology(stack: string, cfg: ClusterConfig): Topology {
         bridge: cfg.network.bridge ?? defaultBridge(stack),
         poolName: prefixName(cfg.storage.pool),
         poolPath: `${cfg.storage.path.replace(/\/+$/, "")}/${stack}`,
-        cidr: cfg.network.cidr,
+        cidr,
         prefix,
         netmask,
         gateway: addr(1n),
