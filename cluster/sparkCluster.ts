@@ -70,8 +70,12 @@ export class SparkCluster extends pulumi.ComponentResource {
 
         this.pool = new StoragePool(`${args.stack}-pool`, { uri, name: t.poolName, path: t.poolPath }, child);
 
+        // The Pulumi name is fixed and the libvirt name (nixspark:network.name) is
+        // an input: renaming replaces the network delete-first, since the old
+        // one holds the bridge and subnet the new one needs. The alias keeps
+        // stacks created when the Pulumi name was the libvirt name.
         this.network = new Network(
-            t.networkName,
+            `${args.stack}-network`,
             {
                 uri,
                 name: t.networkName,
@@ -83,7 +87,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                 hosts: t.nodes.map((n) => ({ mac: n.mac, ip: n.ip, name: n.hostname })),
                 autostart,
             },
-            child,
+            { ...child, deleteBeforeReplace: true, aliases: [{ name: t.networkName, parent: this }] },
         );
 
         let baseImagePath: pulumi.Input<string>;
@@ -119,6 +123,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                     kernel: cfg.image.kernel,
                     initrd: cfg.image.initrd,
                     cmdline: cfg.image.cmdline,
+                    hostname: spec.hostname,
                     shutdownTimeoutSeconds: args.shutdownTimeoutSeconds ?? 60,
                 },
                 // The network's reservations must exist before the guest asks for an address.
@@ -170,8 +175,13 @@ export class SparkCluster extends pulumi.ComponentResource {
                         webUiUrl: `http://${t.master.ip}:8080`,
                         expectedWorkers: t.workers.map((w) => ({ name: w.name, ip: w.ip })),
                         timeoutSeconds: cfg.health.timeoutSeconds,
-                        // Re-check whenever the topology or a deployed system changes.
-                        trigger: { systems: [systems.master.expectedSystem, systems.worker.expectedSystem], nodes: t.nodes.map((n) => `${n.name}=${n.ip}`) },
+                        // Re-check whenever the topology, a deployed system or a VM changes
+                        // (a re-created VM has a new machine id and is deployed again).
+                        trigger: {
+                            systems: [systems.master.expectedSystem, systems.worker.expectedSystem],
+                            nodes: t.nodes.map((n) => `${n.name}=${n.ip}`),
+                            machineIds: this.nodes.map((n) => pulumi.interpolate`${n.spec.name}=${n.domain.uuid}`),
+                        },
                     },
                     { ...child, dependsOn: this.deployments },
                 );

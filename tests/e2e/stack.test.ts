@@ -98,6 +98,8 @@ afterAll(async () => {
 const names = {
     pool: `${stack}-pool`,
     network: `${stack}-net`,
+    /** The network's Pulumi name: fixed, independent of its libvirt name. */
+    networkResource: `${stack}-network`,
     domain: (n: string) => `${stack}-${n}`,
     volume: (n: string) => `${stack}-${n}-disk`,
     deployment: (n: string) => `${stack}-${n}-nixos`,
@@ -215,7 +217,7 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
                 `create nixspark-${stack}`,
                 "create nixspark",
                 `create ${names.pool}`,
-                `create ${names.network}`,
+                `create ${names.networkResource}`,
                 ...nodeNames(2).flatMap((n) => [`create ${names.volume(n)}`, `create ${names.domain(n)}`, `create ${names.deployment(n)}`]),
             ].sort(),
         );
@@ -269,7 +271,7 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
         await cli.configSet("workers.count", "3");
         const p = await timed("preview (+1 worker)", () => cli.preview());
         expect(stepList(changed(p))).toEqual(
-            [`create ${names.volume("worker-3")}`, `create ${names.domain("worker-3")}`, `create ${names.deployment("worker-3")}`, `update ${names.network}`].sort(),
+            [`create ${names.volume("worker-3")}`, `create ${names.domain("worker-3")}`, `create ${names.deployment("worker-3")}`, `update ${names.networkResource}`].sort(),
         );
         expect(opKinds(changed(p))).toEqual(["create Domain", "create NixosDeployment", "create Volume", "update Network"]);
 

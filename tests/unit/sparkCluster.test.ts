@@ -11,6 +11,8 @@ interface Registered {
 }
 
 let registered: Registered[] = [];
+/** The UUID libvirt gives each domain (by resource name); a new one = a re-created VM. */
+let uuids: Record<string, string> = {};
 
 pulumi.runtime.setMocks(
     {
@@ -19,6 +21,9 @@ pulumi.runtime.setMocks(
             const state: Record<string, any> = { ...args.inputs };
             if (args.type === "pulumi-nodejs:dynamic/nixspark:Volume") {
                 state.path = `/pool/${args.inputs.name}`;
+            }
+            if (args.type === "pulumi-nodejs:dynamic/nixspark:Domain") {
+                state.uuid = uuids[args.name] ?? `uuid-of-${args.name}`;
             }
             return { id: `${args.name}-id`, state };
         },
@@ -90,5 +95,64 @@ describe("SparkCluster under mocks", () => {
         expect(h5).toHaveLength(6);
         // Existing nodes' inputs are untouched.
         for (const d of two.domains) expect(five.domains.find((x) => x.name === d.name)!.inputs).toEqual(d.inputs);
+    });
+});
+
+describe("SparkCluster with deployments and the health gate, under mocks", () => {
+    const systems = {
+        flake: "path:/p/nix",
+        master: { configuration: "dev-master", expectedSystem: "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-dev-master" },
+        worker: { configuration: "dev-worker", expectedSystem: "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-dev-worker" },
+    };
+
+    async function buildFull(machineUuids: Record<string, string> = {}) {
+        registered = [];
+        uuids = machineUuids;
+        const { SparkCluster } = await import("../../cluster/sparkCluster");
+        const config = devConfig();
+        const cluster = new SparkCluster("dev", { stack: "dev", config, baseImage: { path: "/images/base.qcow2" }, systems, ssh: { identityFile: "/k", knownHostsFile: "/kh" } });
+        const all = [cluster.network, cluster.pool, ...cluster.nodes.flatMap((n) => [n.volume, n.domain]), ...cluster.deployments, ...(cluster.health ? [cluster.health] : [])];
+        await new Promise<void>((resolve) => pulumi.all(all.map((r) => r.id)).apply(() => resolve()));
+        const one = (t: string) => registered.filter((r) => r.type === `pulumi-nodejs:dynamic/nixspark:${t}`);
+        return { domains: one("Domain"), deployments: one("NixosDeployment"), health: one("SparkHealth") };
+    }
+
+    test("each domain is given its host name (the systemd credential libvirt hands the guest)", async () => {
+        const g = await buildFull();
+        expect(g.domains.map((d) => [d.name, d.inputs.hostname]).sort()).toEqual([
+            ["dev-master", "dev-master"],
+            ["dev-worker-1", "dev-worker-1"],
+            ["dev-worker-2", "dev-worker-2"],
+        ]);
+    });
+
+    test("the health trigger holds every node's machine id, the same one its deployment gets", async () => {
+        const g = await buildFull({ "dev-master": "u-m", "dev-worker-1": "u-w1", "dev-worker-2": "u-w2" });
+        expect(g.health).toHaveLength(1);
+        expect(g.health[0].inputs.trigger.machineIds).toEqual(["master=u-m", "worker-1=u-w1", "worker-2=u-w2"]);
+        expect(g.deployments.map((d) => `${d.inputs.node}=${d.inputs.machineId}`).sort()).toEqual(["master=u-m", "worker-1=u-w1", "worker-2=u-w2"]);
+    });
+
+    test("a re-created VM (new UUID) changes the trigger, so the gate runs again", async () => {
+        const before = (await buildFull({ "dev-master": "u-m", "dev-worker-1": "u-w1", "dev-worker-2": "u-w2" })).health[0].inputs;
+        const after = (await buildFull({ "dev-master": "u-m", "dev-worker-1": "u-w1-new", "dev-worker-2": "u-w2" })).health[0].inputs;
+        expect(after.trigger).not.toEqual(before.trigger);
+        const { sparkHealthProvider } = await import("../../providers/sparkHealth");
+        const olds = { ...before, aliveWorkers: 2, totalCores: 2, totalMemoryMiB: 2048, checkedAt: "t", masterStatus: "ALIVE", workers: [] };
+        expect(await sparkHealthProvider.diff!("id", olds, after)).toMatchObject({ changes: true, replaces: [] });
+        expect(await sparkHealthProvider.diff!("id", olds, before)).toMatchObject({ changes: false });
+    });
+
+    test("the network's Pulumi name does not follow its libvirt name, so a rename is one resource replaced delete-first", async () => {
+        registered = [];
+        const { SparkCluster } = await import("../../cluster/sparkCluster");
+        const base = devConfig();
+        const renamed = { ...base, network: { ...base.network, name: "other" } };
+        const cluster = new SparkCluster("dev", { stack: "dev", config: renamed, baseImage: { path: "/images/base.qcow2" } });
+        await new Promise<void>((resolve) => pulumi.all([cluster.network.id]).apply(() => resolve()));
+        const nets = registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:Network");
+        expect(nets.map((n) => [n.name, n.inputs.name])).toEqual([["dev-network", "dev-other"]]);
+        const first = await build();
+        expect(first.networks.map((n) => [n.name, n.inputs.name])).toEqual([["dev-network", "dev-net"]]);
     });
 });
