@@ -39,6 +39,24 @@ export interface DomainSpec {
     kernel?: string;
     initrd?: string;
     cmdline?: string;
+    /**
+     * The guest's host name, handed to it as the systemd credential
+     * `system.hostname` in an SMBIOS OEM string (type 11), which systemd
+     * (>= 254) reads at boot: the guest gets its name from libvirt, not DHCP.
+     */
+    hostname?: string;
+    /** Set when redefining an existing domain: libvirt refuses a new UUID for a known name. */
+    uuid?: string;
+}
+
+/** The SMBIOS OEM string that carries the host name as a systemd credential. */
+export function hostnameCredential(hostname: string): string {
+    return `io.systemd.credential:system.hostname=${hostname}`;
+}
+
+/** An RFC 1123 host name label: letters, digits and inner '-', 1 to 63 characters. */
+export function isHostnameLabel(s: unknown): boolean {
+    return typeof s === "string" && /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(s);
 }
 
 export function esc(s: string | number): string {
@@ -106,15 +124,22 @@ export function domainXml(d: DomainSpec): string {
               ...(d.cmdline ? [`    <cmdline>${esc(d.cmdline)}</cmdline>`] : []),
           ]
         : [`    <boot dev='hd'/>`];
+    if (d.hostname !== undefined && d.hostname !== null && !isHostnameLabel(d.hostname)) throw new Error(`hostname ${JSON.stringify(d.hostname)} is not an RFC 1123 label`);
+    const sysinfo = d.hostname
+        ? [`  <sysinfo type='smbios'>`, `    <oemStrings>`, `      <entry>${esc(hostnameCredential(d.hostname))}</entry>`, `    </oemStrings>`, `  </sysinfo>`]
+        : [];
     return [
         `<domain type='${esc(d.domainType)}'>`,
         `  <name>${esc(d.name)}</name>`,
+        ...(d.uuid ? [`  <uuid>${esc(d.uuid)}</uuid>`] : []),
         `  <memory unit='MiB'>${d.memoryMiB}</memory>`,
         `  <currentMemory unit='MiB'>${d.memoryMiB}</currentMemory>`,
         `  <vcpu placement='static'>${d.vcpus}</vcpu>`,
+        ...sysinfo,
         `  <os>`,
         `    <type arch='x86_64'>hvm</type>`,
         ...boot,
+        ...(d.hostname ? [`    <smbios mode='sysinfo'/>`] : []),
         `  </os>`,
         `  <features>`,
         `    <acpi/>`,
@@ -218,6 +243,8 @@ export interface DomainFacts {
     diskPath?: string;
     mac?: string;
     network?: string;
+    /** From the systemd credential in the SMBIOS OEM strings, if any. */
+    hostname?: string;
 }
 
 export function readDomain(xml: string): DomainFacts {
@@ -232,7 +259,17 @@ export function readDomain(xml: string): DomainFacts {
         diskPath: elements(section(xml, "disk"), "source")[0]?.file,
         mac: elements(iface, "mac")[0]?.address?.toLowerCase(),
         network: elements(iface, "source")[0]?.network,
+        ...hostnameOf(xml),
     };
+}
+
+function hostnameOf(xml: string): { hostname?: string } {
+    const prefix = "io.systemd.credential:system.hostname=";
+    for (const m of section(section(xml, "sysinfo"), "oemStrings").matchAll(/<entry>([^<]*)<\/entry>/g)) {
+        const v = unesc(m[1].trim());
+        if (v.startsWith(prefix)) return { hostname: v.slice(prefix.length) };
+    }
+    return {};
 }
 
 export function readVolume(xml: string): { name?: string; path?: string; capacityBytes?: number; backingPath?: string } {

@@ -1,10 +1,12 @@
 // Network: a libvirt NAT network with one DHCP reservation and one DNS entry
 // per node. Reservations change in place with `virsh net-update` (live and
 // persistent), so scaling never recreates the network; only a new name,
-// bridge or subnet replaces it.
+// bridge or subnet replaces it. A network that is not running (a host
+// reboot, net-destroy by hand) is reported by `read` (active: false, the
+// resource stays in state) and started again by the next `up`.
 import * as pulumi from "@pulumi/pulumi";
 import { byMac, DhcpHost, dhcpHostXml, dnsHostXml, networkXml, NetworkSpec, readNetwork } from "./libvirtXml";
-import { diffByKeys, dumpXml, virsh, withXmlFile } from "./virsh";
+import { diffByKeys, infoFields, label, lookup, virsh, withXmlFile } from "./virsh";
 
 export interface NetworkInputs extends NetworkSpec {
     uri: string;
@@ -36,6 +38,16 @@ export function planHostChanges(from: DhcpHost[], to: DhcpHost[]): { add: DhcpHo
     return { add, remove, modify };
 }
 
+/** Starts the network if it is not running. */
+async function ensureActive(uri: string, name: string, repair = true): Promise<void> {
+    const what = label("network", name);
+    const info = infoFields((await virsh(uri, ["net-info", name], { what })).stdout);
+    if (info.Active !== "yes") {
+        if (repair) console.error(`${what} is not running: starting it`);
+        await virsh(uri, ["net-start", name], { what });
+    }
+}
+
 export const networkProvider: pulumi.dynamic.ResourceProvider = {
     async check(_olds: any, news: any) {
         const failures = ["uri", "name", "bridge", "gateway", "netmask"].filter((k) => !news[k]).map((k) => ({ property: k, reason: `${k} is required` }));
@@ -45,12 +57,16 @@ export const networkProvider: pulumi.dynamic.ResourceProvider = {
     async diff(_id: string, olds: NetworkOutputs, news: NetworkInputs) {
         // The order of reservations is not a change: compare them sorted by MAC.
         const norm = (x: any) => ({ ...x, hosts: Array.isArray(x.hosts) ? sortedHosts(x.hosts) : x.hosts });
-        return diffByKeys(norm(olds), norm(news), REPLACE_KEYS, UPDATE_KEYS);
+        const d = diffByKeys(norm(olds), norm(news), REPLACE_KEYS, UPDATE_KEYS);
+        // Refresh saw it stopped: the next `up` starts it (an update).
+        if (d.replaces.length === 0 && olds.active === false) return { ...d, changes: true };
+        return d;
     },
 
     async create(inputs: NetworkInputs) {
         const spec = { ...inputs, hosts: sortedHosts(inputs.hosts) };
-        const existing = await dumpXml(spec.uri, ["net-dumpxml", spec.name]);
+        const what = label("network", spec.name);
+        const existing = await lookup(spec.uri, "network", spec.name, ["net-dumpxml", spec.name]);
         if (existing !== undefined) {
             // Adopt only an identical network (a re-run after a lost state file); never silently take over another.
             const f = readNetwork(existing);
@@ -63,34 +79,36 @@ export const networkProvider: pulumi.dynamic.ResourceProvider = {
                 );
             }
         } else {
-            await withXmlFile(networkXml(spec), (file) => virsh(spec.uri, ["net-define", file]));
+            await withXmlFile(networkXml(spec), (file) => virsh(spec.uri, ["net-define", file], { what }));
         }
         try {
-            const info = await virsh(spec.uri, ["net-info", spec.name]);
-            if (!/Active:\s+yes/.test(info.stdout)) await virsh(spec.uri, ["net-start", spec.name]);
-            await virsh(spec.uri, ["net-autostart", spec.name, ...(spec.autostart ? [] : ["--disable"])]);
+            await ensureActive(spec.uri, spec.name, existing !== undefined);
+            await virsh(spec.uri, ["net-autostart", spec.name, ...(spec.autostart ? [] : ["--disable"])], { what });
         } catch (e) {
             if (existing === undefined) {
                 // Leave nothing half-created behind.
-                await virsh(spec.uri, ["net-destroy", spec.name], { allowFailure: true });
-                await virsh(spec.uri, ["net-undefine", spec.name], { allowFailure: true });
+                await virsh(spec.uri, ["net-destroy", spec.name], { allowFailure: true, what });
+                await virsh(spec.uri, ["net-undefine", spec.name], { allowFailure: true, what });
             }
             throw e;
         }
-        const facts = readNetwork((await dumpXml(spec.uri, ["net-dumpxml", spec.name])) ?? "");
+        const facts = readNetwork((await virsh(spec.uri, ["net-dumpxml", spec.name], { what })).stdout);
         const outs: NetworkOutputs = { ...spec, uuid: facts.uuid ?? "", active: true };
         return { id: spec.name, outs };
     },
 
     async update(_id: string, olds: NetworkOutputs, news: NetworkInputs) {
         const uri = news.uri;
-        const info = await virsh(uri, ["net-info", news.name]);
-        const scope = /Active:\s+yes/.test(info.stdout) ? ["--live", "--config"] : ["--config"];
+        const what = label("network", news.name);
+        // A stopped network (host reboot) is started first, so the changes
+        // below reach the running dnsmasq as well as the definition.
+        await ensureActive(uri, news.name);
+        const scope = ["--live", "--config"];
         // Plan against what libvirt has now, not only the recorded state: a
         // reservation added or removed by hand must not make net-update fail.
-        const current = readNetwork((await dumpXml(uri, ["net-dumpxml", news.name, "--inactive"])) ?? "").hosts;
+        const current = readNetwork((await virsh(uri, ["net-dumpxml", news.name, "--inactive"], { what })).stdout).hosts;
         const plan = planHostChanges(current, news.hosts);
-        const upd = (command: string, section: string, xml: string) => virsh(uri, ["net-update", news.name, command, section, xml, ...scope]);
+        const upd = (command: string, section: string, xml: string) => virsh(uri, ["net-update", news.name, command, section, xml, ...scope], { what });
         for (const h of plan.remove) {
             await upd("delete", "ip-dhcp-host", dhcpHostXml(h));
             await upd("delete", "dns-host", dnsHostXml(h)).catch(() => undefined); // absent DNS entry: nothing to remove
@@ -104,17 +122,19 @@ export const networkProvider: pulumi.dynamic.ResourceProvider = {
             await upd("add-last", "ip-dhcp-host", dhcpHostXml(h));
             await upd("add-last", "dns-host", dnsHostXml(h));
         }
-        if (olds.autostart !== news.autostart) await virsh(uri, ["net-autostart", news.name, ...(news.autostart ? [] : ["--disable"])]);
-        const facts = readNetwork((await dumpXml(uri, ["net-dumpxml", news.name])) ?? "");
-        const outs: NetworkOutputs = { ...news, hosts: sortedHosts(news.hosts), uuid: facts.uuid ?? olds.uuid, active: scope.length === 2 };
+        if (olds.autostart !== news.autostart) await virsh(uri, ["net-autostart", news.name, ...(news.autostart ? [] : ["--disable"])], { what });
+        const facts = readNetwork((await virsh(uri, ["net-dumpxml", news.name], { what })).stdout);
+        const info = infoFields((await virsh(uri, ["net-info", news.name], { what })).stdout);
+        const outs: NetworkOutputs = { ...news, hosts: sortedHosts(news.hosts), uuid: facts.uuid ?? olds.uuid, active: info.Active === "yes" };
         return { outs };
     },
 
     async read(id: string, props: NetworkOutputs) {
-        const xml = await dumpXml(props.uri, ["net-dumpxml", id]);
+        const xml = await lookup(props.uri, "network", id, ["net-dumpxml", id]);
         if (xml === undefined) return { id: undefined as unknown as string, props: {} }; // gone: refresh drops it
         const f = readNetwork(xml);
-        const info = await virsh(props.uri, ["net-info", id]);
+        const info = infoFields((await virsh(props.uri, ["net-info", id], { what: label("network", id) })).stdout);
+        if (info.Active !== "yes") console.error(`${label("network", id)} is not running; the next \`pulumi up\` starts it`);
         const outs: NetworkOutputs = {
             ...props,
             bridge: f.bridge ?? props.bridge,
@@ -123,19 +143,21 @@ export const networkProvider: pulumi.dynamic.ResourceProvider = {
             dhcpStart: f.dhcpStart ?? props.dhcpStart,
             dhcpEnd: f.dhcpEnd ?? props.dhcpEnd,
             hosts: f.hosts.map((h) => ({ ...h, name: h.name || props.hosts.find((p) => p.mac === h.mac)?.name || "" })),
-            autostart: /Autostart:\s+yes/.test(info.stdout),
+            autostart: info.Autostart === "yes",
             uuid: f.uuid ?? props.uuid,
-            active: /Active:\s+yes/.test(info.stdout),
+            active: info.Active === "yes",
         };
         return { id, props: outs };
     },
 
     async delete(id: string, props: NetworkOutputs) {
-        const xml = await dumpXml(props.uri, ["net-dumpxml", id]);
-        if (xml === undefined) return;
+        const what = label("network", id);
+        const info = await lookup(props.uri, "network", id, ["net-info", id]);
+        if (info === undefined) return;
         // net-destroy stops dnsmasq too; it would otherwise outlive the network.
-        await virsh(props.uri, ["net-destroy", id], { allowFailure: true });
-        await virsh(props.uri, ["net-undefine", id]);
+        // A stopped network (host reboot) is only undefined.
+        if (infoFields(info).Active === "yes") await virsh(props.uri, ["net-destroy", id], { what });
+        await virsh(props.uri, ["net-undefine", id], { what });
     },
 };
 

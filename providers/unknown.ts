@@ -1,7 +1,8 @@
-// Pulumi's marker for an input not known during preview
-// (pulumi.runtime.unknownValue), spelled out so that providers need not
-// capture @pulumi/pulumi to recognise it. Tiny and dependency-free: a
-// provider that imports it serializes with it.
+// Markers the engine puts into a dynamic provider's inputs, recognised here
+// without capturing @pulumi/pulumi: Pulumi's unknown value
+// (pulumi.runtime.unknownValue) and the serialized provider code
+// (`__provider`). Tiny and dependency-free: a provider that imports it
+// serializes with it.
 export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 
 /** True when the value, or anything inside it, is unknown. */
@@ -10,4 +11,26 @@ export function isUnknown(v: unknown): boolean {
     if (Array.isArray(v)) return v.some(isUnknown);
     if (v && typeof v === "object") return Object.values(v as Record<string, unknown>).some(isUnknown);
     return false;
+}
+
+/**
+ * True when the resource's state was written by other provider code than the
+ * code now asked. The engine stores the serialized provider with every
+ * resource (`__provider`; olds hold the old code, news the new one) and a
+ * "same" step keeps the old code for good, so a fix to read or delete would
+ * never reach existing resources. Every provider's diff therefore answers an
+ * update for this alone, and that update keeps the outputs and stores the new
+ * code. False when either side does not carry the code (direct calls in tests).
+ */
+export function providerCodeChanged(olds: unknown, news: unknown): boolean {
+    const o = (olds as Record<string, unknown> | undefined)?.__provider;
+    const n = (news as Record<string, unknown> | undefined)?.__provider;
+    if (o === undefined || o === null || n === undefined || n === null || n === UNKNOWN) return false;
+    return JSON.stringify(o) !== JSON.stringify(n);
+}
+
+/** The recorded outputs without the engine's `__provider` (the engine adds the new code to what update returns). */
+export function keptOutputs(olds: Record<string, unknown>): Record<string, unknown> {
+    const { __provider: _code, ...outs } = olds;
+    return outs;
 }

@@ -1,17 +1,124 @@
 // virsh, the way every libvirt provider calls it: argv arrays, the stack's
-// connection URI, a timeout, and XML handed over in a private temp file.
+// connection URI, a timeout, a bounded retry on libvirt's transient failures,
+// XML handed over in a private temp file, and errors that name the object and
+// carry libvirt's own message.
+//
+// "Gone" (DESIGN.md) is decided from libvirt's not-found errors for the kind
+// of object asked about, nothing else: VIR_ERR_NO_NETWORK "Network not found",
+// VIR_ERR_NO_STORAGE_POOL "Storage pool not found", VIR_ERR_NO_STORAGE_VOL
+// "Storage volume not found", VIR_ERR_NO_DOMAIN "Domain not found". virsh 9
+// prints no libvirt message for a failed domain lookup (only its own "failed
+// to get domain 'x'", which it also says when the connection broke), so a
+// domain counts as gone only when libvirt's own list of every domain, read
+// successfully, does not hold its name.
 import { run, RunResult } from "./run";
-import { isUnknown } from "./unknown";
+import { isUnknown, providerCodeChanged } from "./unknown";
 
 export const VIRSH_TIMEOUT_MS = 60_000;
 
-export function virsh(uri: string, args: string[], opts: { timeoutMs?: number; allowFailure?: boolean } = {}): Promise<RunResult> {
-    return run(["virsh", "--quiet", "-c", uri, ...args], {
-        timeoutMs: opts.timeoutMs ?? VIRSH_TIMEOUT_MS,
-        allowFailure: opts.allowFailure,
-        // virsh prints translated messages otherwise; errors must stay greppable.
-        env: { ...process.env, LC_ALL: "C" },
-    });
+export type LibvirtKind = "domain" | "network" | "pool" | "volume";
+
+export interface VirshOptions {
+    timeoutMs?: number;
+    /** Resolve with the result instead of throwing on failure (after the retries). */
+    allowFailure?: boolean;
+    /** The object, for error messages: `storage pool "dev-pool"` (see label()). */
+    what?: string;
+    /** Attempts when libvirt fails transiently (default 4). */
+    tries?: number;
+    /** First pause between attempts, doubled each time (default 500 ms). */
+    backoffMs?: number;
+}
+
+/** How error messages name an object: `domain "dev-master"`, `storage pool "dev-pool"`, ... */
+export function label(kind: LibvirtKind, name: string): string {
+    const noun = { domain: "domain", network: "network", pool: "storage pool", volume: "storage volume" }[kind];
+    return `libvirt ${noun} "${name}"`;
+}
+
+/**
+ * A failure worth another try: nothing was done and a moment later it may
+ * work. A state-change lock held by another job on the same domain
+ * (VIR_ERR_OPERATION_TIMEOUT), a libvirtd that is restarting (its socket not
+ * there yet, or the connection closed under us).
+ */
+export function isTransient(stderr: string): boolean {
+    return /cannot acquire state change lock|Failed to connect socket|End of file while reading data|Cannot recv data|Connection reset by peer|client socket is closed|Cannot write data: Broken pipe/i.test(stderr);
+}
+
+/** libvirt's not-found error for that kind of object (and only that kind). */
+export function isNotFound(kind: LibvirtKind, stderr: string): boolean {
+    const re = { domain: /\bDomain not found\b/, network: /\bNetwork not found\b/, pool: /\bStorage pool not found\b/, volume: /\bStorage volume not found\b/ }[kind];
+    return re.test(stderr);
+}
+
+/** virsh's or libvirt's word that a pool (or the pool of a volume) is not running. */
+export function isPoolInactive(stderr: string): boolean {
+    return /pool '[^']*' is not active|storage pool is not active|storage pool '[^']*' is not active/i.test(stderr);
+}
+
+/** virsh's lines without the "error: " prefixes, one line: what libvirt said. */
+export function libvirtMessage(stderr: string): string {
+    const lines = stderr.split("\n").map((l) => l.trim().replace(/^error:\s*/, "")).filter((l) => l !== "");
+    return lines.join("; ") || "(no message)";
+}
+
+export function virshError(args: string[], r: RunResult, what?: string): Error {
+    return new Error(`${what ? `${what}: ` : ""}virsh ${args.join(" ")} failed (exit code ${r.code}): ${libvirtMessage(r.stderr || r.stdout)}`);
+}
+
+export async function virsh(uri: string, args: string[], opts: VirshOptions = {}): Promise<RunResult> {
+    const tries = Math.max(1, opts.tries ?? 4);
+    let pause = opts.backoffMs ?? 500;
+    for (let attempt = 1; ; attempt++) {
+        const r = await run(["virsh", "--quiet", "-c", uri, ...args], {
+            timeoutMs: opts.timeoutMs ?? VIRSH_TIMEOUT_MS,
+            allowFailure: true,
+            // virsh prints translated messages otherwise; errors must stay greppable.
+            env: { ...process.env, LC_ALL: "C" },
+        });
+        if (r.code === 0) return r;
+        if (attempt < tries && isTransient(r.stderr)) {
+            console.error(`${opts.what ?? "libvirt"}: virsh ${args[0]}: ${libvirtMessage(r.stderr)}; trying again in ${pause} ms (${attempt}/${tries - 1})`);
+            await sleep(pause);
+            pause *= 2;
+            continue;
+        }
+        if (opts.allowFailure) return r;
+        throw virshError(args, r, opts.what);
+    }
+}
+
+/**
+ * True when a failed lookup of the object means it does not exist: libvirt's
+ * not-found error for its kind, or for a domain (whose not-found message
+ * virsh drops) its absence from a successful `virsh list --all --name`.
+ */
+export async function isGone(uri: string, kind: LibvirtKind, name: string, stderr: string): Promise<boolean> {
+    if (isNotFound(kind, stderr)) return true;
+    if (kind === "domain" && /failed to get domain/.test(stderr)) {
+        const all = await virsh(uri, ["list", "--all", "--name"], { what: label(kind, name) });
+        return !all.stdout.split("\n").map((l) => l.trim()).includes(name);
+    }
+    return false;
+}
+
+/**
+ * Runs a read-only virsh command about one object: its stdout, or undefined
+ * when the object does not exist. Any other failure is an error naming the
+ * object with libvirt's message.
+ */
+export async function lookup(uri: string, kind: LibvirtKind, name: string, args: string[]): Promise<string | undefined> {
+    const what = label(kind, name);
+    const r = await virsh(uri, args, { allowFailure: true, what });
+    if (r.code === 0) return r.stdout;
+    if (await isGone(uri, kind, name, r.stderr)) return undefined;
+    throw virshError(args, r, what);
+}
+
+/** The XML of a libvirt object, or undefined when it does not exist (see lookup). */
+export function dumpXml(uri: string, kind: LibvirtKind, name: string, args: string[]): Promise<string | undefined> {
+    return lookup(uri, kind, name, args);
 }
 
 /** Runs `fn` with the XML written to a fresh private file, removed afterwards. */
@@ -29,19 +136,22 @@ export async function withXmlFile<T>(xml: string, fn: (path: string) => Promise<
     }
 }
 
-/** The XML of a libvirt object, or undefined when it does not exist. */
-export async function dumpXml(uri: string, args: string[]): Promise<string | undefined> {
-    const r = await virsh(uri, args, { allowFailure: true });
-    if (r.code === 0) return r.stdout;
-    if (/not found|no (network|domain|storage pool|storage vol)|failed to get/i.test(r.stderr)) return undefined;
-    throw new Error(`virsh ${args.join(" ")}: exit code ${r.code}\n${r.stderr.trim()}`);
+/** `virsh net-info` / `pool-info` lines as a map: "Active" -> "yes", "State" -> "running", ... */
+export function infoFields(stdout: string): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const line of stdout.split("\n")) {
+        const m = /^([A-Za-z ]+):\s*(.*)$/.exec(line.trim());
+        if (m) out[m[1].trim()] = m[2].trim();
+    }
+    return out;
 }
-
 
 /**
  * The diff every libvirt provider answers: keys whose change replaces the
- * object, keys whose change is an in-place update, everything else ignored
- * (`__provider` among them, so a code edit alone never touches a resource).
+ * object, keys whose change is an in-place update, everything else ignored.
+ * Provider code that differs from the code the resource was last written
+ * with (`__provider`) is an update on its own, so fixes reach existing
+ * resources (the update keeps the outputs).
  */
 export function diffByKeys(
     olds: Record<string, unknown>,
@@ -52,7 +162,7 @@ export function diffByKeys(
     const differs = (k: string) => isUnknown(news[k]) || JSON.stringify(olds[k] ?? null) !== JSON.stringify(news[k] ?? null);
     const replaces = replaceKeys.filter(differs);
     const updates = updateKeys.filter(differs);
-    return { changes: replaces.length + updates.length > 0, replaces, deleteBeforeReplace: true };
+    return { changes: replaces.length + updates.length > 0 || providerCodeChanged(olds, news), replaces, deleteBeforeReplace: true };
 }
 
 export function sleep(ms: number): Promise<void> {

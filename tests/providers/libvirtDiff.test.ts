@@ -41,9 +41,16 @@ describe.each([
     const ddiff = (news: object, olds: object = {}): Promise<Diff> => p.domainProvider.diff!("dev-master", { ...domOut, ...olds }, { ...dom, ...news });
     const vdiff = (news: object): Promise<Diff> => p.volumeProvider.diff!("x", { ...vol, path: "/p/x" }, { ...vol, ...news });
 
-    test("network: identical inputs (and a new provider closure) are a no-op", async () => {
+    test("network: identical inputs (and the same provider code) are a no-op", async () => {
         expect(await ndiff({})).toMatchObject({ changes: false, replaces: [] });
+        expect(await ndiff({ __provider: "old code" })).toMatchObject({ changes: false, replaces: [] });
         expect(await ndiff({ hosts: [...hosts].reverse() })).toMatchObject({ changes: false });
+    });
+    test("network: new provider code alone is an update, never a replace", async () => {
+        expect(await ndiff({ __provider: "new code" })).toMatchObject({ changes: true, replaces: [] });
+    });
+    test("network: refresh saw it stopped: an update starts it", async () => {
+        expect(await p.networkProvider.diff!("dev-net", { ...netOut, active: false }, net)).toMatchObject({ changes: true, replaces: [] });
     });
     test("network: a new reservation is an in-place update", async () => {
         const d = await ndiff({ hosts: [...hosts, { mac: "02:00:00:00:00:03", ip: "10.77.0.12", name: "dev-worker-2" }] });
@@ -67,8 +74,23 @@ describe.each([
         // Only the shutdown timeout: not something the VM sees.
         expect(await ddiff({ shutdownTimeoutSeconds: 5 })).toMatchObject({ changes: false });
     });
-    test("domain: a VM that refresh saw shut off is brought back by an update", async () => {
+    test("domain: a VM that refresh saw shut off or paused is brought back by an update", async () => {
         expect(await ddiff({}, { state: "shut off" })).toMatchObject({ changes: true, replaces: [] });
+        expect(await ddiff({}, { state: "paused" })).toMatchObject({ changes: true, replaces: [] });
+    });
+    test("domain: a new or changed host name is an in-place update; new provider code too", async () => {
+        expect(await ddiff({ hostname: "dev-master" })).toMatchObject({ changes: true, replaces: [] });
+        expect(await ddiff({ hostname: "other" }, { hostname: "dev-master" })).toMatchObject({ changes: true, replaces: [] });
+        expect(await ddiff({ hostname: "dev-master" }, { hostname: "dev-master" })).toMatchObject({ changes: false });
+        expect(await ddiff({ __provider: "new code" })).toMatchObject({ changes: true, replaces: [] });
+    });
+    test("domain: check refuses a host name that is not an RFC 1123 label", async () => {
+        for (const bad of ["-dev", "dev_master", "a".repeat(64), "dev.master", ""]) {
+            const r = await p.domainProvider.check!({}, { ...dom, hostname: bad });
+            expect(r.failures?.map((f) => f.property)).toEqual(["hostname"]);
+        }
+        expect((await p.domainProvider.check!({}, { ...dom, hostname: "dev-worker-12" })).failures).toEqual([]);
+        expect((await p.domainProvider.check!({}, { ...dom, hostname: UNKNOWN })).failures).toEqual([]);
     });
 
     test("volume: any change replaces, none is a no-op", async () => {
@@ -77,10 +99,13 @@ describe.each([
         expect((await vdiff({ capacityBytes: 1 })).replaces).toEqual(["capacityBytes"]);
     });
 
-    test("pool: a new path replaces", async () => {
+    test("pool: a new path replaces; stopped or not autostarted is an update that repairs it", async () => {
         const base = { uri: "qemu:///system", name: "dev-pool", path: "/a" };
-        expect(await p.poolProvider.diff!("dev-pool", base, base)).toMatchObject({ changes: false });
-        expect((await p.poolProvider.diff!("dev-pool", base, { ...base, path: "/b" })).replaces).toEqual(["path"]);
+        const outs = { ...base, active: true, autostart: true };
+        expect(await p.poolProvider.diff!("dev-pool", outs, base)).toMatchObject({ changes: false });
+        expect((await p.poolProvider.diff!("dev-pool", outs, { ...base, path: "/b" })).replaces).toEqual(["path"]);
+        expect(await p.poolProvider.diff!("dev-pool", { ...outs, active: false }, base)).toMatchObject({ changes: true, replaces: [] });
+        expect(await p.poolProvider.diff!("dev-pool", { ...outs, autostart: false }, base)).toMatchObject({ changes: true, replaces: [] });
     });
 
     test("check rejects what libvirt would reject later", async () => {

@@ -45,6 +45,8 @@ describe("libvirt XML", () => {
         ["domain", domainXml(dom)],
         ["domain", domainXml({ ...dom, domainType: "kvm" })],
         ["domain", domainXml({ ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0 quiet" })],
+        ["domain", domainXml({ ...dom, hostname: "dev-master" })],
+        ["domain", domainXml({ ...dom, hostname: "dev-worker-1", uuid: "0f6d3c1e-5a4b-4c2d-9e8f-7a6b5c4d3e2f", kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img" })],
     ])("%s XML passes virt-xml-validate", (kind, xml) => {
         const r = validate(xml, kind);
         expect(r.out).toMatch(/validates/);
@@ -54,6 +56,24 @@ describe("libvirt XML", () => {
     test("the validator does catch a broken document (so the checks above mean something)", () => {
         const r = validate(networkXml({ ...net, gateway: "300.1.1.1" }), "network");
         expect(r.ok).toBe(false);
+    });
+
+    test("the host name reaches the guest as the systemd credential system.hostname in an SMBIOS OEM string", () => {
+        const xml = domainXml({ ...dom, hostname: "dev-worker-1" });
+        expect(xml).toMatch(/<os>[\s\S]*<smbios mode='sysinfo'\/>[\s\S]*<\/os>/);
+        expect(xml).toMatch(/<sysinfo type='smbios'>\s*<oemStrings>\s*<entry>io\.systemd\.credential:system\.hostname=dev-worker-1<\/entry>\s*<\/oemStrings>\s*<\/sysinfo>/);
+        expect(readDomain(xml).hostname).toBe("dev-worker-1");
+        // Without a host name: no SMBIOS strings at all.
+        expect(domainXml(dom)).not.toMatch(/sysinfo|smbios/);
+        expect(readDomain(domainXml(dom)).hostname).toBeUndefined();
+        // libvirt's own dumpxml style (double quotes, other OEM strings first).
+        const dumped = `<domain type="qemu"><name>x</name><sysinfo type="smbios"><oemStrings><entry>other</entry><entry>io.systemd.credential:system.hostname=x-1</entry></oemStrings></sysinfo></domain>`;
+        expect(readDomain(dumped).hostname).toBe("x-1");
+    });
+
+    test("a host name that is not an RFC 1123 label is refused before libvirt sees it", () => {
+        for (const bad of ["-x", "x-", "a_b", "a.b", "a b", "a".repeat(64), "x</entry>"]) expect(() => domainXml({ ...dom, hostname: bad })).toThrow(/RFC 1123/);
+        expect(() => domainXml({ ...dom, hostname: "a".repeat(63) })).not.toThrow();
     });
 
     test("names with XML metacharacters are escaped", () => {
