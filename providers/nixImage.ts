@@ -15,7 +15,7 @@
 // line (pulumi.log does not reach the user from inside a provider).
 import * as pulumi from "@pulumi/pulumi";
 import { lastLines, run } from "./run";
-import { UNKNOWN } from "./unknown";
+import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
 
 /** Resolved inputs, as the provider sees them (every one is also in the outputs). */
 export interface NixImageInputs {
@@ -86,7 +86,8 @@ export function checkNixImageInputs(inputs: object): { property: string; reason:
  * diff: replace when the derivation changed (or is unknown until apply); an
  * in-place update when only where it comes from or where its root lives
  * changed (same derivation: nothing is rebuilt); no change otherwise.
- * Keys not listed here (__provider among them) are ignored.
+ * Keys not listed here are ignored; new provider code (`__provider`) is
+ * answered by the provider's diff, not here.
  */
 export function nixImageDiff(
     oldOutputs: object,
@@ -228,7 +229,8 @@ export const nixImageProvider: pulumi.dynamic.ResourceProvider = {
 
     async diff(_id: string, olds: any, news: any) {
         const d = nixImageDiff(olds, news);
-        return { changes: d.changes, replaces: d.replaces, deleteBeforeReplace: d.deleteBeforeReplace, stables: d.stables };
+        // New provider code alone is an update too, one that keeps the outputs (see update).
+        return { changes: d.changes || providerCodeChanged(olds, news), replaces: d.replaces, deleteBeforeReplace: d.deleteBeforeReplace, stables: d.stables };
     },
 
     async create(inputs: any) {
@@ -239,6 +241,7 @@ export const nixImageProvider: pulumi.dynamic.ResourceProvider = {
     // Same derivation (diff replaces otherwise): the build is a no-op; the
     // root moves when gcRootDir changed.
     async update(_id: string, olds: any, news: any) {
+        if (!nixImageDiff(olds, news).changes) return { outs: keptOutputs(olds) }; // only the provider code changed
         const outs = await buildNixImage(news as NixImageInputs);
         const old = olds as NixImageOutputs;
         if (old.gcRoot && old.gcRoot !== outs.gcRoot) removeGcRoot(old.gcRoot, old.storePath);

@@ -13,7 +13,7 @@
 // user line by line (pkg plugin.go, runtrace -> Diag.Infoerrf).
 import * as pulumi from "@pulumi/pulumi";
 import { lastLines, run } from "./run";
-import { UNKNOWN } from "./unknown";
+import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
 import { destination, ensureKnownHostsFile, firstContact, nixSshOpts, remoteCommand, SshTarget, waitForSsh } from "./ssh";
 
 export type RebuildFlavour = "auto" | "legacy" | "ng";
@@ -383,7 +383,8 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
 
     async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
         const d = deploymentDiff(olds, withDefaults(news));
-        return { changes: d.changes, replaces: d.replaces, deleteBeforeReplace: d.deleteBeforeReplace };
+        // New provider code alone is an update too, one that keeps the outputs (see update).
+        return { changes: d.changes || providerCodeChanged(olds, news), replaces: d.replaces, deleteBeforeReplace: d.deleteBeforeReplace };
     },
 
     async create(inputs: Record<string, unknown>) {
@@ -393,6 +394,8 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
     },
 
     async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
+        // Only the provider code changed: no switch, keep the outputs.
+        if (!deploymentDiff(olds, withDefaults(news)).changes) return { outs: keptOutputs(olds) };
         const inp = inputsOf(news);
         // A different VM (same address, new machine) is a first contact: this
         // stack created it, so its new host key replaces the recorded one.

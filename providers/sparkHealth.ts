@@ -17,7 +17,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import { describeMaster, healthVerdict, parseMasterJson } from "../cluster/sparkStatus";
 import type { ExpectedWorker, HealthVerdict, MasterState } from "../cluster/sparkStatus";
-import { isUnknown } from "./unknown";
+import { isUnknown, keptOutputs, providerCodeChanged } from "./unknown";
 
 export type { ExpectedWorker } from "../cluster/sparkStatus";
 
@@ -213,6 +213,15 @@ export async function waitForHealthy(inputs: SparkHealthInputs, log: (line: stri
     }
 }
 
+/** True when the gate must run again: an input changed (or is unknown), or a refresh found the cluster degraded. */
+function needsCheck(olds: any, news: any): boolean {
+    for (const k of INPUT_KEYS) {
+        if (isUnknown(news[k]) || canonical(olds[k]) !== canonical(news[k])) return true;
+    }
+    const expected = Array.isArray(olds.expectedWorkers) ? olds.expectedWorkers.length : 0;
+    return typeof olds.aliveWorkers === "number" && olds.aliveWorkers < expected;
+}
+
 export const sparkHealthProvider: pulumi.dynamic.ResourceProvider = {
     async check(_olds: any, news: any) {
         const failures: { property: string; reason: string }[] = [];
@@ -236,14 +245,8 @@ export const sparkHealthProvider: pulumi.dynamic.ResourceProvider = {
     },
 
     async diff(_id: string, olds: any, news: any) {
-        const changed: string[] = [];
-        for (const k of INPUT_KEYS) {
-            if (isUnknown(news[k]) || canonical(olds[k]) !== canonical(news[k])) changed.push(k);
-        }
-        // A refresh that found the cluster degraded makes the next `up` check again.
-        const expected = Array.isArray(olds.expectedWorkers) ? olds.expectedWorkers.length : 0;
-        const lastUnhealthy = typeof olds.aliveWorkers === "number" && olds.aliveWorkers < expected;
-        return { changes: changed.length > 0 || lastUnhealthy, replaces: [], deleteBeforeReplace: false };
+        // New provider code alone is an update too, one that keeps the outputs (see update).
+        return { changes: needsCheck(olds, news) || providerCodeChanged(olds, news), replaces: [], deleteBeforeReplace: false };
     },
 
     async create(raw: any) {
@@ -252,7 +255,8 @@ export const sparkHealthProvider: pulumi.dynamic.ResourceProvider = {
         return { id: `spark-health:${inputs.masterUrl}`, outs };
     },
 
-    async update(_id: string, _olds: any, news: any) {
+    async update(_id: string, olds: any, news: any) {
+        if (!needsCheck(olds, news)) return { outs: keptOutputs(olds) }; // only the provider code changed
         return { outs: await waitForHealthy(normalize(news)) };
     },
 

@@ -66,7 +66,7 @@ describe("check and diff (no Nix)", () => {
     };
     const inputs = { flake: outs.flake, attribute: outs.attribute, drvPath: outs.drvPath, gcRootDir: outs.gcRootDir, buildTimeoutSeconds: 10800 };
 
-    test("same derivation: no changes (outputs and __provider are not compared)", () => {
+    test("same derivation: no changes (outputs and __provider are not compared here; the provider's diff answers new code)", () => {
         expect(nixImageDiff({ ...outs, __provider: "old closure" }, { ...inputs, __provider: "new closure" })).toMatchObject({ changes: false, replaces: [] });
     });
     test("a new derivation: replace", () => {

@@ -94,7 +94,17 @@ describe("diff", () => {
 
     test("the provider's diff answers `changes` and defaults missing optionals", async () => {
         const { sshPort: _p, useSudo: _u, flavour: _f, ...sparse } = inputs;
-        await expect(nixosDeploymentProvider.diff!("worker-1@10.77.0.11", outs, { ...sparse, __provider: "x" })).resolves.toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+        await expect(nixosDeploymentProvider.diff!("worker-1@10.77.0.11", outs, { ...sparse, __provider: "serialized-1" })).resolves.toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+    });
+
+    test("new provider code alone is an update (never a replace) that switches nothing", async () => {
+        await expect(nixosDeploymentProvider.diff!("worker-1@10.77.0.11", outs, { ...inputs, __provider: "serialized-2" })).resolves.toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+        // No SSH, no nixos-rebuild: the outputs are kept. (A loopback port
+        // nobody listens on: a deploy attempt would fail, not reach anyone.)
+        const here = { ...outs, host: "127.0.0.1", sshPort: 9 };
+        const r = await nixosDeploymentProvider.update!("worker-1@127.0.0.1", here, { ...inputs, host: "127.0.0.1", sshPort: 9, sshWaitSeconds: 1, __provider: "serialized-2" });
+        const { __provider: _code, ...kept } = here;
+        expect(r.outs).toEqual(kept);
     });
 });
 

@@ -169,9 +169,17 @@ describe("SparkHealth diff and check (no I/O: they run on every preview)", () =>
     const outs = () => ({ ...inputs(), aliveWorkers: 2, totalCores: 4, totalMemoryMiB: 6144, checkedAt: "x", masterStatus: "ALIVE", workers: [] });
     const diff = (news: any, olds: any = outs()) => sparkHealthProvider.diff!("id", olds, news);
 
-    test("no change when the inputs are the same, even with __provider and reordered keys", async () => {
-        const same = { ...inputs(), trigger: { workers: 2, systems: ["/nix/store/aaa-nixos-system"] }, __provider: "changed-code" };
-        expect(await diff(same)).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+    test("no change when the inputs are the same, even with reordered keys", async () => {
+        const same = { ...inputs(), trigger: { workers: 2, systems: ["/nix/store/aaa-nixos-system"] }, __provider: "code-1" };
+        expect(await diff(same, { ...outs(), __provider: "code-1" })).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+    });
+
+    test("new provider code alone is an update that keeps the outputs without checking the cluster", async () => {
+        const olds = { ...outs(), __provider: "code-1" };
+        expect(await diff({ ...inputs(), __provider: "code-2" }, olds)).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+        const r = await sparkHealthProvider.update!("id", olds, { ...inputs(), __provider: "code-2" });
+        const { __provider: _code, ...kept } = olds;
+        expect(r.outs).toEqual(kept);
     });
 
     test.each([
