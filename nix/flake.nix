@@ -46,6 +46,22 @@
         };
 
       perStack = f: lib.concatMapAttrs f stacks;
+
+      # Versions of what a node runs (Spark, its JDK, the job Python and each
+      # of its packages, the kernel), read from the evaluated system.
+      packageSummary =
+        params: node:
+        let
+          spark = node.config.services.spark.package;
+          python = node.pkgs.python3;
+        in
+        {
+          spark = spark.version;
+          jdk = spark.jdk.version;
+          python = python.version;
+          pythonPackages = lib.genAttrs params.pythonPackages (name: python.pkgs.${name}.version);
+          kernel = node.config.boot.kernelPackages.kernel.version;
+        };
     in
     {
       lib = {
@@ -57,12 +73,18 @@
         # all at once (NixOS evaluation takes seconds; one process shares the
         # work of nixpkgs and the module system between image and roles).
         stackEvaluations = perStack (
-          name: _: {
+          name: params: {
             "${name}" = {
               baseImage.drvPath = self.packages.${system}."${name}-base-image".drvPath;
               systems = {
                 master = self.nixosConfigurations."${name}-master".config.system.build.toplevel.outPath;
                 worker = self.nixosConfigurations."${name}-worker".config.system.build.toplevel.outPath;
+              };
+              # What each role runs, by version: what `pulumi preview` shows
+              # moving before anything is built.
+              packages = {
+                master = packageSummary params self.nixosConfigurations."${name}-master";
+                worker = packageSummary params self.nixosConfigurations."${name}-worker";
               };
             };
           }

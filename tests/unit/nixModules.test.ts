@@ -206,6 +206,18 @@ describe("a system changes exactly when what it runs changes", () => {
     test("the same settings give the same paths", () => {
         expect(again({})).toEqual(base);
     });
+
+    test("the same evaluation says, by version, what each role runs (what preview shows moving)", () => {
+        const e = again({ pythonPackages: ["numpy", "scipy"] }) as StackEvaluation & { packages: Record<string, any> };
+        expect(e.packages.worker).toEqual({
+            spark: "3.5.1",
+            jdk: expect.stringMatching(/^11\./),
+            python: "3.12.7",
+            pythonPackages: { numpy: "1.26.4", scipy: "1.14.1" },
+            kernel: expect.stringMatching(/^6\.6\./),
+        });
+        expect(e.packages.master.pythonPackages).toEqual(e.packages.worker.pythonPackages);
+    });
 });
 
 describe("the NixOS test (checks.x86_64-linux.spark-cluster) on the stand-in test framework", () => {
