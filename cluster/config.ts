@@ -124,6 +124,17 @@ export const configSchema = z
                 buildHost: z.string().optional(),
                 sshWaitSeconds: int(1, 3600, "seconds to wait for SSH on a new VM").default(300),
                 switchTimeoutSeconds: int(10, 86400, "seconds allowed for one nixos-rebuild").default(3600),
+                // The order nodes switch in (cluster/rollout.ts): master, one canary
+                // worker, then batches; a batch starts after the previous one is verified.
+                rollout: z
+                    .object({
+                        maxParallel: int(1, 64, "the largest number of workers switched at once").default(2),
+                        canary: bool("whether one worker switches alone before the others").default(true),
+                        verifyTimeoutSeconds: int(10, 3600, "seconds each node gets after its switch until Spark reports it ALIVE").default(300),
+                    })
+                    .strict()
+                    .default({}),
+                decommissionTimeoutSeconds: int(0, 3600, "seconds a removed worker gets to finish its executors after Spark decommissions it").default(120),
             })
             .strict()
             .default({}),

@@ -20,6 +20,15 @@ describe("config schema", () => {
         expect(c.ssh.user).toBe("deploy");
     });
 
+    test("rollouts: master, a canary, then batches of 2, each node verified within 300 s; a removed worker gets 120 s", () => {
+        const d = parseConfig({}).deploy;
+        expect(d.rollout).toEqual({ maxParallel: 2, canary: true, verifyTimeoutSeconds: 300 });
+        expect(d.decommissionTimeoutSeconds).toBe(120);
+        // A stack value for rollout keeps the defaults of the fields it leaves out.
+        expect(parseConfig({ deploy: { rollout: { maxParallel: "8" } } }).deploy.rollout).toEqual({ maxParallel: 8, canary: true, verifyTimeoutSeconds: 300 });
+        expect(parseConfig({ deploy: { rollout: { canary: "false" }, decommissionTimeoutSeconds: 0 } }).deploy).toMatchObject({ rollout: { canary: false }, decommissionTimeoutSeconds: 0 });
+    });
+
     test("numbers given as strings (top-level Pulumi config) are accepted", () => {
         expect(parseConfig({ workers: { count: "5" } }).workers.count).toBe(5);
     });
@@ -63,6 +72,12 @@ describe("config schema", () => {
         ["nixspark:deploy.buildHost", { deploy: { buildHost: 5 } }, /string/i],
         ["nixspark:deploy.sshWaitSeconds", { deploy: { sshWaitSeconds: 0 } }, /seconds to wait for SSH/],
         ["nixspark:deploy.switchTimeoutSeconds", { deploy: { switchTimeoutSeconds: 1 } }, /nixos-rebuild/],
+        ["nixspark:deploy.rollout.maxParallel", { deploy: { rollout: { maxParallel: 0 } } }, /workers switched at once: a whole number from 1 to 64/],
+        ["nixspark:deploy.rollout.maxParallel", { deploy: { rollout: { maxParallel: 65 } } }, /a whole number from 1 to 64/],
+        ["nixspark:deploy.rollout.canary", { deploy: { rollout: { canary: "yes" } } }, /true or false/],
+        ["nixspark:deploy.rollout.verifyTimeoutSeconds", { deploy: { rollout: { verifyTimeoutSeconds: 1 } } }, /until Spark reports it ALIVE/],
+        ["nixspark:deploy.rollout.batchSize", { deploy: { rollout: { batchSize: 2 } } }, /unknown key/],
+        ["nixspark:deploy.decommissionTimeoutSeconds", { deploy: { decommissionTimeoutSeconds: -1 } }, /finish its executors/],
         ["nixspark:health.enabled", { health: { enabled: "maybe" } }, /true or false/],
         ["nixspark:health.timeoutSeconds", { health: { timeoutSeconds: 0 } }, /Spark master and workers/],
         ["nixspark:wrokers", { wrokers: { count: 3 } }, /unknown key/],
