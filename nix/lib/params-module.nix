@@ -18,7 +18,10 @@ params: {
       webUiPort = params.ports.workerWebUi;
     };
     firewall = {
-      inherit (params.firewall) tcpPorts tcpPortRanges;
+      inherit (params.firewall) tcpPorts tcpPortRanges nodeRange gateway;
+    };
+    security = {
+      inherit (params.security) authenticate ioEncryption;
     };
   };
 }

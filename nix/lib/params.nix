@@ -13,7 +13,7 @@
 #   p.worker.sparkMemoryMiB
 let
   inherit (builtins)
-    all attrNames concatStringsSep elem filter foldl' fromJSON isAttrs isBool isFloat isInt
+    all attrNames concatStringsSep elem filter foldl' fromJSON genList isAttrs isBool isFloat isInt
     isList isString mapAttrs match sort toString
     ;
 
@@ -37,6 +37,30 @@ let
       fail "sparkSettings.\"${key}\": expected a string, number or boolean";
 
   isPort = n: isInt n && n >= 1 && n <= 65535;
+
+  # IPv4 arithmetic, for the address blocks of cluster/topology.ts.
+  mod = a: b: a - (a / b) * b;
+  pow2 = k: foldl' (a: _: a * 2) 1 (genList (x: x) k);
+  ipToInt = s: foldl' (acc: o: acc * 256 + fromJSON o) 0 (match ipv4 s);
+  intToIp =
+    n:
+    concatStringsSep "." (
+      map toString [
+        (n / 16777216)
+        (mod (n / 65536) 256)
+        (mod (n / 256) 256)
+        (mod n 256)
+      ]
+    );
+
+  # Settings that nixspark:security decides; a stack's sparkSettings may not
+  # turn them off behind the firewall's back.
+  securityKeys = [
+    "spark.authenticate"
+    "spark.authenticate.secret"
+    "spark.network.crypto.enabled"
+    "spark.io.encryption.enabled"
+  ];
   toPort =
     key: s:
     let
@@ -147,9 +171,46 @@ let
     if !isAttrs userSettings then
       fail "sparkSettings: expected an object of Spark settings"
     else
-      defaultSettings // mapAttrs settingToString userSettings;
+      defaultSettings // mapAttrs settingToString userSettings // securitySettings;
 
   badKeys = filter (k: match "spark\\.[A-Za-z0-9._-]+" k == null) (attrNames userSettings);
+  securityOverrides = filter (k: elem k securityKeys) (attrNames userSettings);
+
+  # Who may reach the Spark ports (modules/spark.nix): the node block, from
+  # the master's address to the last address below the DHCP pool (the top
+  # quarter of the subnet, for ad-hoc guests: they reach nothing), and the
+  # host's gateway address (submission port and UIs, with authentication only).
+  subnetBase = ipToInt (builtins.head (builtins.split "/" cidr));
+  subnetSize = pow2 (32 - prefix);
+  nodeRange = {
+    from = masterIp;
+    to = intToIp (subnetBase + subnetSize - subnetSize / 4 - 1);
+  };
+  gateway = intToIp (subnetBase + 1);
+
+  security =
+    let
+      s = json.security or { };
+      flag = k: d: if !(s ? ${k}) then d else if isBool s.${k} then s.${k} else fail "security.${k}: expected true or false";
+    in
+    if !isAttrs s then
+      fail "security: expected an object"
+    else
+      {
+        # Off unless the program asks: the secret must reach the node first.
+        authenticate = flag "authenticate" false;
+        ioEncryption = flag "ioEncryption" false;
+      };
+
+  securitySettings =
+    if security.authenticate then
+      {
+        "spark.authenticate" = "true";
+        "spark.network.crypto.enabled" = "true";
+      }
+      // (if security.ioEncryption then { "spark.io.encryption.enabled" = "true"; } else { })
+    else
+      { };
 
   maxRetries =
     let
@@ -185,6 +246,8 @@ if version != 1 then
   fail "version ${toString version} is not understood by this flake (expected 1); update the flake or the program"
 else if badKeys != [ ] then
   fail "sparkSettings: ${concatStringsSep ", " badKeys}: Spark setting names start with \"spark.\""
+else if securityOverrides != [ ] then
+  fail "sparkSettings: ${concatStringsSep ", " securityOverrides}: set by nixspark:security (authentication and encryption), not by Spark settings"
 else
   {
     inherit
@@ -192,6 +255,7 @@ else
       ports
       daemonMemoryMiB
       sparkSettings
+      security
       ;
     deployUser = sshUser;
     sshKeys = [ sshPublicKey ];
@@ -211,7 +275,7 @@ else
     };
     pythonPackages = packageNames;
     firewall = {
-      # Open to the cluster subnet only (see modules/spark.nix).
+      # Open to the node block only, never the DHCP pool (see modules/spark.nix).
       sourceCidr = cidr;
       tcpPorts = [
         ports.master
@@ -220,5 +284,6 @@ else
         ports.workerWebUi
       ];
       tcpPortRanges = map (r: { inherit (r) from to; }) portRanges;
+      inherit nodeRange gateway;
     };
   }

@@ -112,6 +112,58 @@ in
         default = [ ];
         description = "Port ranges opened to the cluster subnet (driver, block manager, application UI and their retries).";
       };
+      nodeRange = mkOption {
+        type = types.nullOr (
+          types.submodule {
+            options = {
+              from = mkOption { type = types.str; };
+              to = mkOption { type = types.str; };
+            };
+          }
+        );
+        default = null;
+        example = {
+          from = "10.77.0.10";
+          to = "10.77.0.191";
+        };
+        description = ''
+          The block of node addresses that may reach the Spark ports (the
+          master and every worker, now and after scaling; the DHCP pool above
+          it is left out). Null: the whole cluster subnet (clusterCidr).
+        '';
+      };
+      gateway = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "The host's address on the cluster network: it may reach the master's submission port and the web UIs when security.authenticate is on.";
+      };
+    };
+
+    security = {
+      authenticate = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Spark authentication (spark.authenticate) and RPC encryption
+          (spark.network.crypto.enabled) with the cluster secret in
+          security.secretFile, which the deployment writes outside /nix/store.
+        '';
+      };
+      ioEncryption = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Encrypt shuffle and spill files on local disks (spark.io.encryption.enabled).";
+      };
+      secretFile = mkOption {
+        type = types.str;
+        default = "/var/lib/nixspark/spark-secret";
+        description = "The cluster secret on the node (root only, mode 0400); never in /nix/store.";
+      };
+      confDir = mkOption {
+        type = types.str;
+        default = "/run/nixspark/spark-conf";
+        description = "Where the Spark configuration with the secret is assembled at boot (root:spark, 0750; files 0440).";
+      };
     };
 
     pythonPackages = mkOption {

@@ -52,22 +52,47 @@ let
     fi
   '';
 
-  # SPARK_CONF_DIR of the daemons and of spark-submit: our two files. Spark
-  # falls back to its built-in log4j2 defaults, as the package's conf/ has
-  # templates only.
-  confDir = pkgs.runCommand "nixspark-spark-conf" { } ''
+  # Our two files. Spark falls back to its built-in log4j2 defaults, as the
+  # package's conf/ has templates only.
+  storeConfDir = pkgs.runCommand "nixspark-spark-conf" { } ''
     mkdir -p $out
     cp ${sparkEnv} $out/spark-env.sh
     cp ${sparkDefaults} $out/spark-defaults.conf
   '';
 
-  # One iptables rule per port or range, for sources inside the cluster
-  # subnet. Run by the NixOS firewall just before its final reject rule, and
-  # rebuilt with the nixos-fw chain on every reload.
-  accept = ports: "iptables -A nixos-fw -p tcp -s ${cfg.clusterCidr} --dport ${ports} -j nixos-fw-accept";
+  # SPARK_CONF_DIR of the daemons and of spark-submit. With authentication the
+  # secret must be in spark-defaults.conf (a standalone driver accepts it from
+  # spark.authenticate.secret only), and nothing secret may enter the
+  # world-readable store: the files are assembled at boot under /run, readable
+  # by root and the spark group only.
+  auth = cfg.security.authenticate;
+  confDir = if auth then cfg.security.confDir else storeConfDir;
+  daemonUnits =
+    lib.optional config.services.spark.master.enable "spark-master.service"
+    ++ lib.optional config.services.spark.worker.enable "spark-worker.service";
+
+  # One iptables rule per port or range, for sources in the node block (or
+  # the cluster subnet when there is none); the host's gateway address gets
+  # the master's submission port and the UIs, and only with authentication.
+  # Run by the NixOS firewall just before its final reject rule, and rebuilt
+  # with the nixos-fw chain on every reload.
+  source =
+    if cfg.firewall.nodeRange != null then
+      "-m iprange --src-range ${cfg.firewall.nodeRange.from}-${cfg.firewall.nodeRange.to}"
+    else
+      "-s ${cfg.clusterCidr}";
+  accept = ports: "iptables -A nixos-fw -p tcp ${source} --dport ${ports} -j nixos-fw-accept";
+  acceptGateway = port: "iptables -A nixos-fw -p tcp -s ${cfg.firewall.gateway} --dport ${toString port} -j nixos-fw-accept";
   firewallRules = lib.concatStringsSep "\n" (
     map (p: accept (toString p)) cfg.firewall.tcpPorts
     ++ map (r: accept "${toString r.from}:${toString r.to}") cfg.firewall.tcpPortRanges
+    ++ lib.optionals (auth && cfg.firewall.gateway != null) (
+      map acceptGateway [
+        cfg.master.port
+        cfg.master.webUiPort
+        cfg.worker.webUiPort
+      ]
+    )
   );
 in
 {
@@ -93,4 +118,32 @@ in
   networking.hosts = lib.mkIf (cfg.master.hostname != null) { ${cfg.master.address} = [ cfg.master.hostname ]; };
 
   networking.firewall.extraCommands = firewallRules;
+
+  # The configuration with the secret, before the daemons start (and again
+  # whenever the deployment restarts this unit after delivering a new secret).
+  systemd.services.nixspark-spark-conf = lib.mkIf auth {
+    description = "Spark configuration with the cluster secret";
+    wantedBy = [ "multi-user.target" ];
+    before = daemonUnits;
+    requiredBy = daemonUnits;
+    path = [ pkgs.coreutils ];
+    serviceConfig = {
+      Type = "oneshot";
+      RemainAfterExit = true;
+      UMask = "0077";
+    };
+    script = ''
+      set -eu
+      if [ ! -s ${cfg.security.secretFile} ]; then
+        echo "no cluster secret in ${cfg.security.secretFile}; \`pulumi up\` delivers it" >&2
+        exit 1
+      fi
+      tmp=$(mktemp -d)
+      cp ${storeConfDir}/spark-env.sh "$tmp/spark-env.sh"
+      { cat ${storeConfDir}/spark-defaults.conf; printf 'spark.authenticate.secret %s\n' "$(cat ${cfg.security.secretFile})"; } > "$tmp/spark-defaults.conf"
+      install -d -m 0750 -o root -g spark ${cfg.security.confDir}
+      install -m 0440 -o root -g spark "$tmp/spark-env.sh" "$tmp/spark-defaults.conf" ${cfg.security.confDir}/
+      rm -rf "$tmp"
+    '';
+  };
 }

@@ -105,6 +105,24 @@ describe("lib/params.nix (stack settings -> node parameters)", () => {
         expect(evalJson<any>(`(import ./lib/params.nix (builtins.fromJSON ${JSON.stringify(JSON.stringify(withoutList))})).pythonPackages`)).toEqual(["numpy", "pandas"]);
     });
 
+    test("the node block (master up to the DHCP pool) and the gateway, as cluster/topology.ts lays them out", () => {
+        expect(params().firewall.nodeRange).toEqual({ from: "10.77.0.10", to: "10.77.0.191" });
+        expect(params().firewall.gateway).toBe("10.77.0.1");
+        const wide = params({ cidr: "10.64.4.0/22", prefix: 22, masterIp: "10.64.4.10" });
+        expect(wide.firewall.nodeRange).toEqual({ from: "10.64.4.10", to: "10.64.6.255" });
+        expect(wide.firewall.gateway).toBe("10.64.4.1");
+    });
+
+    test("security: off unless the stack file asks; settings follow; a Spark setting cannot override them", () => {
+        expect(params().security).toEqual({ authenticate: false, ioEncryption: false });
+        const on = params({ security: { authenticate: true } });
+        expect(on.sparkSettings["spark.authenticate"]).toBe("true");
+        expect(on.sparkSettings["spark.network.crypto.enabled"]).toBe("true");
+        expect(on.sparkSettings["spark.io.encryption.enabled"]).toBeUndefined();
+        expect(paramsError({ security: { authenticate: "yes" } })).toMatch(/security.authenticate: expected true or false/);
+        expect(paramsError({ sparkSettings: { "spark.network.crypto.enabled": "false" } })).toMatch(/set by nixspark:security/);
+    });
+
     test("pyspark is refused: jobs get PySpark from the Spark package, a second one would shadow its spark-submit", () => {
         expect(paramsError({ pythonPackages: ["numpy", "pyspark"] })).toMatch(/pythonPackages: remove "pyspark": every job already gets PySpark from the cluster's own Spark package/);
     });
@@ -154,7 +172,7 @@ describe("lib/params-module.nix (parameters -> nixspark.* options)", () => {
         expect(m.nixspark.pythonPackages).toEqual(["numpy", "pandas"]);
         expect(m.nixspark.firewall.tcpPorts).toEqual([7077, 8080, 7078, 8081]);
         expect(Object.keys(m.nixspark).sort()).toEqual(
-            ["clusterCidr", "daemonMemoryMiB", "deployUser", "firewall", "master", "pythonPackages", "sparkSettings", "sshKeys", "stack", "worker"].sort(),
+            ["clusterCidr", "daemonMemoryMiB", "deployUser", "firewall", "master", "pythonPackages", "security", "sparkSettings", "sshKeys", "stack", "worker"].sort(),
         );
     });
 

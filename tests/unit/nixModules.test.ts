@@ -122,7 +122,7 @@ describe("the committed modules evaluate on the stand-in nixos-24.11", () => {
 describe("what would fail on a real nixos-24.11 host fails here, with Nix's message", () => {
     test("a package attribute the 24.11 Spark lacks (untarDir, removed in 23.11)", () => {
         const dir = flakeCopy();
-        edit(path.join(dir, "modules/spark.nix"), "  confDir = pkgs.runCommand", '  sparkHome = "${spark}/lib/${spark.untarDir}";\n  confDir = pkgs.runCommand');
+        edit(path.join(dir, "modules/spark.nix"), "  storeConfDir = pkgs.runCommand", '  sparkHome = "${spark}/lib/${spark.untarDir}";\n  storeConfDir = pkgs.runCommand');
         edit(path.join(dir, "modules/spark.nix"), "    cp ${sparkEnv} $out/spark-env.sh", "    cp ${sparkHome}/conf/log4j2.properties $out/\n    cp ${sparkEnv} $out/spark-env.sh");
         expect(evalError(dir, "lib.stackEvaluations.example.systems.master")).toMatch(/attribute 'untarDir' missing/);
         // The image has no Spark, so it still evaluates.
@@ -217,6 +217,53 @@ describe("a system changes exactly when what it runs changes", () => {
             kernel: expect.stringMatching(/^6\.6\./),
         });
         expect(e.packages.master.pythonPackages).toEqual(e.packages.worker.pythonPackages);
+    });
+});
+
+describe("authentication, the cluster secret and the firewall", () => {
+    let dir: string;
+    beforeAll(() => {
+        dir = flakeCopy();
+        writeStack(dir, "open");
+        writeStack(dir, "auth", { security: { authenticate: true, ioEncryption: true } });
+    });
+    const cfg = (stack: string, role: string, attr: string) => evalFlake(dir, `nixosConfigurations.${stack}-${role}.config.${attr}`);
+
+    test("with authentication the daemons read a configuration assembled at boot under /run, not from the store", () => {
+        expect(cfg("auth", "master", "services.spark.confDir")).toBe("/run/nixspark/spark-conf");
+        expect(cfg("auth", "worker", "environment.variables.SPARK_CONF_DIR")).toBe("/run/nixspark/spark-conf");
+        const unit = cfg("auth", "worker", "systemd.services.nixspark-spark-conf");
+        expect(unit.requiredBy).toEqual(["spark-worker.service"]);
+        expect(unit.before).toEqual(["spark-worker.service"]);
+        expect(unit.serviceConfig).toMatchObject({ Type: "oneshot", RemainAfterExit: true, UMask: "0077" });
+        expect(unit.script).toContain("install -m 0440 -o root -g spark");
+        expect(unit.script).toContain("/var/lib/nixspark/spark-secret");
+        expect(cfg("auth", "master", "systemd.services.nixspark-spark-conf.requiredBy")).toEqual(["spark-master.service"]);
+        // Without authentication there is no such unit and the store directory serves.
+        expect(cfg("open", "master", "systemd.services")).not.toHaveProperty("nixspark-spark-conf");
+        expect(cfg("open", "master", "services.spark.confDir")).toMatch(/^\/nix\/store\/.*-nixspark-spark-conf$/);
+    });
+
+    test("the settings in the store turn authentication and encryption on and hold no secret", () => {
+        const text = evalFlake<Record<string, string>>(dir, "lib.stacks.auth.sparkSettings");
+        expect(text).toMatchObject({ "spark.authenticate": "true", "spark.network.crypto.enabled": "true", "spark.io.encryption.enabled": "true" });
+        expect(Object.keys(text)).not.toContain("spark.authenticate.secret");
+        expect(evalFlake(dir, "lib.stacks.open.sparkSettings")).not.toHaveProperty("spark.authenticate");
+    });
+
+    test("Spark ports are open to the node block only; the gateway gets the submission port and UIs only with authentication", () => {
+        const open = cfg("open", "master", "networking.firewall.extraCommands") as string;
+        const auth = cfg("auth", "master", "networking.firewall.extraCommands") as string;
+        expect(open).toContain("iptables -A nixos-fw -p tcp -m iprange --src-range 10.77.0.10-10.77.0.191 --dport 7077 -j nixos-fw-accept");
+        expect(open).not.toMatch(/-s 10\.77\.0\.0\/24/);
+        expect(open).not.toContain("-s 10.77.0.1 ");
+        for (const port of [7077, 8080, 8081]) expect(auth).toContain(`iptables -A nixos-fw -p tcp -s 10.77.0.1 --dport ${port} -j nixos-fw-accept`);
+        expect(auth).not.toContain("-s 10.77.0.1 --dport 7078");
+    });
+
+    test("a Spark setting may not turn authentication off behind the firewall's back", () => {
+        writeStack(dir, "sneaky", { security: { authenticate: true }, sparkSettings: { "spark.authenticate": "false" } });
+        expect(evalError(dir, "lib.stackEvaluations.sneaky.systems.master")).toMatch(/sparkSettings: spark.authenticate: set by nixspark:security/);
     });
 });
 
