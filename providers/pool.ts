@@ -83,7 +83,7 @@ export const poolProvider: pulumi.dynamic.ResourceProvider = {
     // and the engine stores the new code with them.
     async update(id: string, olds: PoolOutputs, news: PoolInputs) {
         const state = await ensureRunning(news.uri, id);
-        return { outs: { ...keptOutputs(olds as any), ...news, ...state } };
+        return { outs: { ...keptOutputs({ ...olds, ...news } as any), ...state } };
     },
 
     async read(id: string, props: PoolOutputs) {

@@ -3,21 +3,29 @@
 // goes through serialize -> load first. Tiny guests boot by direct kernel
 // boot; each must take the address its reservation names.
 //
-// Story: create a network and 3 domains -> scale to 4 -> scale back to 2
-// (the network is updated in place: same UUID) -> a memory change is an
-// update saved for the next boot -> refresh notices a shut-off domain and a
-// destroyed one -> adopt/mismatch and a failed create leave nothing behind.
+// Story: create a network and 3 domains (each guest sees its host name as
+// the systemd credential in SMBIOS) -> scale to 4 -> scale back to 2 (the
+// network is updated in place: same UUID) -> a memory change and a host name
+// change are updates saved for the next boot -> refresh notices a shut-off
+// domain and a destroyed one -> adopt/mismatch and a failed create leave
+// nothing behind -> what virsh says about objects that do not exist -> a host
+// reboot (domains off, network and pool stopped): refresh keeps everything
+// and says what is stopped, up brings it back -> provider code upgrade of a
+// Pool and a Volume, then delete through the new code -> destroy after
+// another host reboot leaves nothing behind.
 import { randomInt } from "node:crypto";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology, NodeSpec, Topology } from "../../cluster/topology";
 import { domainProvider, DomainOutputs } from "../../providers/domain";
 import { readNetwork } from "../../providers/libvirtXml";
 import { networkProvider, NetworkOutputs } from "../../providers/network";
-import { poolProvider } from "../../providers/pool";
+import { poolProvider, PoolOutputs } from "../../providers/pool";
 import { volumeProvider, VolumeOutputs } from "../../providers/volume";
 import { Bench, startBench, tailFile, waitFor } from "../helpers/libvirtBench";
 import { roundTrip } from "../helpers/serialize";
+import { engineCreate, engineDelete, engineUp, serializeProvider } from "../providers/engineSteps";
 
 jest.setTimeout(10 * 60_000);
 
@@ -29,7 +37,9 @@ let topo: (workers: number) => Topology;
 let uri: string;
 const created = { domains: new Map<string, DomainOutputs>(), volumes: new Map<string, VolumeOutputs>() };
 let netOuts: NetworkOutputs | undefined;
-let poolOuts: { uri: string; name: string; path: string } | undefined;
+let poolOuts: PoolOutputs | undefined;
+/** Host names given to domains by a test (default: the node's hostname). */
+const credentialName = new Map<string, string>();
 
 beforeAll(async () => {
     bench = await startBench();
@@ -79,7 +89,7 @@ function domInputs(n: NodeSpec, diskPath: string, t: Topology) {
     return {
         uri, name: n.domainName, domainType: "qemu" as const, vcpus: n.vcpus, memoryMiB: n.memoryMiB, diskPath, diskGiB: n.diskGiB,
         mac: n.mac, network: t.networkName, consoleLog: path.join(bench!.dir, `${n.domainName}-console.log`), autostart: false,
-        kernel: bench!.guest.kernel, initrd: bench!.guest.initrd, cmdline: "console=ttyS0", shutdownTimeoutSeconds: 20,
+        kernel: bench!.guest.kernel, initrd: bench!.guest.initrd, cmdline: "console=ttyS0", hostname: n.hostname, shutdownTimeoutSeconds: 20,
     };
 }
 
@@ -100,16 +110,24 @@ async function removeNode(n: NodeSpec) {
     created.volumes.delete(id);
 }
 
-/** The guest answers HTTP at its reserved address with the hostname DHCP gave it. */
+/**
+ * The guest answers HTTP at its reserved address with the hostname DHCP gave
+ * it, and reports the host name libvirt handed it as a systemd credential
+ * (read from SMBIOS type 11 inside the guest).
+ */
 async function expectReservedAddress(n: NodeSpec) {
     const log = path.join(bench!.dir, `${n.domainName}-console.log`);
+    const credential = credentialName.get(n.domainName) ?? n.hostname;
     let body = "";
     await waitFor(
-        `${n.domainName} answering at ${n.ip} as ${n.hostname}`,
+        `${n.domainName} answering at ${n.ip} as ${n.hostname} (credential ${credential})`,
         async () => {
             const r = await bench!.exec(["wget", "-qO-", "-T", "3", `http://${n.ip}/`], { allowFailure: true, timeoutMs: 10_000 });
             body = r.stdout;
-            return r.code === 0 && body.includes(n.hostname) ? body : undefined;
+            if (r.code !== 0 || !body.includes(n.hostname)) return undefined;
+            const info = await bench!.exec(["wget", "-qO-", "-T", "3", `http://${n.ip}/info.txt`], { allowFailure: true, timeoutMs: 10_000 });
+            body = info.stdout;
+            return info.code === 0 && body.split("\n").includes(`credential_hostname=${credential}`) ? body : undefined;
         },
         { timeoutMs: 120_000, intervalMs: 1000, diagnose: () => `last answer: ${body}
 ${tailFile(log)}` },
@@ -138,6 +156,13 @@ describe("libvirt providers on a real libvirtd", () => {
         const r = await reservations(t.networkName);
         expect(r.hosts).toEqual(t.nodes.map((n) => `${n.hostname}=${n.ip}`).sort());
         expect(r.dns).toBe(3);
+        // The pool starts with libvirtd (a host reboot), and says so.
+        expect(pool.outs).toMatchObject({ active: true, autostart: true });
+        expect((await bench!.virsh(["pool-info", t.poolName])).stdout).toMatch(/Autostart:\s+yes/);
+        // The host name is in the definition as an SMBIOS OEM string.
+        const xml = (await bench!.virsh(["dumpxml", t.master.domainName])).stdout;
+        expect(xml).toContain(`<entry>io.systemd.credential:system.hostname=${t.master.hostname}</entry>`);
+        expect(xml).toMatch(/<smbios mode=.sysinfo.\/>/);
     });
 
     test("scale 2 -> 3 workers: the network is updated in place and the new guest gets its address", async () => {
@@ -182,6 +207,24 @@ describe("libvirt providers on a real libvirtd", () => {
         expect(inactive).toMatch(/<memory unit='KiB'>327680<\/memory>/);
     });
 
+    test("host name change: an in-place update saved for the next boot (same VM), read back from the definition", async () => {
+        const t = topo(1);
+        const n = t.workers[0];
+        const olds = created.domains.get(n.domainName)!;
+        const news = { ...domInputs(n, olds.diskPath, t), memoryMiB: 320, hostname: `${n.hostname}-b` };
+        expect(await P.dom.diff!(n.domainName, olds, news)).toMatchObject({ changes: true, replaces: [] });
+        const r = await P.dom.update!(n.domainName, olds, news);
+        expect(r.outs).toMatchObject({ hostname: `${n.hostname}-b`, pendingRestart: true, state: "running", uuid: olds.uuid });
+        created.domains.set(n.domainName, r.outs as DomainOutputs);
+        credentialName.set(n.domainName, `${n.hostname}-b`);
+        const inactive = (await bench!.virsh(["dumpxml", "--inactive", n.domainName])).stdout;
+        expect(inactive).toContain(`<entry>io.systemd.credential:system.hostname=${n.hostname}-b</entry>`);
+        expect(inactive).toMatch(/<memory unit='KiB'>327680<\/memory>/); // the memory change survived the redefinition
+        const seen = await P.dom.read!(n.domainName, r.outs);
+        expect(seen.props).toMatchObject({ hostname: `${n.hostname}-b`, uuid: olds.uuid });
+        expect(await P.dom.diff!(n.domainName, seen.props, news)).toMatchObject({ changes: false });
+    });
+
     test("refresh: a shut-off domain is reported and brought back; a destroyed one disappears", async () => {
         const t = topo(1);
         const m = t.master;
@@ -223,18 +266,163 @@ describe("libvirt providers on a real libvirtd", () => {
         await expect(P.dom.create!({ ...m, vcpus: 2 })).rejects.toThrow(/already exists and differs in vcpus/);
     });
 
-    test("delete: everything the providers created is gone", async () => {
+    test("what libvirt says about objects that do not exist: gone for that kind, an error otherwise", async () => {
+        const t = topo(1);
+        expect((await P.dom.read!(`${stack}-nope`, { ...created.domains.get(t.master.domainName)!, name: `${stack}-nope` })).id).toBeFalsy();
+        expect((await P.net.read!(`${stack}-nope`, { ...netOuts!, name: `${stack}-nope` })).id).toBeFalsy();
+        expect((await P.pool.read!(`${stack}-nope`, { ...poolOuts!, name: `${stack}-nope` })).id).toBeFalsy();
+        const v = [...created.volumes.values()][0];
+        expect((await P.vol.read!("x", { ...v, name: "nope.qcow2" })).id).toBeFalsy();
+        // A volume in a pool that does not exist is not "gone": its pool is missing.
+        await expect(P.vol.read!("x", { ...v, pool: `${stack}-nope` })).rejects.toThrow(new RegExp(`libvirt storage volume "${stack}-nope/${v.name}".*Storage pool not found`));
+    });
+
+    test("host reboot (domains off, network and pool stopped): refresh keeps everything and says what is stopped; up brings it back", async () => {
+        const t = topo(1);
+        // The refresh test removed worker-1's domain: create it again, on its disk.
+        const w = t.workers[0];
+        const wDisk = [...created.volumes.values()].find((v) => v.name === w.volumeName)!.path;
+        const again = await P.dom.create!({ ...domInputs(w, wDisk, t), hostname: credentialName.get(w.domainName) ?? w.hostname });
+        created.domains.set(w.domainName, again.outs as DomainOutputs);
+        await simulateHostReboot(t);
+
+        // refresh
+        const pool = await P.pool.read!(poolOuts!.name, poolOuts!);
+        expect(pool.id).toBe(poolOuts!.name);
+        expect(pool.props).toMatchObject({ active: false, autostart: true });
+        const net = await P.net.read!(netOuts!.name, netOuts!);
+        expect(net.id).toBe(netOuts!.name);
+        expect(net.props).toMatchObject({ active: false, uuid });
+        for (const [id, v] of created.volumes) {
+            const r = await P.vol.read!(id, v);
+            expect(r.id).toBe(id);
+            expect(r.props).toMatchObject({ path: v.path });
+        }
+        const doms = new Map<string, DomainOutputs>();
+        for (const [name, d] of created.domains) {
+            const r = await P.dom.read!(name, d);
+            expect([r.id, r.props.state]).toEqual([name, "shut off"]);
+            doms.set(name, r.props as DomainOutputs);
+        }
+
+        // preview: updates only, no replacement
+        const poolIn = { uri, name: t.poolName, path: t.poolPath };
+        expect(await P.pool.diff!(poolOuts!.name, pool.props, poolIn)).toMatchObject({ changes: true, replaces: [] });
+        expect(await P.net.diff!(netOuts!.name, net.props, netInputs(t))).toMatchObject({ changes: true, replaces: [] });
+        for (const [id, v] of created.volumes) {
+            const { path: _p, ...volIn } = v;
+            expect(await P.vol.diff!(id, v, volIn)).toMatchObject({ changes: false });
+        }
+        const nodeOf = (name: string) => t.nodes.find((n) => n.domainName === name)!;
+        const domIn = (name: string) => ({ ...domInputs(nodeOf(name), doms.get(name)!.diskPath, t), hostname: credentialName.get(name) ?? nodeOf(name).hostname });
+        for (const [name, d] of doms) expect(await P.dom.diff!(name, d, domIn(name))).toMatchObject({ changes: true, replaces: [] });
+
+        // up: pool and network first (the domains depend on them), then the domains
+        poolOuts = (await P.pool.update!(poolOuts!.name, pool.props, poolIn)).outs as PoolOutputs;
+        expect(poolOuts).toMatchObject({ active: true, autostart: true });
+        netOuts = (await P.net.update!(netOuts!.name, net.props, netInputs(t))).outs as NetworkOutputs;
+        expect(netOuts).toMatchObject({ active: true, uuid });
+        for (const [name, d] of doms) {
+            const up = await P.dom.update!(name, d, domIn(name));
+            expect(up.outs).toMatchObject({ state: "running", uuid: d.uuid, pendingRestart: false });
+            created.domains.set(name, up.outs as DomainOutputs);
+        }
+        // Same addresses; worker-1 booted with the host name its update saved.
+        for (const n of t.nodes) await expectReservedAddress(n);
+    });
+
+    test("paused: read reports it, update resumes it", async () => {
+        const t = topo(1);
+        const m = t.master;
+        await bench!.virsh(["suspend", m.domainName]);
+        const seen = await P.dom.read!(m.domainName, created.domains.get(m.domainName)!);
+        expect(seen.props.state).toBe("paused");
+        const news = domInputs(m, seen.props.diskPath, t);
+        expect(await P.dom.diff!(m.domainName, seen.props, news)).toMatchObject({ changes: true, replaces: [] });
+        const up = await P.dom.update!(m.domainName, seen.props, news);
+        expect(up.outs).toMatchObject({ state: "running", uuid: seen.props.uuid });
+        created.domains.set(m.domainName, up.outs as DomainOutputs);
+        expect((await bench!.virsh(["domstate", m.domainName])).stdout.trim()).toBe("running");
+    });
+
+    test("provider code upgrade: a Pool and a Volume written by old code are updated in place (outputs kept) and deleted through the new code", async () => {
+        // "Old" code: these providers as they were, with a delete that cannot
+        // work (the kind of bug a new version fixes). A "same" step would keep it.
+        const broken = async () => {
+            throw new Error("old provider code: delete is broken");
+        };
+        const oldPool = await serializeProvider({ ...poolProvider, delete: broken });
+        const oldVol = await serializeProvider({ ...volumeProvider, delete: broken, update: undefined });
+        const newPool = await serializeProvider(poolProvider);
+        const newVol = await serializeProvider(volumeProvider);
+        const poolIn = { uri, name: `${stack}-up-pool`, path: path.join(bench!.dir, "up-pool") };
+        const volIn = { uri, pool: poolIn.name, name: "up.qcow2", backingPath: bench!.guest.baseImage, capacityBytes: 1024 ** 3 };
+        let pool = await engineCreate(oldPool, poolIn);
+        let vol = await engineCreate(oldVol, volIn);
+        try {
+            // The old code cannot delete them (nothing changes when it fails).
+            await expect(engineDelete(vol)).rejects.toThrow(/old provider code/);
+
+            const vUp = await engineUp(vol, newVol, volIn);
+            expect(vUp.step).toBe("update");
+            const { __provider: _v, ...volKept } = vol.state;
+            expect(vUp.updateOuts).toEqual(volKept);
+            vol = vUp.stored;
+            const pUp = await engineUp(pool, newPool, poolIn);
+            expect(pUp.step).toBe("update");
+            const { __provider: _p, ...poolKept } = pool.state;
+            expect(pUp.updateOuts).toEqual(poolKept);
+            pool = pUp.stored;
+            // Network and domain: an update with nothing to change keeps their outputs too.
+            const t = topo(1);
+            const oldNet = await serializeProvider({ ...networkProvider, delete: broken });
+            const n = await engineUp({ id: netOuts!.name, state: { ...netOuts!, __provider: oldNet } }, await serializeProvider(networkProvider), netInputs(t));
+            expect(n.step).toBe("update");
+            expect(n.updateOuts).toMatchObject({ uuid, active: true, hosts: netOuts!.hosts });
+            const m = created.domains.get(t.master.domainName)!;
+            const oldDom = await serializeProvider({ ...domainProvider, delete: broken });
+            const d = await engineUp({ id: m.name, state: { ...m, __provider: oldDom } }, await serializeProvider(domainProvider), domInputs(t.master, m.diskPath, t));
+            expect(d.step).toBe("update");
+            expect(d.updateOuts).toMatchObject({ uuid: m.uuid, state: "running", pendingRestart: m.pendingRestart, memoryMiB: m.memoryMiB, hostname: m.hostname });
+
+            // Delete now runs the stored (new) code.
+            await engineDelete(vol);
+            await engineDelete(pool);
+            expect((await bench!.virsh(["pool-list", "--all", "--name"])).stdout).not.toContain(poolIn.name);
+            expect(fs.existsSync(poolIn.path)).toBe(false);
+        } finally {
+            await bench!.virsh(["vol-delete", "--pool", poolIn.name, volIn.name], { allowFailure: true });
+            await bench!.virsh(["pool-destroy", poolIn.name], { allowFailure: true });
+            await bench!.virsh(["pool-undefine", poolIn.name], { allowFailure: true });
+        }
+    });
+
+    test("destroy after a host reboot: no domain, network, pool, volume or file in the pool directory is left", async () => {
+        const t = topo(1);
+        await simulateHostReboot(t);
         for (const [name, d] of created.domains) await P.dom.delete!(name, d);
         created.domains.clear();
         for (const [id, v] of created.volumes) await P.vol.delete!(id, v);
         created.volumes.clear();
         await P.net.delete!(netOuts!.name, netOuts!);
         await P.pool.delete!(poolOuts!.name, poolOuts!);
-        const t = topo(1);
         expect((await bench!.virsh(["list", "--all", "--name"])).stdout.trim()).toBe("");
         expect((await bench!.virsh(["net-list", "--all", "--name"])).stdout).not.toContain(t.networkName);
         expect((await bench!.virsh(["pool-list", "--all", "--name"])).stdout).not.toContain(t.poolName);
+        // The pool directory itself is gone (pool-delete removes it once empty): no qcow2 left behind.
+        expect(fs.existsSync(t.poolPath)).toBe(false);
         netOuts = undefined;
         poolOuts = undefined;
     });
 });
+
+/** What a host reboot leaves when autostart did not bring things back: every domain off, the network and the pool stopped. */
+async function simulateHostReboot(t: Topology) {
+    for (const name of (await bench!.virsh(["list", "--name"])).stdout.split("\n").map((l) => l.trim()).filter(Boolean)) {
+        await bench!.virsh(["destroy", name]);
+    }
+    await bench!.virsh(["net-destroy", t.networkName]);
+    await bench!.virsh(["pool-destroy", t.poolName]);
+    expect((await bench!.virsh(["pool-info", t.poolName])).stdout).toMatch(/State:\s+inactive/);
+    expect((await bench!.virsh(["net-info", t.networkName])).stdout).toMatch(/Active:\s+no/);
+}
