@@ -20,6 +20,8 @@ let
         cidr = "192.168.1.0/24";
         masterIp = nodes.master.networking.primaryIPAddress;
         masterHostname = "master";
+        # Authentication and encryption on, as the program deploys them.
+        security.authenticate = true;
         # Small workers: 2 vCPUs and 2 GiB, so each offers 1 GiB to executors.
         worker = {
           vcpus = 2;
@@ -43,6 +45,22 @@ let
         (import ../lib/params-module.nix params)
       ];
       networking.hostName = lib.mkForce "";
+      # The test network has no DHCP pool: the node block is the three Spark
+      # nodes (.1 to .3; the test framework numbers nodes in name order), and
+      # `zoutsider` (.4) stands for an address outside it.
+      nixspark.firewall.nodeRange = lib.mkForce {
+        from = "192.168.1.1";
+        to = "192.168.1.3";
+      };
+      # What the deployment does before the first switch: the cluster secret
+      # in a root-only file outside the store (here from the store: a test).
+      systemd.services.test-cluster-secret = {
+        wantedBy = [ "multi-user.target" ];
+        before = [ "nixspark-spark-conf.service" ];
+        requiredBy = [ "nixspark-spark-conf.service" ];
+        serviceConfig.Type = "oneshot";
+        script = "install -D -m 0400 ${pkgs.writeText "test-secret" "not-a-real-secret"} ${params.security.secretFile or "/var/lib/nixspark/spark-secret"}";
+      };
       virtualisation.qemu.options = [
         "-smbios"
         "type=11,value=io.systemd.credential:system.hostname=${name}"
@@ -50,6 +68,11 @@ let
       virtualisation.cores = if role == "spark-worker" then params.worker.cores else 2;
       virtualisation.memorySize = if role == "spark-worker" then params.worker.vmMemoryMiB else 2048;
     };
+
+  # A machine on the cluster network that is not a node.
+  outsider = {
+    virtualisation.memorySize = 512;
+  };
 
   aliveWorkers = ./alive_workers.py;
   job = ./sum_of_squares.py;
@@ -62,6 +85,7 @@ pkgs.testers.runNixOSTest {
     master = node "spark-master" "master";
     worker1 = node "spark-worker" "worker1";
     worker2 = node "spark-worker" "worker2";
+    zoutsider = outsider;
   };
 
   testScript =
@@ -124,9 +148,28 @@ pkgs.testers.runNixOSTest {
           master.wait_for_unit("spark-master.service")
           master.wait_until_succeeds("test $(python3 ${aliveWorkers} ${webUi}) -eq 2", timeout=300)
 
-      with subtest("the Spark ports are open to the cluster subnet only"):
+      with subtest("the Spark ports are open to the node block only"):
           worker1.succeed("${nc} -z -w 5 ${params.master.ip} ${toString params.ports.master}")
+          zoutsider.wait_for_unit("multi-user.target")
+          zoutsider.fail("${nc} -z -w 5 ${params.master.ip} ${toString params.ports.master}")
+          zoutsider.fail("${nc} -z -w 5 ${nodes.worker1.networking.primaryIPAddress} ${toString params.ports.worker}")
+          zoutsider.succeed("${nc} -z -w 5 ${params.master.ip} 22")
           rules = master.succeed("${iptables} -S nixos-fw")
-          assert "-s ${params.network.cidr} -p tcp -m tcp --dport ${toString params.ports.master} -j nixos-fw-accept" in rules, rules
+          assert "--src-range 192.168.1.1-192.168.1.3" in rules, rules
+          assert "-s ${params.network.cidr}" not in rules, rules
+
+      with subtest("the secret is outside the store, readable by root and spark only; without it Spark refuses"):
+          for machine in (master, worker1):
+              mode = machine.succeed("stat -c '%a %U %G' /run/nixspark/spark-conf/spark-defaults.conf").strip()
+              assert mode == "440 root spark", mode
+              machine.succeed("test $(stat -c '%a %U' /var/lib/nixspark/spark-secret) = '400 root'")
+              machine.fail("grep -Rqs not-a-real-secret /etc/")
+          # The same configuration with another secret: the master refuses the driver.
+          master.succeed("mkdir -p /tmp/wrong && cp /run/nixspark/spark-conf/spark-env.sh /tmp/wrong/")
+          master.succeed("sed 's/^spark.authenticate.secret .*/spark.authenticate.secret wrong/' /run/nixspark/spark-conf/spark-defaults.conf > /tmp/wrong/spark-defaults.conf")
+          master.fail(
+              "SPARK_CONF_DIR=/tmp/wrong timeout 300 spark-submit"
+              " --conf spark.cores.max=1 /tmp/sum_of_squares.py"
+          )
     '';
 }

@@ -278,13 +278,20 @@ describe("the NixOS test (checks.x86_64-linux.spark-cluster) on the stand-in tes
         }
     });
 
-    test("the script checks each node's host name and that spark-submit is the Spark package's", () => {
+    test("the script checks host names, spark-submit, the node-block firewall against an outsider, and the secret's place", () => {
         const script = evalString(NIX_DIR, `${check}.script`);
         const spark = evalFlake<string>(NIX_DIR, `${check}.nodes.master.services.spark.package.outPath`);
         expect(script).toContain('actual = machine.succeed("hostname").strip()');
         expect(script).toContain('machine.fail("test -e /etc/hostname")');
         expect(script).toContain(`assert found == "${spark}/bin/spark-submit"`);
         expect(evalFlake<string>(NIX_DIR, `${check}.drvPath`)).toMatch(/vm-test-run-nixspark-spark-cluster\.drv$/);
+        // Firewall: a machine outside the node block cannot reach the master; the secret stays out of /etc.
+        expect(script).toContain('zoutsider.fail("');
+        expect(script).toMatch(/zoutsider\.fail\("\S+\/bin\/nc -z -w 5 192\.168\.1\.1 7077"\)/);
+        expect(script).toContain('assert "--src-range 192.168.1.1-192.168.1.3" in rules');
+        expect(script).toContain("assert mode == \"440 root spark\"");
+        expect(evalFlake(NIX_DIR, `${check}.nodes.master.services.spark.confDir`)).toBe("/run/nixspark/spark-conf");
+        expect(evalFlake(NIX_DIR, `${check}.nodes.zoutsider.networking.primaryIPAddress`)).toBe("192.168.1.4");
     });
 });
 
