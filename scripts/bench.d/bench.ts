@@ -11,10 +11,13 @@ import { randomBytes, randomInt } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { parseConfig } from "../../cluster/config";
+import { evalDrvPath, evalSystemPath, imageAttribute, prepareNix } from "../../cluster/nixParams";
+import { buildTopology } from "../../cluster/topology";
 import { run } from "../../providers/run";
 import { Bench, natNetworkXml, startBench, testGuestDomainXml, waitFor } from "../../tests/helpers/libvirtBench";
-import { installPulumi, PulumiCli, REPO } from "../../tests/helpers/pulumiCli";
-import { createE2eProject, E2eProject, randomCidr, tinyStackConfig } from "../../tests/fixtures/e2e-project";
+import { installPulumi, PulumiCli, REPO, SDK_BIN, TOOLS_BIN } from "../../tests/helpers/pulumiCli";
+import { createE2eProject, E2E_REBUILD, E2eProject, randomCidr, tinyStackConfig } from "../../tests/fixtures/e2e-project";
 
 interface Options {
     sizes: number[];
@@ -22,10 +25,16 @@ interface Options {
     repeat: number;
     updateSeconds: number;
     out?: string;
+    /** Run one part alone: "preview" = the program's preview cost, no libvirt (previewOnly). */
+    only?: "preview";
+    /** Workers of the preview-only stack. */
+    previewWorkers: number;
+    /** A git revision whose program (index.ts, cluster/, providers/) is measured too, as "before". */
+    beforeRev?: string;
 }
 
 function parseArgs(argv: string[]): Options {
-    const o: Options = { sizes: [1, 2, 4, 8], big: 32, repeat: 3, updateSeconds: 2 };
+    const o: Options = { sizes: [1, 2, 4, 8], big: 32, repeat: 3, updateSeconds: 2, previewWorkers: 16 };
     for (let i = 0; i < argv.length; i++) {
         const a = argv[i];
         const next = () => {
@@ -38,9 +47,16 @@ function parseArgs(argv: string[]): Options {
         else if (a === "--repeat") o.repeat = Number(next());
         else if (a === "--update-seconds") o.updateSeconds = Number(next());
         else if (a === "--out") o.out = next();
+        else if (a === "--only") {
+            const part = next();
+            if (part !== "preview") throw new Error(`--only ${part}: the only part that runs alone is "preview"`);
+            o.only = part;
+        } else if (a === "--preview-workers") o.previewWorkers = Number(next());
+        else if (a === "--before-rev") o.beforeRev = next();
         else throw new Error(`unknown option ${a} (see scripts/bench)`);
     }
     if (o.sizes.some((n) => !Number.isInteger(n) || n < 0) || !(o.repeat >= 1)) throw new Error("bad --sizes or --repeat");
+    if (!Number.isInteger(o.previewWorkers) || o.previewWorkers < 0) throw new Error("bad --preview-workers");
     return o;
 }
 
@@ -331,7 +347,115 @@ async function bigPreview(
 }
 
 /** A TypeScript program that registers nothing, with the same runtime and node_modules. */
-async function emptyPreview(o: Options): Promise<{ previewMs: number; previews: number[]; transpileOnlyMs: number }> {
+async function emptyPreview(o: Options, netns: string | undefined): Promise<{ previewMs: number; previews: number[]; transpileOnlyMs: number }> {
+    const cli = await emptyProgramCli(netns);
+    const p = await previewMedian(cli, o.repeat);
+    const t = await previewMedian(new PulumiCli({ ...cli.opts, env: { PULUMI_NODEJS_TRANSPILE_ONLY: "true" } }), o.repeat);
+    return { previewMs: p.ms, previews: p.all, transpileOnlyMs: t.ms };
+}
+
+// ------------------------------------------- the program's preview, no libvirt
+
+/**
+ * A `nix` first on PATH that logs one line per process and runs the real
+ * one: how many nix processes a preview starts (the program's evaluations).
+ */
+function nixShim(dir: string): { pathPrefix: string; count: () => number } {
+    const real = execFileSync("sh", ["-c", "command -v nix"], { encoding: "utf8" }).trim();
+    fs.mkdirSync(dir, { recursive: true });
+    const logFile = path.join(dir, "nix-calls.log");
+    fs.writeFileSync(logFile, "");
+    fs.writeFileSync(path.join(dir, "nix"), `#!/bin/sh\nprintf '%s\\n' "$*" >> '${logFile}'\nexec '${real}' "$@"\n`, { mode: 0o755 });
+    return { pathPrefix: dir, count: () => fs.readFileSync(logFile, "utf8").split("\n").filter((l) => l !== "").length };
+}
+
+/**
+ * The stack config of the preview-only measurement: 1+N nodes whose image
+ * and roles come from the project's flake (stub nixpkgs), as a user's stack
+ * would. Nothing is created, so libvirt is never contacted: check and diff
+ * are pure, and a preview of resources that do not exist yet calls no provider.
+ */
+function previewStackConfig(p: E2eProject, workers: number): Record<string, unknown> {
+    const size = { vcpus: 1, memoryMiB: 256, diskGiB: 1 };
+    return {
+        libvirtUri: "qemu:///system",
+        domainType: "qemu",
+        autostart: false,
+        network: { cidr: randomCidr() },
+        storage: { path: path.join(p.root, "images") },
+        image: { flake: "path:./nix" },
+        master: size,
+        workers: { count: workers, ...size },
+        ssh: {
+            user: "root",
+            port: 22,
+            privateKeyPath: path.join(p.root, "id_ed25519"),
+            publicKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyFakeKeyFakeKeyFakeKeyFakeKeyFakeKey bench@host",
+        },
+        spark: { settings: {}, pythonPackages: [] },
+        deploy: { enabled: true, flake: "path:./nix", rebuildCommand: E2E_REBUILD, useSudo: false },
+        health: { enabled: false },
+    };
+}
+
+/** Replaces a project copy's program (index.ts, cluster/, providers/) with the one at a git revision. */
+async function checkoutProgram(dir: string, rev: string): Promise<string> {
+    const commit = (await run(["git", "-C", REPO, "rev-parse", "--short", `${rev}^{commit}`], { timeoutMs: 30_000 })).stdout.trim();
+    for (const f of ["index.ts", "cluster", "providers"]) fs.rmSync(path.join(dir, f), { recursive: true, force: true });
+    const tar = path.join(dir, "..", "program.tar");
+    await run(["git", "-C", REPO, "archive", "--format=tar", "-o", tar, commit, "--", "index.ts", "cluster", "providers"], { timeoutMs: 60_000 });
+    await run(["tar", "-xf", tar, "-C", dir], { timeoutMs: 60_000 });
+    fs.rmSync(tar);
+    return commit;
+}
+
+interface PreviewSeries {
+    label: string;
+    ms: number;
+    all: number[];
+    /** nix processes each preview started. */
+    nix: number[];
+    creates: number;
+}
+
+/**
+ * One preview; it must plan creates (the nixspark stack, never created) or
+ * nothing (the empty program's stack, up to date), never an update or delete.
+ */
+async function onePreview(label: string, cli: PulumiCli, shim: { count: () => number }): Promise<{ ms: number; nix: number; creates: number }> {
+    const before = shim.count();
+    const p = await cli.preview();
+    const nix = shim.count() - before;
+    const other = Object.entries(p.summary).filter(([k]) => k !== "create" && k !== "same").reduce((a, [, v]) => a + v, 0);
+    if (other !== 0) throw new Error(`${label}: the preview plans more than creates: ${JSON.stringify(p.summary)}`);
+    return { ms: p.ms, nix, creates: p.summary.create ?? 0 };
+}
+
+/**
+ * `repeat` rounds, each one preview of every variant in turn, so that a
+ * busy host (other work sharing the 2 cores) slows all variants alike
+ * instead of whichever series ran during the busy minute.
+ */
+async function previewRounds(variants: { label: string; cli: PulumiCli }[], shim: { count: () => number }, repeat: number): Promise<PreviewSeries[]> {
+    const series = variants.map((v) => ({ label: v.label, ms: 0, all: [] as number[], nix: [] as number[], creates: 0 }));
+    // A warm-up round, not counted: each program's first run in its directory
+    // pays for cold file caches that later runs do not see.
+    for (const v of variants) await onePreview(v.label, v.cli, shim);
+    for (let round = 0; round < repeat; round++) {
+        for (const [i, v] of variants.entries()) {
+            const r = await onePreview(v.label, v.cli, shim);
+            series[i].all.push(r.ms);
+            series[i].nix.push(r.nix);
+            series[i].creates = r.creates;
+        }
+        log(`round ${round + 1}: ${series.map((x) => `${x.label} ${sec(x.all[round])} s (${x.nix[round]} nix)`).join("; ")}`);
+    }
+    for (const x of series) x.ms = median(x.all);
+    return series;
+}
+
+/** The empty program, as a PulumiCli on an existing (up-to-date) stack: the engine's and runtime's fixed cost. */
+async function emptyProgramCli(netns: string | undefined, env: Record<string, string> = {}): Promise<PulumiCli> {
     const dir = path.join(project.root, "empty");
     fs.mkdirSync(dir, { recursive: true });
     fs.writeFileSync(path.join(dir, "Pulumi.yaml"), "name: empty\nruntime: nodejs\nmain: index.ts\n");
@@ -339,12 +463,133 @@ async function emptyPreview(o: Options): Promise<{ previewMs: number; previews: 
     fs.copyFileSync(path.join(REPO, "tsconfig.json"), path.join(dir, "tsconfig.json"));
     fs.copyFileSync(path.join(REPO, "package.json"), path.join(dir, "package.json"));
     if (!fs.existsSync(path.join(dir, "node_modules"))) fs.symlinkSync(path.join(REPO, "node_modules"), path.join(dir, "node_modules"));
-    const cli = new PulumiCli({ cwd: dir, stack: "empty", backendDir: path.join(project.root, "empty-state"), netns: bench.netns });
+    const cli = new PulumiCli({ cwd: dir, stack: "empty", backendDir: path.join(project.root, "empty-state"), netns, env });
     await cli.stackInit();
     await cli.up(); // so that its preview, too, is of an existing stack ("same")
-    const p = await previewMedian(cli, o.repeat);
-    const t = await previewMedian(new PulumiCli({ ...cli.opts, env: { PULUMI_NODEJS_TRANSPILE_ONLY: "true" } }), o.repeat);
-    return { previewMs: p.ms, previews: p.all, transpileOnlyMs: t.ms };
+    return cli;
+}
+
+/**
+ * The program's Nix step alone, in this process (no engine, no ts-node, so
+ * milliseconds are not lost in the preview's noise), on the project's flake
+ * and cache: the way the program did it before (the image's drvPath, then
+ * both role systems in parallel: three `nix eval --raw`), one `nix eval
+ * --json` (cache off), and the cache hit an unchanged run gets (hashing only).
+ */
+async function nixStepAlone(p: E2eProject, stack: string, raw: Record<string, unknown>, rounds: number) {
+    const cfg = parseConfig(raw);
+    const topo = buildTopology(stack, cfg);
+    const env = { ...process.env, NIX_CONFIG: p.nixConfig };
+    const opts = { cwd: p.dir, env };
+    const flake = p.flakeRef;
+    const times = { separate: [] as number[], single: [] as number[], cached: [] as number[] };
+    const timed = async <T>(xs: number[], f: () => Promise<T>): Promise<T> => {
+        const t = process.hrtime.bigint();
+        const r = await f();
+        xs.push(Number(process.hrtime.bigint() - t) / 1e6);
+        return r;
+    };
+    for (let i = 0; i < rounds; i++) {
+        const separate = await timed(times.separate, async () => {
+            const image = await evalDrvPath(flake, imageAttribute(stack), opts);
+            const [master, worker] = await Promise.all([evalSystemPath(flake, `${stack}-master`, opts), evalSystemPath(flake, `${stack}-worker`, opts)]);
+            return { image, master, worker };
+        });
+        const single = await timed(times.single, () => prepareNix(stack, cfg, topo, { ...opts, cache: false }));
+        const cached = await timed(times.cached, () => prepareNix(stack, cfg, topo, opts));
+        const same = (r: typeof single) => r.image?.drvPath === separate.image && r.systems?.master.expectedSystem === separate.master && r.systems?.worker.expectedSystem === separate.worker;
+        if (!same(single) || !same(cached) || !cached.cached) throw new Error(`nix step: the values differ or the cache missed: ${JSON.stringify({ separate, single, cached })}`);
+    }
+    const ms = (xs: number[]) => Math.round(median(xs) * 10) / 10;
+    log(`nix step alone: separate ${ms(times.separate)} ms, one eval ${ms(times.single)} ms, cached ${ms(times.cached)} ms`);
+    return { rounds, separateMs: ms(times.separate), singleMs: ms(times.single), cachedMs: ms(times.cached), all: times };
+}
+
+/**
+ * `--only preview`: what one `pulumi preview` of an unchanged 1+N stack costs
+ * the program, against an empty program, in one run and without libvirt: the
+ * stack's resources are never created (so every preview plans the same
+ * creates), and what differs between the variants is only how the program
+ * gets its Nix values: from the evaluation cache (the normal unchanged case),
+ * with the cache off (NIXSPARK_NIX_EVAL_CACHE=0: one nix eval), and, with
+ * --before-rev, the program at that revision (one nix eval per attribute).
+ */
+async function previewOnly(o: Options): Promise<void> {
+    await installPulumi();
+    project = createE2eProject("nxs-benchv-");
+    const before = o.beforeRev ? createE2eProject("nxs-benchb-") : undefined;
+    const shim = nixShim(path.join(project.root, "nix-shim"));
+    const stack = `pv${o.previewWorkers}x${randomInt(100, 1000)}`;
+    const env = (p: E2eProject, more: Record<string, string> = {}) => ({
+        NIX_CONFIG: p.nixConfig,
+        PATH: [shim.pathPrefix, TOOLS_BIN, SDK_BIN, process.env.PATH ?? "/usr/bin:/bin"].join(":"),
+        ...more,
+    });
+    const cliIn = (p: E2eProject, more: Record<string, string> = {}) =>
+        new PulumiCli({ cwd: p.dir, stack, backendDir: p.backendDir, env: env(p, more), timeoutMs: 10 * 60_000 });
+    const results: any = { date: new Date().toISOString(), options: o, host: hostInfo(), workers: o.previewWorkers };
+    try {
+        // One config for every variant, so that they differ only in the program.
+        const cfg = previewStackConfig(project, o.previewWorkers);
+        const cli = cliIn(project);
+        await cli.stackInit();
+        cli.writeStackConfig(cfg);
+        log(`preview of 1+${o.previewWorkers} (${stack}), never created; the first one fills the evaluation cache`);
+        results.cold = await onePreview("first preview", cli, shim);
+        const variants = [
+            { label: "empty", cli: await emptyProgramCli(undefined, env(project)) },
+            { label: "cached", cli },
+            { label: "cache off", cli: cliIn(project, { NIXSPARK_NIX_EVAL_CACHE: "0" }) },
+        ];
+        if (before) {
+            results.beforeRev = await checkoutProgram(before.dir, o.beforeRev!);
+            const b = cliIn(before);
+            await b.stackInit();
+            b.writeStackConfig(cfg);
+            variants.push({ label: `at ${results.beforeRev}`, cli: b });
+        }
+        const series = await previewRounds(variants, shim, o.repeat);
+        [results.empty, results.cached, results.uncached, results.before] = series;
+        results.nixStep = await nixStepAlone(project, stack, cfg, 10);
+        if (o.out) fs.writeFileSync(o.out, JSON.stringify(results, null, 2) + "\n");
+        process.stdout.write(previewReport(results) + "\n");
+    } finally {
+        project.remove();
+        before?.remove();
+    }
+}
+
+function hostInfo() {
+    return {
+        cpus: os.cpus().length,
+        cpu: os.cpus()[0]?.model,
+        memGiB: Math.round(os.totalmem() / 1024 ** 3),
+        pulumi: execFileSync(path.join(REPO, ".tools", "bin", "pulumi"), ["version"], { encoding: "utf8", env: { ...process.env, PULUMI_SKIP_UPDATE_CHECK: "1" } }).trim(),
+        parallel: 4 * os.cpus().length,
+    };
+}
+
+function previewReport(r: any): string {
+    const e = r.empty.ms;
+    const all = (s: PreviewSeries) => s.all.map(sec).join(", ");
+    const row = (what: string, s: PreviewSeries) => `| ${what} | ${sec(s.ms)} s (${all(s)}) | ${ratio(s.ms, e)} | ${[...new Set(s.nix)].join("/")} |`;
+    const lines = [
+        `Measured ${r.date} on ${r.host.cpus} cores (${r.host.cpu}), ${r.host.memGiB} GiB; pulumi ${r.host.pulumi}; \`pulumi preview\` of a 1+${r.workers} stack (${r.cached.creates} resources to create, never created), median of ${r.options.repeat} rounds (each round: every program once).`,
+        "",
+        "| program | preview | / empty program | nix processes per preview |",
+        "| --- | --- | --- | --- |",
+        `| empty program | ${sec(e)} s (${all(r.empty)}) | 1.00 | ${[...new Set(r.empty.nix)].join("/")} |`,
+    ];
+    if (r.before) lines.push(row(`before (${r.beforeRev}): one \`nix eval --raw\` per attribute`, r.before));
+    lines.push(row("after, cache off (`NIXSPARK_NIX_EVAL_CACHE=0`): one `nix eval --json`", r.uncached));
+    lines.push(row("after, unchanged (cached)", r.cached));
+    lines.push("");
+    lines.push(`The first preview of the stack (empty cache) took ${sec(r.cold.ms)} s and started ${r.cold.nix} nix process(es).`);
+    const n = r.nixStep;
+    lines.push(
+        `The program's Nix step alone (in-process, median of ${n.rounds}): three \`nix eval --raw\` as before ${n.separateMs} ms, one \`nix eval --json\` ${n.singleMs} ms, cache hit ${n.cachedMs} ms.`,
+    );
+    return lines.join("\n");
 }
 
 // ------------------------------------------------------------------ report
@@ -394,6 +639,7 @@ function report(r: any, o: Options): string {
 
 async function main(): Promise<void> {
     const o = parseArgs(process.argv.slice(2));
+    if (o.only === "preview") return previewOnly(o);
     await installPulumi();
     bench = await startBench({ log });
     project = createE2eProject("nxs-benchp-");
@@ -401,13 +647,7 @@ async function main(): Promise<void> {
     const results: any = {
         date: new Date().toISOString(),
         options: o,
-        host: {
-            cpus: os.cpus().length,
-            cpu: os.cpus()[0]?.model,
-            memGiB: Math.round(os.totalmem() / 1024 ** 3),
-            pulumi: execFileSync(path.join(REPO, ".tools", "bin", "pulumi"), ["version"], { encoding: "utf8", env: { ...process.env, PULUMI_SKIP_UPDATE_CHECK: "1" } }).trim(),
-            parallel: 4 * os.cpus().length,
-        },
+        host: hostInfo(),
         pulumi: [] as PulumiRun[],
         virtInstall: [] as unknown[],
         bootFloor: [] as unknown[],
@@ -422,7 +662,7 @@ async function main(): Promise<void> {
             results.bootFloor.push(await parallelBootFloor(n));
             log(JSON.stringify({ pulumi: results.pulumi.at(-1), virtInstall: results.virtInstall.at(-1), bootFloor: results.bootFloor.at(-1) }));
         }
-        results.empty = await emptyPreview(o);
+        results.empty = await emptyPreview(o, bench.netns);
         if (o.big > 0) results.big = await bigPreview(o.big, o);
         results.totalMs = Date.now() - started;
         if (o.out) fs.writeFileSync(o.out, JSON.stringify(results, null, 2) + "\n");
