@@ -70,7 +70,8 @@ async function bringUp(uri: string, name: string, state: string | undefined, rep
             console.error(`${what}: ${label("network", inactiveNet[1])} is not running; starting it first`);
             await virsh(uri, ["net-start", inactiveNet[1]], { what: label("network", inactiveNet[1]) });
             await virsh(uri, args, { what });
-        } else if (r.code !== 0) {
+        } else if (r.code !== 0 && (await domState(uri, name)) !== "running") {
+            // (A start whose answer got lost to a reconnect, retried: "already active" is fine.)
             throw virshError(args, r, what);
         }
     }

@@ -397,6 +397,18 @@ describe("libvirt providers on a real libvirtd", () => {
         }
     });
 
+    test("a VM whose network is stopped: its update starts the network first (an up without a refresh)", async () => {
+        const t = topo(1);
+        const m = t.master;
+        await bench!.virsh(["destroy", m.domainName]);
+        await bench!.virsh(["net-destroy", t.networkName]);
+        const olds = { ...created.domains.get(m.domainName)!, state: "shut off" };
+        const up = await P.dom.update!(m.domainName, olds, domInputs(m, olds.diskPath, t));
+        expect(up.outs.state).toBe("running");
+        created.domains.set(m.domainName, up.outs as DomainOutputs);
+        expect((await bench!.virsh(["net-info", t.networkName])).stdout).toMatch(/Active:\s+yes/);
+    });
+
     test("destroy after a host reboot: no domain, network, pool, volume or file in the pool directory is left", async () => {
         const t = topo(1);
         await simulateHostReboot(t);
