@@ -132,10 +132,15 @@ export function writeNixStackParams(flakeDir: string, params: NixStackParams): {
     } catch {
         current = undefined;
     }
-    if (current === text) return { path: file, changed: false };
+    // Owner-only: the file names the stack's network and key (no secrets:
+    // those never enter it, see providers/clusterSecret.ts).
+    if (current === text) {
+        if ((fs.statSync(file).mode & 0o077) !== 0) fs.chmodSync(file, 0o600);
+        return { path: file, changed: false };
+    }
     fs.mkdirSync(path.dirname(file), { recursive: true });
     const tmp = `${file}.${process.pid}.tmp`;
-    fs.writeFileSync(tmp, text);
+    fs.writeFileSync(tmp, text, { mode: 0o600 });
     fs.renameSync(tmp, file);
     return { path: file, changed: true };
 }

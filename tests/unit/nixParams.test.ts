@@ -120,6 +120,17 @@ describe("the settings file", () => {
         expect(removeNixStackParams(dir, "dev")).toBe(false);
     });
 
+    test("is readable by its owner only, also when an older file was not", () => {
+        const dir = copyDir(NIX_DIR, "nixspark-flake-");
+        const { cfg, topo } = setup("dev");
+        const p = nixStackParams(cfg, topo);
+        const { path: file } = writeNixStackParams(dir, p);
+        expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+        fs.chmodSync(file, 0o644);
+        expect(writeNixStackParams(dir, p).changed).toBe(false);
+        expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+    });
+
     test("refuses a directory that is not the flake", () => {
         const { cfg, topo } = setup("dev");
         expect(() => writeNixStackParams(FIXTURES, nixStackParams(cfg, topo))).toThrow(/holds no flake.nix/);
