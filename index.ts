@@ -10,7 +10,18 @@ import { SparkCluster } from "./cluster/sparkCluster";
 async function main() {
     const stack = pulumi.getStack();
     const loaded = loadStackConfig(stack, pulumi.runtime.allConfig());
-    const ssh = resolveSsh(loaded.config, stackStateDir(stack));
+    let ssh;
+    try {
+        ssh = resolveSsh(loaded.config, stackStateDir(stack), stack);
+    } catch (e) {
+        throw new pulumi.RunError(`invalid stack configuration:\n  ${(e as Error).message}`);
+    }
+    if (ssh.keySource === "legacy-default") {
+        void pulumi.log.warn(
+            `deploying with ~/.ssh/id_ed25519, this stack's key from before per-stack deploy keys; to move to a key of the stack's own, ` +
+                `set nixspark:ssh.privateKeyPath to it explicitly now, or see docs/security.md ("Deploy key")`,
+        );
+    }
     const config = { ...loaded.config, ssh: { ...loaded.config.ssh, publicKey: ssh.publicKey } };
     const topology = loaded.topology;
 

@@ -97,7 +97,8 @@ export const configSchema = z
                 publicKey: str("an SSH public key line")
                     .regex(/^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/=]+( .*)?$/, "expected an SSH public key line such as 'ssh-ed25519 AAAA... you@host'")
                     .optional(),
-                privateKeyPath: str("the path of the SSH private key used to deploy").default("~/.ssh/id_ed25519"),
+                // Default: the stack's own deploy key, made on first use (cluster/stackConfig.ts).
+                privateKeyPath: str("the path of the SSH private key used to deploy").optional(),
             })
             .strict()
             .default({}),
