@@ -57,6 +57,12 @@ export interface LocalSparkOptions {
     memoryPerWorker?: string;
     /** How long to wait for the master and the workers to be ALIVE. */
     startTimeoutMs?: number;
+    /**
+     * spark-defaults.conf for every daemon and for drivers submitted with
+     * `env` (as nix/lib/params.nix writes it on the nodes), e.g.
+     * { "spark.decommission.enabled": "true" }.
+     */
+    sparkDefaults?: Record<string, string>;
 }
 
 /** Runs scripts/install-spark (idempotent; installs into .tools/spark-venv when missing) and returns SPARK_HOME. */
@@ -169,6 +175,9 @@ export async function startLocalSpark(opts: LocalSparkOptions = {}): Promise<Loc
     };
     fs.mkdirSync(baseEnv.SPARK_CONF_DIR, { recursive: true });
     fs.mkdirSync(baseEnv.SPARK_LOG_DIR, { recursive: true });
+    if (opts.sparkDefaults) {
+        fs.writeFileSync(path.join(baseEnv.SPARK_CONF_DIR, "spark-defaults.conf"), Object.entries(opts.sparkDefaults).map(([k, v]) => `${k} ${v}\n`).join(""));
+    }
     // Spark logs INFO to stderr by default; WARN keeps the logs readable.
     fs.writeFileSync(
         path.join(baseEnv.SPARK_CONF_DIR, "log4j2.properties"),
