@@ -2,6 +2,7 @@
 // It must be self-contained and small: no @pulumi/pulumi, no zod, no grpc
 // captured by accident (DESIGN.md), and loadable the way the engine's
 // dynamic-provider runner loads it.
+import { clusterSecretProvider } from "../../providers/clusterSecret";
 import { domainProvider } from "../../providers/domain";
 import { networkProvider } from "../../providers/network";
 import { nixImageProvider } from "../../providers/nixImage";
@@ -11,7 +12,7 @@ import { sparkHealthProvider } from "../../providers/sparkHealth";
 import { volumeProvider } from "../../providers/volume";
 import { roundTrip } from "../helpers/serialize";
 
-const providers = { domainProvider, networkProvider, nixImageProvider, nixosDeploymentProvider, poolProvider, sparkHealthProvider, volumeProvider };
+const providers = { clusterSecretProvider, domainProvider, networkProvider, nixImageProvider, nixosDeploymentProvider, poolProvider, sparkHealthProvider, volumeProvider };
 
 describe.each(Object.entries(providers))("%s", (_name, provider) => {
     test("serializes without capturing the SDK, zod or grpc, and loads back with every method", async () => {
