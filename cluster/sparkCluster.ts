@@ -12,6 +12,8 @@ import { NixImage } from "../providers/nixImage";
 import { NixosDeployment } from "../providers/nixosDeployment";
 import { SparkHealth } from "../providers/sparkHealth";
 import type { PreparedNixImage, PreparedNixSystems } from "./nixParams";
+import { rolloutOrder, workerOffer } from "./rollout";
+import type { SparkCheck } from "../providers/nixosDeployment";
 
 export interface SparkClusterArgs {
     stack: string;
@@ -136,6 +138,23 @@ export class SparkCluster extends pulumi.ComponentResource {
             if (!args.ssh) throw new Error("SparkCluster: deployments need args.ssh (identity file and known-hosts file)");
             const systems = args.systems;
             const ssh = args.ssh;
+            const webUiUrl = `http://${t.master.ip}:8080`;
+            const offer = workerOffer(cfg.workers.vcpus, cfg.workers.memoryMiB);
+            // What Spark must report after each node's switch (else the node is
+            // rolled back), and how a removed worker leaves (decommission).
+            const sparkCheck = (node: ClusterNode): SparkCheck =>
+                node.spec.role === "master"
+                    ? { role: "master", webUiUrl, address: node.spec.ip, unit: "spark-master", timeoutSeconds: cfg.deploy.rollout.verifyTimeoutSeconds }
+                    : {
+                          role: "worker",
+                          webUiUrl,
+                          address: node.spec.ip,
+                          cores: offer.cores,
+                          memoryMiB: offer.memoryMiB,
+                          unit: "spark-worker",
+                          timeoutSeconds: cfg.deploy.rollout.verifyTimeoutSeconds,
+                          decommissionTimeoutSeconds: cfg.deploy.decommissionTimeoutSeconds,
+                      };
             const deploy = (node: ClusterNode, dependsOn: pulumi.Resource[]) => {
                 const role = node.spec.role === "master" ? systems.master : systems.worker;
                 node.deployment = new NixosDeployment(
@@ -156,16 +175,24 @@ export class SparkCluster extends pulumi.ComponentResource {
                         rebuildCommand: cfg.deploy.rebuildCommand,
                         sshWaitSeconds: cfg.deploy.sshWaitSeconds,
                         switchTimeoutSeconds: cfg.deploy.switchTimeoutSeconds,
+                        spark: sparkCheck(node),
                     },
                     { ...child, dependsOn },
                 );
                 this.deployments.push(node.deployment);
                 return node.deployment;
             };
-            // The master first: workers register with a running master.
+            // The rollout (cluster/rollout.ts): the master first (workers register
+            // with a running master), then the canary worker, then batches of at
+            // most maxParallel. Each batch depends on every deployment of the one
+            // before, so it starts only once those switched and Spark confirmed
+            // them; a failed node stops the batches after it (Pulumi does not
+            // run the dependents of a failed resource).
             const [masterNode, ...workerNodes] = this.nodes;
-            const masterDeployment = deploy(masterNode, [masterNode.domain]);
-            for (const w of workerNodes) deploy(w, [w.domain, masterDeployment]);
+            let previous: NixosDeployment[] = [];
+            for (const batch of rolloutOrder(masterNode, workerNodes, cfg.deploy.rollout)) {
+                previous = batch.map((n) => deploy(n, [n.domain, ...previous]));
+            }
 
             if (cfg.health.enabled) {
                 this.health = new SparkHealth(
