@@ -18,6 +18,7 @@ import { destination, ensureKnownHostsFile, firstContact, nixSshOpts, remoteComm
 import { fetchMasterState } from "./sparkHealth";
 import { describeMaster, matchWorkers } from "../cluster/sparkStatus";
 import type { MasterState, MasterWorker } from "../cluster/sparkStatus";
+import { deliverSecretProperties } from "./clusterSecret";
 
 export type RebuildFlavour = "auto" | "legacy" | "ng";
 
@@ -53,6 +54,14 @@ export interface NixosDeploymentInputs {
     flavour: RebuildFlavour;
     sshWaitSeconds: number;
     switchTimeoutSeconds: number;
+    /**
+     * Spark properties that must not enter /nix/store (the cluster secret,
+     * secret Spark settings), as providers/clusterSecret.ts renders them. A
+     * Pulumi secret: written to the node before the switch, never logged.
+     */
+    secretProperties?: string;
+    /** Units restarted when secretProperties change on a running node (its Spark daemon and the unit that assembles its configuration). */
+    secretUnits?: string[];
     /** When given: after the switch, wait until Spark agrees (else roll back); on delete, decommission a worker. */
     spark?: SparkCheck;
 }
@@ -110,6 +119,9 @@ export interface NixosDeploymentArgs {
     sshWaitSeconds?: pulumi.Input<number>;
     /** Default 3600. */
     switchTimeoutSeconds?: pulumi.Input<number>;
+    /** The secret Spark properties for the node (pass a Pulumi secret). */
+    secretProperties?: pulumi.Input<string>;
+    secretUnits?: pulumi.Input<pulumi.Input<string>[]>;
     /** What Spark must report after the switch; a worker is decommissioned through Spark on delete. */
     spark?: pulumi.Input<SparkCheck>;
 }
@@ -208,6 +220,8 @@ export function deploymentDiff(olds: Record<string, unknown>, news: Record<strin
     if (typeof current === "string" && current !== "" && news.expectedSystem !== UNKNOWN && current !== news.expectedSystem && current !== UNKNOWN) {
         reasons.push(`the node runs ${current}, not the expected system`);
     }
+    // The value is never named: it is a secret.
+    if (news.secretProperties === UNKNOWN || (olds.secretProperties ?? undefined) !== (news.secretProperties ?? undefined)) reasons.push("the secret Spark properties changed");
     return { changes: reasons.length > 0, replaces: [], deleteBeforeReplace: false, reasons: [...new Set(reasons)] };
 }
 
@@ -269,7 +283,7 @@ function logger(node: string): (m: string) => void {
 function inputsOf(props: Record<string, unknown>): NixosDeploymentInputs {
     const p = withDefaults(props) as Record<string, unknown>;
     const out: Record<string, unknown> = {};
-    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "spark"]) {
+    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark"]) {
         if (p[k] !== undefined && p[k] !== null && p[k] !== "") out[k] = p[k];
     }
     return out as unknown as NixosDeploymentInputs;
@@ -536,7 +550,7 @@ export async function decommissionWorker(inp: NixosDeploymentInputs, spark: Spar
  * the deployment to another address (record an unknown key, refuse a changed
  * one), "known" otherwise (the key must be recorded and match).
  */
-export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new-address" | "known"): Promise<NixosDeploymentOutputs> {
+export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new-address" | "known", previousSecret?: string): Promise<NixosDeploymentOutputs> {
     const log = logger(inp.node);
     const t = targetOf(inp);
     const where = `${inp.node} (${destination(t)})`;
@@ -557,6 +571,16 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
         }
     } catch (e) {
         throw new Error(`NixosDeployment ${where}: ${(e as Error).message}`);
+    }
+
+    // The secret first: the new system's Spark reads it when it starts.
+    if (inp.secretProperties) {
+        log(`writing the cluster secret to the node (root only, outside /nix/store)`);
+        try {
+            await deliverSecretProperties(t, inp.secretProperties, { useSudo: inp.useSudo });
+        } catch (e) {
+            throw new Error(`NixosDeployment ${where}: ${(e as Error).message}`);
+        }
     }
 
     const flavour = inp.flavour === "auto" ? await detectFlavour(inp.rebuildCommand, log) : inp.flavour;
@@ -599,6 +623,17 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
         const rolled = await rollBack(inp, flavour, before, log);
         const tail = lastLines(output, 20) || "(no output)";
         throw new Error(`NixosDeployment ${where}: ${failure}. ${rolled}\nLast lines of nixos-rebuild's output:\n${tail}`);
+    }
+    // A rotated secret on a running node: the switch alone restarts nothing
+    // when the system did not change, so restart what reads the secret.
+    if (previousSecret !== undefined && inp.secretProperties !== undefined && previousSecret !== inp.secretProperties && (inp.secretUnits ?? []).length > 0) {
+        const units = inp.secretUnits as string[];
+        log(`the cluster secret changed: restarting ${units.join(", ")}`);
+        try {
+            await remoteCommand(t, [...(inp.useSudo ? ["sudo", "-n"] : []), "systemctl", "restart", ...units], 300_000);
+        } catch (e) {
+            throw new Error(`NixosDeployment ${where}: the new cluster secret was written, but restarting ${units.join(", ")} failed: ${(e as Error).message}`);
+        }
     }
     if (inp.spark) {
         const spark = inp.spark;
@@ -656,7 +691,8 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
         // A different VM (same address, new machine) is a first contact: this
         // stack created it, so its new host key replaces the recorded one.
         const contact = olds.machineId !== undefined && olds.machineId !== inp.machineId ? "first" : olds.host !== inp.host ? "new-address" : "known";
-        return { outs: await deploy(inp, contact) };
+        const previousSecret = typeof olds.secretProperties === "string" ? olds.secretProperties : undefined;
+        return { outs: await deploy(inp, contact, previousSecret) };
     },
 
     async read(id: string, props: Record<string, unknown>) {
