@@ -165,6 +165,12 @@ let
     "spark.ui.port" = "4040";
     # How far Spark walks up from a busy port; the firewall opens the range.
     "spark.port.maxRetries" = "16";
+    # A worker that gets SIGPWR leaves gracefully (Spark 3.1+): the master
+    # stops placing executors on it, its executors finish their tasks and
+    # hand their cached and shuffle blocks to others before they exit. The
+    # deployment of a removed worker does that before its VM stops.
+    "spark.decommission.enabled" = "true";
+    "spark.storage.decommission.enabled" = "true";
   };
 
   sparkSettings =

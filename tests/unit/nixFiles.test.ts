@@ -75,11 +75,20 @@ describe("lib/params.nix (stack settings -> node parameters)", () => {
             "spark.driver.port": "7100",
             "spark.blockManager.port": "7200",
             "spark.port.maxRetries": "16",
+            "spark.decommission.enabled": "true",
+            "spark.storage.decommission.enabled": "true",
             "spark.ui.port": "4140",
             "spark.executor.memory": "1g",
             "spark.sql.shuffle.partitions": "8",
             "spark.eventLog.enabled": "true",
         });
+    });
+
+    test("workers leave gracefully: decommissioning (SIGPWR) and block migration are on by default, and a stack can turn them off", () => {
+        expect(params().sparkSettings).toMatchObject({ "spark.decommission.enabled": "true", "spark.storage.decommission.enabled": "true" });
+        const off = params({ sparkSettings: { "spark.decommission.enabled": false } }).sparkSettings;
+        expect(off["spark.decommission.enabled"]).toBe("false");
+        expect(off["spark.storage.decommission.enabled"]).toBe("true");
     });
 
     test("the firewall opens the fixed ports and each port setting with its retries, to the cluster subnet", () => {
