@@ -54,6 +54,8 @@ export interface StandinCall {
     argv: string[];
     flavour: "legacy" | "ng";
     env: { NIX_SSHOPTS: string | null };
+    /** When the stand-in was called, in seconds since the epoch. */
+    time: number;
 }
 
 export interface RemoteCall {
@@ -266,6 +268,26 @@ export class SshTargetEnv {
         fs.symlinkSync(`system-${n}-link`, path.join(profiles, "system"));
         fs.rmSync(path.join(this.root, "run/current-system"));
         fs.symlinkSync(system, path.join(this.root, "run/current-system"));
+    }
+
+    /** `systemctl kill --kill-whom=main ... <unit>` on this node signals `pid` (e.g. a loopback Spark worker). */
+    setUnitPid(unit: string, pid: number): void {
+        fs.mkdirSync(path.join(this.root, "units"), { recursive: true });
+        fs.writeFileSync(path.join(this.root, "units", `${unit}.pid`), `${pid}\n`);
+    }
+
+    /** What `journalctl -u <unit> -n N --no-pager` prints on this node. */
+    setJournal(unit: string, lines: string[]): void {
+        fs.mkdirSync(path.join(this.root, "units"), { recursive: true });
+        fs.writeFileSync(path.join(this.root, "units", `${unit}.journal`), lines.map((l) => `${l}\n`).join(""));
+    }
+
+    /** Activating `system` on this node runs `argv` (on this machine, with a 30 s timeout), e.g. ["kill", "-STOP", pid]. */
+    onSwitch(system: string, argv: string[]): void {
+        const file = path.join(this.root, "on-switch.json");
+        const hooks = fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, string[]>) : {};
+        hooks[system] = argv;
+        fs.writeFileSync(file, JSON.stringify(hooks));
     }
 
     /** Commands the node received over SSH, in order. */
