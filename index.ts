@@ -9,6 +9,16 @@ import { SparkCluster } from "./cluster/sparkCluster";
 
 async function main() {
     const stack = pulumi.getStack();
+    // A secret Spark setting kept inside nixspark:spark would make the whole
+    // object secret and still be written to the stack file and the store.
+    // (runtime.isConfigSecret is in the SDK's JavaScript but not its typings.)
+    const isConfigSecret = (pulumi.runtime as unknown as { isConfigSecret?: (k: string) => boolean }).isConfigSecret;
+    if (isConfigSecret?.("nixspark:spark")) {
+        throw new pulumi.RunError(
+            "invalid stack configuration:\n  nixspark:spark: holds a secret, but its settings go to the Nix store in plain text; " +
+                `move the secret setting to nixspark:sparkSecrets: pulumi config rm --path 'spark.settings["KEY"]' && pulumi config set --secret --path 'sparkSecrets["KEY"]' VALUE`,
+        );
+    }
     const loaded = loadStackConfig(stack, pulumi.runtime.allConfig());
     let ssh;
     try {
@@ -46,6 +56,8 @@ async function main() {
         baseImage: image,
         systems,
         ssh: { identityFile: ssh.identityFile, knownHostsFile: ssh.knownHostsFile },
+        // Always a Pulumi secret, whether or not the user set it with --secret.
+        sparkSecrets: pulumi.secret(config.sparkSecrets),
     });
 
     return {
@@ -57,6 +69,8 @@ async function main() {
         masterUrl: cluster.masterUrl,
         webUiUrl: cluster.webUiUrl,
         ssh: { user: config.ssh.user, port: config.ssh.port, identityFile: ssh.identityFile, knownHostsFile: ssh.knownHostsFile },
+        // Where the secret lives is no secret; the secret itself is never an output.
+        security: { authenticate: config.security.authenticate, ioEncryption: config.security.ioEncryption, secretGeneration: config.security.secretGeneration },
         baseImagePath: cluster.image ? cluster.image.imagePath : config.image.path,
         health: cluster.health
             ? { aliveWorkers: cluster.health.aliveWorkers, totalCores: cluster.health.totalCores, totalMemoryMiB: cluster.health.totalMemoryMiB }

@@ -42,7 +42,15 @@ const sparkValue = z.union([z.string(), z.number(), z.boolean()], {
     errorMap: () => ({ message: "expected a string, number or boolean for each Spark setting" }),
 });
 
-export const configSchema = z
+/** Spark settings that nixspark:security decides (nix/lib/params.nix refuses them in settings too). */
+export const SECURITY_SETTINGS = ["spark.authenticate", "spark.authenticate.secret", "spark.network.crypto.enabled", "spark.io.encryption.enabled"];
+const settingName = z
+    .string()
+    .regex(/^spark\.[A-Za-z0-9._-]+$/, "expected Spark setting names that start with 'spark.'")
+    .refine((k) => !SECURITY_SETTINGS.includes(k), { message: "set by nixspark:security (authentication and encryption), not as a Spark setting" });
+
+/** Every `nixspark:*` key (Pulumi.yaml declares exactly these). */
+export const configObject = z
     .object({
         libvirtUri: str("a libvirt connection URI such as qemu:///system").default("qemu:///system"),
         domainType: z
@@ -104,7 +112,7 @@ export const configSchema = z
             .default({}),
         spark: z
             .object({
-                settings: z.record(z.string().regex(/^spark\.[A-Za-z0-9._-]+$/, "expected Spark setting names that start with 'spark.'"), sparkValue).default({}),
+                settings: z.record(settingName, sparkValue).default({}),
                 pythonPackages: z
                     .array(z.string().regex(/^[A-Za-z0-9_.-]+$/, "expected nixpkgs python3Packages attribute names such as numpy"), {
                         invalid_type_error: "expected a list of python3Packages attribute names",
@@ -146,8 +154,31 @@ export const configSchema = z
             })
             .strict()
             .default({}),
+        security: z
+            .object({
+                authenticate: bool("whether Spark requires the cluster secret (spark.authenticate, RPC encryption)").default(true),
+                ioEncryption: bool("whether Spark encrypts shuffle and spill files on local disks").default(false),
+                secretGeneration: int(1, 1_000_000, "the cluster secret's generation (raise it to rotate the secret)").default(1),
+            })
+            .strict()
+            .default({}),
+        // Spark settings whose values are secrets (`pulumi config set --secret
+        // --path 'sparkSecrets["spark.ssl.keyPassword"]' ...`): delivered with
+        // the cluster secret, never written to the stack file or the store.
+        sparkSecrets: z
+            .record(settingName, z.string({ invalid_type_error: "expected each secret Spark setting's value as a string" }).regex(/^[^\r\n]*$/, "expected a one-line value"))
+            .default({}),
     })
     .strict();
+
+export const configSchema = configObject.superRefine((c, ctx) => {
+        if (Object.keys(c.sparkSecrets).length > 0 && !c.security.authenticate) {
+            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ["sparkSecrets"], message: "secret Spark settings reach the nodes with the cluster secret: they need nixspark:security.authenticate (on by default)" });
+        }
+        for (const k of Object.keys(c.sparkSecrets)) {
+            if (k in c.spark.settings) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ["sparkSecrets", k], message: "also set in nixspark:spark.settings; keep it in one place" });
+        }
+});
 
 export type ClusterConfig = z.infer<typeof configSchema>;
 

@@ -45,6 +45,8 @@ export interface NixStackParams {
     sparkSettings: Record<string, string>;
     /** python3Packages attribute names. */
     pythonPackages: string[];
+    /** Spark authentication and encryption (nix/lib/params.nix; the secret itself never comes here). */
+    security: { authenticate: boolean; ioEncryption: boolean };
 }
 
 export class NixParamsError extends Error {
@@ -78,6 +80,7 @@ export function nixStackParams(cfg: ClusterConfig, topo: Topology): NixStackPara
         worker: { vcpus: cfg.workers.vcpus, memoryMiB: cfg.workers.memoryMiB },
         sparkSettings,
         pythonPackages: [...new Set(cfg.spark.pythonPackages)].sort(),
+        security: { authenticate: cfg.security.authenticate, ioEncryption: cfg.security.ioEncryption },
     };
 }
 

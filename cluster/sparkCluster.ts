@@ -11,6 +11,7 @@ import { Domain } from "../providers/domain";
 import { NixImage } from "../providers/nixImage";
 import { NixosDeployment } from "../providers/nixosDeployment";
 import { SparkHealth } from "../providers/sparkHealth";
+import { ClusterSecret, secretProperties } from "../providers/clusterSecret";
 import type { PreparedNixImage, PreparedNixSystems } from "./nixParams";
 import { rolloutOrder, workerOffer } from "./rollout";
 import type { SparkCheck } from "../providers/nixosDeployment";
@@ -31,6 +32,8 @@ export interface SparkClusterArgs {
     consoleLogDir?: string;
     /** Seconds a guest gets to power off on delete. */
     shutdownTimeoutSeconds?: number;
+    /** nixspark:sparkSecrets, as a Pulumi secret: delivered with the cluster secret. */
+    sparkSecrets?: pulumi.Input<Record<string, string>>;
 }
 
 export interface NodeOutput {
@@ -57,6 +60,8 @@ export class SparkCluster extends pulumi.ComponentResource {
     readonly image?: NixImage;
     readonly deployments: NixosDeployment[] = [];
     readonly health?: SparkHealth;
+    /** The cluster secret, when Spark authentication is on. */
+    secret?: ClusterSecret;
     readonly masterAddress: string;
     readonly masterUrl: string;
     readonly webUiUrl: string;
@@ -155,6 +160,13 @@ export class SparkCluster extends pulumi.ComponentResource {
                           timeoutSeconds: cfg.deploy.rollout.verifyTimeoutSeconds,
                           decommissionTimeoutSeconds: cfg.deploy.decommissionTimeoutSeconds,
                       };
+            // The cluster secret (and the secret Spark settings): made once by the
+            // stack, a Pulumi secret, written to every node before its switch.
+            let secretProps: pulumi.Output<string> | undefined;
+            if (cfg.security.authenticate) {
+                this.secret = new ClusterSecret(`${args.stack}-spark-secret`, { generation: cfg.security.secretGeneration }, child);
+                secretProps = pulumi.secret(pulumi.all([this.secret.value, args.sparkSecrets ?? {}]).apply(([v, extra]) => secretProperties(v, extra as Record<string, string>)));
+            }
             const deploy = (node: ClusterNode, dependsOn: pulumi.Resource[]) => {
                 const role = node.spec.role === "master" ? systems.master : systems.worker;
                 node.deployment = new NixosDeployment(
@@ -176,6 +188,8 @@ export class SparkCluster extends pulumi.ComponentResource {
                         sshWaitSeconds: cfg.deploy.sshWaitSeconds,
                         switchTimeoutSeconds: cfg.deploy.switchTimeoutSeconds,
                         spark: sparkCheck(node),
+                        secretProperties: secretProps,
+                        secretUnits: secretProps ? ["nixspark-spark-conf.service", node.spec.role === "master" ? "spark-master.service" : "spark-worker.service"] : undefined,
                     },
                     { ...child, dependsOn },
                 );

@@ -42,13 +42,14 @@ export function secretProperties(secret: string, secretSettings: Record<string, 
 
 /**
  * Writes the secret properties to the node: root-owned, mode 0400, through
- * `install` reading stdin (the content is never an argument, so no process
- * list on either side shows it). With useSudo the deploy user escalates
- * without a password (nix/modules/common.nix).
+ * `install` reading its stdin as /proc/self/fd/0 (there on every Linux with
+ * /proc, unlike /dev/stdin on a bare devtmpfs); the content is never an
+ * argument, so no process list on either side shows it. With useSudo the
+ * deploy user escalates without a password (nix/modules/common.nix).
  */
 export async function deliverSecretProperties(t: SshTarget, content: string, opts: { useSudo: boolean; file?: string; timeoutMs?: number }): Promise<void> {
     const file = opts.file ?? SECRET_FILE;
-    const words = [...(opts.useSudo ? ["sudo", "-n"] : []), "install", "-D", "-m", "0400", "-o", "root", "-g", "root", "/dev/stdin", file];
+    const words = [...(opts.useSudo ? ["sudo", "-n"] : []), "install", "-D", "-m", "0400", "-o", "root", "-g", "root", "/proc/self/fd/0", file];
     const r = await run(sshArgv(t, "strict", words), { input: content, timeoutMs: opts.timeoutMs ?? 60_000, allowFailure: true });
     if (r.code !== 0) {
         // Never echo the content; ssh's and install's own words are safe.

@@ -82,7 +82,7 @@ describe("NixosDeployment delivers it", () => {
         const activate = remote.findIndex((c) => c.words[0].endsWith("/bin/switch-to-configuration"));
         expect(write).toBeGreaterThanOrEqual(0);
         expect(write).toBeLessThan(activate);
-        expect(remote[write]).toEqual({ words: ["install", "-D", "-m", "0400", "-o", "root", "-g", "root", "/dev/stdin", SECRET_FILE], sudo: true, env: {} });
+        expect(remote[write]).toEqual({ words: ["install", "-D", "-m", "0400", "-o", "root", "-g", "root", "/proc/self/fd/0", SECRET_FILE], sudo: true, env: {} });
         // Nowhere in what was sent as words, nor in what the user saw.
         expect(JSON.stringify(remote)).not.toContain("c2VjcmV0");
         expect(logged.join("\n")).not.toContain("c2VjcmV0");

@@ -18,6 +18,9 @@ describe("config schema", () => {
         expect(c.network.cidr).toBeUndefined(); // derived from the stack name by the topology
         expect(c.spark.pythonPackages).toEqual(["numpy", "pandas"]);
         expect(c.ssh.user).toBe("deploy");
+        expect(c.ssh.privateKeyPath).toBeUndefined(); // the stack's own deploy key
+        expect(c.security).toEqual({ authenticate: true, ioEncryption: false, secretGeneration: 1 });
+        expect(c.sparkSecrets).toEqual({});
     });
 
     test("rollouts: master, a canary, then batches of 2, each node verified within 300 s; a removed worker gets 120 s", () => {
@@ -65,6 +68,12 @@ describe("config schema", () => {
         ["nixspark:spark.pythonPackages", { spark: { pythonPackages: "numpy" } }, /list of python3Packages/],
         ["nixspark:spark.pythonPackages.0", { spark: { pythonPackages: ["numpy; rm -rf /"] } }, /attribute names/],
         ["nixspark:spark.pythonPackages", { spark: { pythonPackages: ["numpy", "pyspark"] } }, /remove pyspark: every job already gets PySpark from the cluster's own Spark package/],
+        ["nixspark:spark.settings.spark.authenticate", { spark: { settings: { "spark.authenticate": "false" } } }, /set by nixspark:security/],
+        ["nixspark:sparkSecrets", { security: { authenticate: false }, sparkSecrets: { "spark.ssl.keyPassword": "pw" } }, /need nixspark:security.authenticate/],
+        ["nixspark:sparkSecrets.spark.x", { spark: { settings: { "spark.x": "1" } }, sparkSecrets: { "spark.x": "2" } }, /keep it in one place/],
+        ["nixspark:sparkSecrets.spark.y", { sparkSecrets: { "spark.y": "two\nlines" } }, /one-line value/],
+        ["nixspark:security.secretGeneration", { security: { secretGeneration: 0 } }, /generation/],
+        ["nixspark:security.authenticate", { security: { authenticate: "maybe" } }, /true or false/],
         ["nixspark:deploy.enabled", { deploy: { enabled: "yes" } }, /true or false/],
         ["nixspark:deploy.flake", { deploy: { flake: "" } }, /flake reference/],
         ["nixspark:deploy.rebuildCommand", { deploy: { rebuildCommand: "" } }, /nixos-rebuild/],

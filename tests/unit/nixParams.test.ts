@@ -68,7 +68,16 @@ describe("nixStackParams (pure)", () => {
             worker: { vcpus: 4, memoryMiB: 8192 },
             sparkSettings: { "spark.eventLog.enabled": "true", "spark.executor.memory": "2g", "spark.sql.shuffle.partitions": "8" },
             pythonPackages: ["numpy", "scipy"],
+            security: { authenticate: true, ioEncryption: false },
         });
+    });
+
+    test("secret Spark settings and the cluster secret never reach it", () => {
+        const { cfg, topo } = setup("dev", { sparkSecrets: { "spark.ssl.keyPassword": "hunter2-secret" }, spark: { settings: { "spark.ui.port": 4041 } } });
+        const text = renderNixStackParams(nixStackParams(cfg, topo));
+        expect(text).not.toContain("hunter2-secret");
+        expect(text).not.toContain("spark.ssl.keyPassword");
+        expect(text).toContain("spark.ui.port");
     });
 
     test("the worker count is not in it: scaling never changes a Nix derivation", () => {

@@ -2,7 +2,7 @@
 // so what `pulumi config` users read is what the program does.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { configSchema, parseConfig } from "../../cluster/config";
+import { configObject, parseConfig } from "../../cluster/config";
 
 const yaml = require("js-yaml");
 const project = yaml.load(fs.readFileSync(path.join(__dirname, "../../Pulumi.yaml"), "utf8")) as {
@@ -13,10 +13,10 @@ describe("Pulumi.yaml config block", () => {
     const defaults = parseConfig({}) as Record<string, unknown>;
 
     test("declares exactly the schema's keys", () => {
-        expect(Object.keys(project.config).sort()).toEqual(Object.keys(configSchema.shape).sort());
+        expect(Object.keys(project.config).sort()).toEqual(Object.keys(configObject.shape).sort());
     });
 
-    test.each(Object.keys(configSchema.shape))("%s: type, description and the program's default", (key) => {
+    test.each(Object.keys(configObject.shape))("%s: type, description and the program's default", (key) => {
         const decl = project.config[key];
         expect(decl.description.length).toBeGreaterThan(20);
         const expectedType = typeof defaults[key] === "object" ? "object" : typeof defaults[key] === "number" ? "integer" : typeof defaults[key];

@@ -22,6 +22,9 @@ pulumi.runtime.setMocks(
             if (args.type === "pulumi-nodejs:dynamic/nixspark:Volume") {
                 state.path = `/pool/${args.inputs.name}`;
             }
+            if (args.type === "pulumi-nodejs:dynamic/nixspark:ClusterSecret") {
+                state.value = "mock-cluster-secret";
+            }
             if (args.type === "pulumi-nodejs:dynamic/nixspark:Domain") {
                 state.uuid = uuids[args.name] ?? `uuid-of-${args.name}`;
             }
@@ -116,6 +119,44 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
         const one = (t: string) => registered.filter((r) => r.type === `pulumi-nodejs:dynamic/nixspark:${t}`);
         return { domains: one("Domain"), deployments: one("NixosDeployment"), health: one("SparkHealth") };
     }
+
+    test("with authentication (the default) one cluster secret reaches every deployment with the secret settings, and what to restart", async () => {
+        registered = [];
+        const { SparkCluster } = await import("../../cluster/sparkCluster");
+        const config = devConfig();
+        const cluster = new SparkCluster("dev", {
+            stack: "dev",
+            config,
+            baseImage: { path: "/images/base.qcow2" },
+            systems,
+            ssh: { identityFile: "/k", knownHostsFile: "/kh" },
+            sparkSecrets: pulumi.secret({ "spark.ssl.keyPassword": "pw" }),
+        });
+        await new Promise<void>((resolve) => pulumi.all(cluster.deployments.map((r) => r.id)).apply(() => resolve()));
+        const secrets = registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:ClusterSecret");
+        expect(secrets.map((r) => [r.name, r.inputs.generation])).toEqual([["dev-spark-secret", 1]]);
+        const deps = registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment");
+        expect(deps).toHaveLength(3);
+        for (const d of deps) {
+            // Sent to the engine as a secret (Pulumi's secret signature), so the state keeps it encrypted.
+            expect(d.inputs.secretProperties).toEqual({
+                "4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270",
+                value: "spark.authenticate.secret mock-cluster-secret\nspark.ssl.keyPassword pw\n",
+            });
+            expect(d.inputs.secretUnits).toEqual(["nixspark-spark-conf.service", d.inputs.node === "master" ? "spark-master.service" : "spark-worker.service"]);
+        }
+    });
+
+    test("without authentication there is no secret and nothing to deliver", async () => {
+        registered = [];
+        const { SparkCluster } = await import("../../cluster/sparkCluster");
+        const base = devConfig();
+        const config = { ...base, security: { ...base.security, authenticate: false } };
+        const cluster = new SparkCluster("dev", { stack: "dev", config, baseImage: { path: "/images/base.qcow2" }, systems, ssh: { identityFile: "/k", knownHostsFile: "/kh" } });
+        await new Promise<void>((resolve) => pulumi.all(cluster.deployments.map((r) => r.id)).apply(() => resolve()));
+        expect(registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:ClusterSecret")).toEqual([]);
+        expect(registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment").every((d) => d.inputs.secretProperties === undefined)).toBe(true);
+    });
 
     test("each domain is given its host name (the systemd credential libvirt hands the guest)", async () => {
         const g = await buildFull();
