@@ -187,7 +187,10 @@ export class SparkCluster extends pulumi.ComponentResource {
                         rebuildCommand: cfg.deploy.rebuildCommand,
                         sshWaitSeconds: cfg.deploy.sshWaitSeconds,
                         switchTimeoutSeconds: cfg.deploy.switchTimeoutSeconds,
-                        spark: sparkCheck(node),
+                        // nixspark:health.enabled: false means "do not ask Spark" (nodes
+                        // that run none, like the tests' tiny guests): no per-node
+                        // verification and no decommission either.
+                        spark: cfg.health.enabled ? sparkCheck(node) : undefined,
                         secretProperties: secretProps,
                         secretUnits: secretProps ? ["nixspark-spark-conf.service", node.spec.role === "master" ? "spark-master.service" : "spark-worker.service"] : undefined,
                     },

@@ -147,6 +147,21 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
         }
     });
 
+    test("with the health gate off nothing asks Spark: no per-node verification, no decommission", async () => {
+        registered = [];
+        const { SparkCluster } = await import("../../cluster/sparkCluster");
+        const base = devConfig();
+        const off = { ...base, health: { ...base.health, enabled: false } };
+        const cluster = new SparkCluster("dev", { stack: "dev", config: off, baseImage: { path: "/images/base.qcow2" }, systems, ssh: { identityFile: "/k", knownHostsFile: "/kh" } });
+        await new Promise<void>((resolve) => pulumi.all(cluster.deployments.map((r) => r.id)).apply(() => resolve()));
+        const deps = registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment");
+        expect(deps.map((d) => d.inputs.spark)).toEqual([undefined, undefined, undefined]);
+        registered = [];
+        const on = new SparkCluster("dev", { stack: "dev", config: base, baseImage: { path: "/images/base.qcow2" }, systems, ssh: { identityFile: "/k", knownHostsFile: "/kh" } });
+        await new Promise<void>((resolve) => pulumi.all(on.deployments.map((r) => r.id)).apply(() => resolve()));
+        expect(registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment").map((d) => d.inputs.spark?.role).sort()).toEqual(["master", "worker", "worker"]);
+    });
+
     test("without authentication there is no secret and nothing to deliver", async () => {
         registered = [];
         const { SparkCluster } = await import("../../cluster/sparkCluster");
