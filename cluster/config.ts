@@ -107,6 +107,11 @@ export const configObject = z
                     .optional(),
                 // Default: the stack's own deploy key, made on first use (cluster/stackConfig.ts).
                 privateKeyPath: str("the path of the SSH private key used to deploy").optional(),
+                // How a new VM's host key is trusted: "console" pins it only when the
+                // VM printed its fingerprint to its serial console (nix/modules/guest.nix
+                // does); "first-use" trusts the first key that answers. Default:
+                // "console" for the stack's own image, "first-use" for nixspark:image.path.
+                hostKeys: z.enum(["console", "first-use"], { errorMap: () => ({ message: 'expected "console" (verify against the VM\'s serial console) or "first-use"' }) }).optional(),
             })
             .strict()
             .default({}),

@@ -191,6 +191,9 @@ export class SparkCluster extends pulumi.ComponentResource {
                         // that run none, like the tests' tiny guests): no per-node
                         // verification and no decommission either.
                         spark: cfg.health.enabled ? sparkCheck(node) : undefined,
+                        // Verify a new VM's host key against its serial console, unless
+                        // its image is not known to print it (nixspark:ssh.hostKeys).
+                        consoleLog: (cfg.ssh.hostKeys ?? (cfg.image.path ? "first-use" : "console")) === "console" ? `${logDir}/${node.spec.domainName}-console.log` : undefined,
                         secretProperties: secretProps,
                         secretUnits: secretProps ? ["nixspark-spark-conf.service", node.spec.role === "master" ? "spark-master.service" : "spark-worker.service"] : undefined,
                     },

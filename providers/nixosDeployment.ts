@@ -14,7 +14,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import { lastLines, run } from "./run";
 import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
-import { destination, ensureKnownHostsFile, firstContact, nixSshOpts, remoteCommand, SshTarget, waitForSsh } from "./ssh";
+import { destination, ensureKnownHostsFile, firstContact, nixSshOpts, remoteCommand, SshTarget, verifiedFirstContact, waitForSsh } from "./ssh";
 import { fetchMasterState } from "./sparkHealth";
 import { describeMaster, matchWorkers } from "../cluster/sparkStatus";
 import type { MasterState, MasterWorker } from "../cluster/sparkStatus";
@@ -64,6 +64,12 @@ export interface NixosDeploymentInputs {
     secretUnits?: string[];
     /** When given: after the switch, wait until Spark agrees (else roll back); on delete, decommission a worker. */
     spark?: SparkCheck;
+    /**
+     * The VM's serial console log on this host (libvirt writes it). When set,
+     * a first contact pins the host key only if the VM printed its
+     * fingerprint there; otherwise the first key that answers is trusted.
+     */
+    consoleLog?: string;
 }
 
 /**
@@ -124,6 +130,8 @@ export interface NixosDeploymentArgs {
     secretUnits?: pulumi.Input<pulumi.Input<string>[]>;
     /** What Spark must report after the switch; a worker is decommissioned through Spark on delete. */
     spark?: pulumi.Input<SparkCheck>;
+    /** The VM's console log, to verify its host key on first contact. */
+    consoleLog?: pulumi.Input<string>;
 }
 
 
@@ -283,7 +291,7 @@ function logger(node: string): (m: string) => void {
 function inputsOf(props: Record<string, unknown>): NixosDeploymentInputs {
     const p = withDefaults(props) as Record<string, unknown>;
     const out: Record<string, unknown> = {};
-    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark"]) {
+    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark", "consoleLog"]) {
         if (p[k] !== undefined && p[k] !== null && p[k] !== "") out[k] = p[k];
     }
     return out as unknown as NixosDeploymentInputs;
@@ -557,8 +565,11 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
     ensureKnownHostsFile(inp.knownHostsFile);
 
     try {
-        if (contact === "first") {
-            log(`waiting up to ${inp.sshWaitSeconds} s for SSH on the new VM; its host key is recorded in ${inp.knownHostsFile}`);
+        if (contact === "first" && inp.consoleLog) {
+            log(`waiting up to ${inp.sshWaitSeconds} s for the new VM to print its host keys to its console and answer on SSH`);
+            await verifiedFirstContact(t, inp.consoleLog, { timeoutSeconds: inp.sshWaitSeconds, log });
+        } else if (contact === "first") {
+            log(`waiting up to ${inp.sshWaitSeconds} s for SSH on the new VM; its host key is trusted on first use (nixspark:ssh.hostKeys "first-use") and recorded in ${inp.knownHostsFile}`);
             await firstContact(t, { timeoutSeconds: inp.sshWaitSeconds, log });
         } else {
             try {

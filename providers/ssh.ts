@@ -284,6 +284,105 @@ export async function firstContact(t: SshTarget, opts: Omit<WaitOptions, "policy
     }
 }
 
+/**
+ * The SHA256 fingerprint of a public key line ("[host] type base64 [comment]"),
+ * as `ssh-keygen -l -E sha256` prints it: "SHA256:" and the unpadded base64
+ * of the key blob's SHA-256. Undefined for a line that holds no key.
+ */
+export function keyFingerprint(line: string): { type: string; fingerprint: string } | undefined {
+    const crypto = require("node:crypto") as typeof import("node:crypto");
+    const words = line.trim().split(/\s+/);
+    const i = words.findIndex((w) => /^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)$/.test(w));
+    if (i < 0 || !words[i + 1] || !/^[A-Za-z0-9+/]+=*$/.test(words[i + 1])) return undefined;
+    const blob = Buffer.from(words[i + 1], "base64");
+    return { type: words[i], fingerprint: `SHA256:${crypto.createHash("sha256").update(blob).digest("base64").replace(/=+$/, "")}` };
+}
+
+/** The marker every nixspark node prints to its serial console at boot, followed by its host key fingerprints (nix/modules/guest.nix). */
+export const CONSOLE_HOST_KEYS_MARKER = "nixspark-host-keys:";
+
+/**
+ * The host key fingerprints the VM printed to its serial console at its
+ * latest boot: the last marker line of the console log libvirt writes on the
+ * host (the log is appended to across boots). A guest on the network cannot
+ * write there. Undefined when the VM has printed none (yet).
+ */
+export function consoleHostKeys(log: string): string[] | undefined {
+    let last: string | undefined;
+    for (const line of log.split(/\r?\n/)) {
+        const at = line.indexOf(CONSOLE_HOST_KEYS_MARKER);
+        if (at >= 0) last = line.slice(at + CONSOLE_HOST_KEYS_MARKER.length);
+    }
+    if (last === undefined) return undefined;
+    const fps = last.split(/\s+/).filter((w) => /^SHA256:[A-Za-z0-9+/]+$/.test(w));
+    return fps.length > 0 ? fps : undefined;
+}
+
+/** `ssh-keyscan` of the target: its public key lines, without logging in (empty while nothing answers). */
+export async function scanHostKeys(t: SshTarget, timeoutSeconds = 5): Promise<string[]> {
+    const r = await run(["ssh-keyscan", "-T", String(timeoutSeconds), "-p", String(t.port), t.host], { timeoutMs: (timeoutSeconds + 10) * 1000, allowFailure: true });
+    return r.stdout.split("\n").filter((l) => l.trim() !== "" && !l.startsWith("#") && keyFingerprint(l) !== undefined);
+}
+
+/**
+ * First contact with a VM this stack just created, without trusting on first
+ * use: the host keys that answer at its address are pinned only when one of
+ * them is among the fingerprints the VM printed to its own serial console
+ * (`consoleLog`, written by libvirt on this host). Waits, within the time
+ * allowed, for the VM to boot and print; a mismatch that lasts until then is
+ * refused naming both sides, since another machine answers at the address.
+ */
+export async function verifiedFirstContact(t: SshTarget, consoleLog: string, opts: Omit<WaitOptions, "policy">): Promise<void> {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const started = Date.now();
+    const deadline = started + opts.timeoutSeconds * 1000;
+    const where = `${destination(t)} port ${t.port}`;
+    let printed: string[] | undefined;
+    let answered: { line: string; fingerprint: string }[] = [];
+    let attempts = 0;
+    for (;;) {
+        attempts++;
+        let log = "";
+        try {
+            log = fs.readFileSync(consoleLog, "utf8");
+        } catch (e) {
+            const code = (e as NodeJS.ErrnoException).code;
+            if (code === "EACCES") throw new Error(`cannot read the console log ${consoleLog} (permission denied): the host key of ${where} is checked against it; run pulumi as a user who may read libvirt's console logs`);
+        }
+        printed = consoleHostKeys(log);
+        answered = (await scanHostKeys(t)).map((line) => ({ line, fingerprint: keyFingerprint(line)!.fingerprint }));
+        if (printed && answered.length > 0) {
+            const matching = answered.filter((a) => printed!.includes(a.fingerprint));
+            if (matching.length > 0) {
+                // Pin only the keys the console vouches for, then log in with them.
+                await replaceHostKeys(t.knownHostsFile, t.host, t.port, matching.map((m) => m.line));
+                opts.log?.(`host key of ${where} matches the VM's console (${matching.map((m) => m.fingerprint).join(", ")}); pinned`);
+                await waitForSsh(t, { ...opts, timeoutSeconds: Math.max(1, Math.ceil((deadline - Date.now()) / 1000)), policy: "strict" });
+                return;
+            }
+        }
+        if (Date.now() >= deadline) {
+            if (printed && answered.length > 0) {
+                throw new Error(
+                    `host key mismatch at ${where}: the VM printed ${printed.join(", ")} on its serial console (${consoleLog}), ` +
+                        `but the machine answering at that address presents ${[...new Set(answered.map((a) => a.fingerprint))].join(", ")}. ` +
+                        `Another machine answers at the node's address; nothing was pinned or deployed.`,
+                );
+            }
+            throw new Error(
+                printed
+                    ? `SSH on ${where} did not answer within ${opts.timeoutSeconds} s; the VM's console shows its host keys (${printed.join(", ")}). Is it on the network? Raise deploy.sshWaitSeconds for slow boots.`
+                    : `the VM printed no host keys (${CONSOLE_HOST_KEYS_MARKER}) to its console log ${consoleLog} within ${opts.timeoutSeconds} s, so the key at ${where} cannot be verified. ` +
+                          `Does its image print them (nix/modules/guest.nix)? For an image of your own that does not, set nixspark:ssh.hostKeys to "first-use".`,
+            );
+        }
+        if (attempts === 1 || attempts % 10 === 0) {
+            opts.log?.(`waiting for the VM to print its host keys and answer on ${where} (${printed ? "console: yes" : "console: not yet"}, ssh: ${answered.length > 0 ? "answers" : "not yet"})`);
+        }
+        await new Promise((r) => setTimeout(r, Math.max(0, Math.min(opts.retryDelayMs ?? 1000, deadline - Date.now()))));
+    }
+}
+
 /** Runs a command on the target (strict host keys) and returns its trimmed stdout; errors name the target. */
 export async function remoteCommand(t: SshTarget, command: string[], timeoutMs = 60_000): Promise<string> {
     const r = await run(sshArgv(t, "strict", command), { timeoutMs, allowFailure: true });

@@ -1,7 +1,12 @@
 # The libvirt/KVM virtual machine every node is: what the base image boots
 # and what every role configuration keeps, so that `nixos-rebuild switch`
 # onto a running VM never changes how it boots.
-{ lib, modulesPath, ... }:
+{
+  lib,
+  pkgs,
+  modulesPath,
+  ...
+}:
 {
   imports = [ (modulesPath + "/profiles/qemu-guest.nix") ];
 
@@ -50,6 +55,29 @@
   # is no /etc/hostname, and an empty hostName writes none.
   networking.hostName = "";
   networking.useDHCP = true;
+
+  # The SSH host key fingerprints on the serial console at every boot: the
+  # deployment reads them from the console log libvirt writes on the host
+  # (no machine on the network can write there) and pins the key that
+  # answers at the node's address only if it is one of these
+  # (providers/ssh.ts, verifiedFirstContact). sshd makes its host keys before
+  # it starts.
+  systemd.services.nixspark-host-keys = {
+    description = "Print the SSH host key fingerprints to the serial console";
+    wantedBy = [ "multi-user.target" ];
+    after = [ "sshd.service" ];
+    wants = [ "sshd.service" ];
+    path = [ pkgs.openssh ];
+    serviceConfig.Type = "oneshot";
+    script = ''
+      fps=""
+      for f in /etc/ssh/ssh_host_*_key.pub; do
+        set -- $(ssh-keygen -l -E sha256 -f "$f")
+        fps="$fps $2"
+      done
+      echo "nixspark-host-keys:$fps" > /dev/ttyS0
+    '';
+  };
 
   services.qemuGuest.enable = true;
 

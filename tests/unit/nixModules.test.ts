@@ -113,6 +113,16 @@ describe("the committed modules evaluate on the stand-in nixos-24.11", () => {
         expect(paths).toMatch(/python3-3\.12\.7-env\/bin\/python3$/);
     });
 
+    test("every node, the image included, prints its SSH host key fingerprints to the serial console at boot", () => {
+        for (const system of ["example-base", "example-worker"]) {
+            const unit = evalFlake(NIX_DIR, `nixosConfigurations.${system}.config.systemd.services.nixspark-host-keys`);
+            expect(unit.wantedBy).toEqual(["multi-user.target"]);
+            expect(unit.after).toContain("sshd.service");
+            expect(unit.script).toContain('echo "nixspark-host-keys:$fps" > /dev/ttyS0');
+            expect(unit.script).toContain("ssh-keygen -l -E sha256");
+        }
+    });
+
     test("the nodes have no host name of their own (libvirt gives each its name)", () => {
         expect(evalFlake(NIX_DIR, "nixosConfigurations.example-worker.config.networking.hostName")).toBe("");
         expect(evalFlake(NIX_DIR, "nixosConfigurations.example-base.config.networking.hostName")).toBe("");

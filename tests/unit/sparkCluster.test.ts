@@ -162,6 +162,19 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
         expect(registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment").map((d) => d.inputs.spark?.role).sort()).toEqual(["master", "worker", "worker"]);
     });
 
+    test("host keys: checked against each VM's console log when asked (the default for the stack's own image), trusted on first use for an image of the user's", async () => {
+        const { SparkCluster } = await import("../../cluster/sparkCluster");
+        const base = devConfig(); // image.path: an image of the user's
+        for (const [hostKeys, expected] of [[undefined, [undefined, undefined, undefined]], ["console", ["/logs/dev-master-console.log", "/logs/dev-worker-1-console.log", "/logs/dev-worker-2-console.log"]]] as const) {
+            registered = [];
+            const config = { ...base, ssh: { ...base.ssh, hostKeys } };
+            const c = new SparkCluster("dev", { stack: "dev", config, baseImage: { path: "/images/base.qcow2" }, systems, ssh: { identityFile: "/k", knownHostsFile: "/kh" }, consoleLogDir: "/logs/" });
+            await new Promise<void>((resolve) => pulumi.all(c.deployments.map((r) => r.id)).apply(() => resolve()));
+            const deps = registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment").sort((a, b) => a.name.localeCompare(b.name));
+            expect(deps.map((d) => d.inputs.consoleLog)).toEqual(expected);
+        }
+    });
+
     test("without authentication there is no secret and nothing to deliver", async () => {
         registered = [];
         const { SparkCluster } = await import("../../cluster/sparkCluster");
