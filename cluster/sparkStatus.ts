@@ -379,6 +379,8 @@ export interface StackOutputs {
     nodes: StackNode[];
     /** Absent: the running NixOS systems are not checked. */
     ssh?: StackSsh;
+    /** Spark authentication: jobs on a node then run as `spark`, who may read the secret configuration. */
+    security?: { authenticate: boolean };
 }
 
 /** Validates `pulumi stack output --json`; the error names the output and says how to fix it. */
@@ -416,6 +418,9 @@ export function parseStackOutputs(raw: unknown, source: string): StackOutputs {
             fail(`output "ssh" must be {user, port, identityFile, knownHostsFile}, got ${JSON.stringify(o.ssh)}`);
         }
         out.ssh = { user: s.user as string, port: port as number, identityFile: s.identityFile as string, knownHostsFile: s.knownHostsFile as string };
+    }
+    if (o.security && typeof o.security === "object" && typeof (o.security as Record<string, unknown>).authenticate === "boolean") {
+        out.security = { authenticate: (o.security as Record<string, boolean>).authenticate };
     }
     return out;
 }

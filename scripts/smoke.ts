@@ -137,7 +137,11 @@ export async function main(argv: string[]): Promise<number> {
             await run(sshArgv(target, "strict", ["tee", remoteJob]), { input: fs.readFileSync(JOB, "utf8"), timeoutMs: 60_000 });
             try {
                 say(`running spark-submit on the master against ${masterUrl} (${workers} executor(s), one per worker)`);
-                const r = await run(sshArgv(target, "strict", [NODE_SPARK_SUBMIT, ...conf, remoteJob]), { timeoutMs, onLine: echo, allowFailure: true });
+                // With Spark authentication the configuration holding the secret is
+                // readable by root and the spark group only (nix/modules/spark.nix):
+                // the deploy user submits as `spark` (its sudo needs no password).
+                const asSpark = outputs.security?.authenticate && outputs.ssh.user !== "root" ? ["sudo", "-n", "-u", "spark"] : [];
+                const r = await run(sshArgv(target, "strict", [...asSpark, NODE_SPARK_SUBMIT, ...conf, remoteJob]), { timeoutMs, onLine: echo, allowFailure: true });
                 stdout = r.stdout;
                 if (r.code === 127) say("spark-submit is not on the master's PATH: the master role must install Spark (environment.systemPackages)");
                 else if (r.code !== 0) say(`spark-submit on the master exited with code ${r.code}`);

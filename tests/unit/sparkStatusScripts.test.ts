@@ -35,6 +35,8 @@ if cmd[:1] == ["readlink"]:
         sys.exit(0)
     sys.stderr.write("ssh: connect to host %s port 22: Connection refused\\n" % host)
     sys.exit(255)
+if cmd[:4] == ["sudo", "-n", "-u", "spark"]:
+    cmd = cmd[4:]
 if cmd[:1] == ["/run/current-system/sw/bin/spark-submit"]:
     sys.stdout.write(os.environ["FAKE_JOB_OUTPUT"])
     sys.exit(0)
@@ -203,6 +205,17 @@ describe("npm run smoke over ssh (the default on a real cluster)", () => {
             remote,
         ]);
         expect(cleanup.cmd).toEqual(["rm", "-f", remote]);
+    });
+
+    test("with Spark authentication the deploy user submits as spark (who may read the secret configuration); root submits as itself", async () => {
+        setMaster([worker("127.0.0.11"), worker("127.0.0.12")]);
+        const env = { FAKE_JOB_OUTPUT: jobOutput(["127.0.0.11:8081", "127.0.0.12:8081"]) };
+        const auth = await script("smoke.ts", ["--outputs", writeOutputs({ ...outputs(), security: { authenticate: true } })], env);
+        expect(auth.code).toBe(0);
+        expect(auth.ssh[1].cmd.slice(0, 5)).toEqual(["sudo", "-n", "-u", "spark", "/run/current-system/sw/bin/spark-submit"]);
+        const asRoot = await script("smoke.ts", ["--outputs", writeOutputs({ ...outputs(), security: { authenticate: true }, ssh: { ...outputs().ssh, user: "root" } })], env);
+        expect(asRoot.code).toBe(0);
+        expect(asRoot.ssh[1].cmd[0]).toBe("/run/current-system/sw/bin/spark-submit");
     });
 
     test("tasks on one worker only, or a wrong sum: exit 1 with the reason", async () => {
