@@ -368,7 +368,7 @@ export function checkSpark(spark: unknown): { property: string; reason: string }
     return [];
 }
 
-/** The ALIVE registration of a worker before its switch: afterwards the master must have heard from it again. */
+/** A worker's ALIVE registration right after its switch: the master must then hear from it again. */
 interface SparkBaseline {
     id: string;
     lastHeartbeat: number;
@@ -385,9 +385,10 @@ interface SparkVerdict {
  * Whether Spark agrees that the node runs: the master's status is ALIVE; for
  * a worker, the master lists exactly one ALIVE worker at its address, with
  * the expected cores and memory, that the master heard from after the
- * switch began (a new registration, or a heartbeat newer than the one
- * before). The last rule keeps a registration the master has not yet noticed
- * is gone from passing for a worker that died in the switch.
+ * switch (a registration other than the baseline, the one the master listed
+ * when the switch had completed, or a newer heartbeat of it). The last rule
+ * keeps a registration the master has not yet noticed is gone from passing
+ * for a worker that died or hung in the activation.
  */
 export function sparkVerdict(spark: SparkCheck, master: MasterState | undefined, error?: string, baseline?: SparkBaseline): SparkVerdict {
     if (!master) return { ok: false, said: describeMaster(undefined, error) };
@@ -410,7 +411,7 @@ export function sparkVerdict(spark: SparkCheck, master: MasterState | undefined,
     if (spark.memoryMiB !== undefined && w.memoryMiB !== spark.memoryMiB) wrong.push(`${w.memoryMiB} MiB, expected ${spark.memoryMiB}`);
     if (wrong.length > 0) return { ok: false, said: `the worker at ${spark.address} (${w.id}) offers ${wrong.join(" and ")}; ${context}` };
     if (baseline && w.id === baseline.id && w.lastHeartbeat <= baseline.lastHeartbeat) {
-        return { ok: false, said: `the worker at ${spark.address} (${w.id}) has not sent the master a heartbeat since the switch began; ${context}` };
+        return { ok: false, said: `the worker at ${spark.address} (${w.id}) has not sent the master a heartbeat since the switch; ${context}` };
     }
     return { ok: true, said: `worker ALIVE at ${spark.address} (${w.id}) with ${w.cores} cores and ${w.memoryMiB} MiB` };
 }
@@ -596,8 +597,6 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
 
     const flavour = inp.flavour === "auto" ? await detectFlavour(inp.rebuildCommand, log) : inp.flavour;
     const before = await profileGeneration(t);
-    // What Spark says before the switch: afterwards it must have heard from the node anew.
-    const sparkBefore = inp.spark ? await sparkBaseline(inp.spark) : undefined;
     const argv = rebuildArgv(inp, flavour);
     log(`switching to ${inp.flake}#${inp.configuration} (${flavour} nixos-rebuild): ${argv.join(" ")}`);
 
@@ -649,14 +648,15 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
     if (inp.spark) {
         const spark = inp.spark;
         log(`waiting up to ${spark.timeoutSeconds} s for Spark to report the ${spark.role} at ${spark.address} ALIVE`);
-        const verdict = await waitForSpark(spark, sparkBefore, spark.timeoutSeconds, log);
+        // The worker's registration as the switch left it: the master must hear from it anew.
+        const verdict = await waitForSpark(spark, await sparkBaseline(spark), spark.timeoutSeconds, log);
         if (!verdict.ok) {
             log(`Spark did not confirm the ${spark.role}: ${verdict.said}`);
             const journal = await daemonJournal(inp, spark.unit);
             const rolled = await rollBack(inp, flavour, before, log);
             let after = "";
             if (rolled.startsWith("The node was rolled back")) {
-                const again = await waitForSpark(spark, sparkBefore, spark.timeoutSeconds, log);
+                const again = await waitForSpark(spark, await sparkBaseline(spark), spark.timeoutSeconds, log);
                 after = ` After the rollback Spark reports: ${again.ok ? "" : "still not confirmed: "}${again.said}.`;
             }
             throw new Error(
