@@ -66,7 +66,7 @@ beforeAll(async () => {
     try {
         envs[0].setSystem("dev-master", SYS_A);
         envs[0].setSystem("dev-worker", SYS_A);
-        for (const n of nodes) await createDeployment(inputsOf(n, SYS_A));
+        await Promise.all(nodes.map((n) => createDeployment(inputsOf(n, SYS_A))));
     } finally {
         quiet.mockRestore();
         restore();
