@@ -232,8 +232,8 @@ export interface PreparedNixImage {
 /** What NixosDeployment needs per role: the flake, the configuration name and the system it will run. */
 export interface PreparedNixSystems {
     flake: string;
-    master: { configuration: string; expectedSystem: string };
-    worker: { configuration: string; expectedSystem: string };
+    master: { configuration: string; expectedSystem: string; packages?: PackageSummary };
+    worker: { configuration: string; expectedSystem: string; packages?: PackageSummary };
 }
 
 // ------------------------------------------------ one evaluation per program run
@@ -255,6 +255,8 @@ export interface PlannedEval {
     attrPath: string;
     imageAt?: string[];
     systemsAt?: string[];
+    /** Where the roles' package summaries are in the answer (versions, for a package-level preview). */
+    packagesAt?: string[];
 }
 
 /** The flake attribute that gives everything about one stack (nix/flake.nix: lib.stackEvaluations). */
@@ -276,14 +278,14 @@ export function planNixEvaluations(stack: string, cfg: ClusterConfig, cwd: strin
     const deployFlake = cfg.deploy.enabled ? absoluteFlakeRef(cfg.deploy.flake, cwd) : undefined;
     const ownImage = cfg.image.attribute === "base-image";
     if (imageFlake !== undefined && ownImage && imageFlake === deployFlake) {
-        return [{ flake: imageFlake, attrPath: stackAttr, imageAt: ["baseImage", "drvPath"], systemsAt: ["systems"] }];
+        return [{ flake: imageFlake, attrPath: stackAttr, imageAt: ["baseImage", "drvPath"], systemsAt: ["systems"], packagesAt: ["packages"] }];
     }
     const plan: PlannedEval[] = [];
     if (imageFlake !== undefined) {
         const attrPath = ownImage ? `${stackAttr}.baseImage.drvPath` : `${cfg.image.attribute}.drvPath`;
         plan.push({ flake: imageFlake, attrPath, imageAt: [] });
     }
-    if (deployFlake !== undefined) plan.push({ flake: deployFlake, attrPath: `${stackAttr}.systems`, systemsAt: [] });
+    if (deployFlake !== undefined) plan.push({ flake: deployFlake, attrPath: `${stackAttr}.roles`, systemsAt: ["systems"], packagesAt: ["packages"] });
     return plan;
 }
 
@@ -291,6 +293,19 @@ export function planNixEvaluations(stack: string, cfg: ClusterConfig, cwd: strin
 export interface NixEvalValues {
     imageDrvPath?: string;
     systems?: { master: string; worker: string };
+    /** What each role runs, by version (nix/flake.nix: packageSummary); absent from flakes without it. */
+    packages?: { master: PackageSummary; worker: PackageSummary };
+}
+
+/** Versions of what a node runs: Spark, its JDK, the job Python and each of its packages, the kernel. */
+export type PackageSummary = Record<string, string | Record<string, string>>;
+
+function packagesAt(answer: unknown, keys: string[]): { master: PackageSummary; worker: PackageSummary } | undefined {
+    let v: unknown = answer;
+    for (const k of keys) v = v !== null && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined;
+    const o = v as { master?: unknown; worker?: unknown } | undefined;
+    if (!o || typeof o !== "object" || typeof o.master !== "object" || typeof o.worker !== "object" || !o.master || !o.worker) return undefined;
+    return { master: o.master as PackageSummary, worker: o.worker as PackageSummary };
 }
 
 /** `nix eval --json <flake>#<attrPath>`, parsed. Nix's own message (run's error) when it fails. */
@@ -326,6 +341,10 @@ async function evaluatePlan(plan: PlannedEval[], opts: NixEvalOptions): Promise<
         if (e.systemsAt) {
             values.systems = { master: storePathAt(answers[i], [...e.systemsAt, "master"], e), worker: storePathAt(answers[i], [...e.systemsAt, "worker"], e) };
         }
+        if (e.packagesAt) {
+            const p = packagesAt(answers[i], e.packagesAt);
+            if (p) values.packages = p;
+        }
     });
     return values;
 }
@@ -333,7 +352,7 @@ async function evaluatePlan(plan: PlannedEval[], opts: NixEvalOptions): Promise<
 // --------------------------------------------------------------------- the key
 
 /** Bumped whenever the key's recipe or the cache file's format changes: old files then simply miss. */
-export const NIX_EVAL_CACHE_VERSION = 1;
+export const NIX_EVAL_CACHE_VERSION = 2;
 
 type Hash = ReturnType<typeof import("node:crypto").createHash>;
 
@@ -495,7 +514,14 @@ export function readEvalCache(file: string, key: string, plan: PlannedEval[]): {
     if (!v || typeof v !== "object") return { miss: "no values" };
     if (needImage && !isStorePath(v.imageDrvPath)) return { miss: "no image drvPath" };
     if (needSystems && !(v.systems && isStorePath(v.systems.master) && isStorePath(v.systems.worker))) return { miss: "no role systems" };
-    return { values: { imageDrvPath: needImage ? v.imageDrvPath : undefined, systems: needSystems ? { master: v.systems!.master, worker: v.systems!.worker } : undefined } };
+    const packages = needSystems ? packagesAt(v, ["packages"]) : undefined;
+    return {
+        values: {
+            imageDrvPath: needImage ? v.imageDrvPath : undefined,
+            systems: needSystems ? { master: v.systems!.master, worker: v.systems!.worker } : undefined,
+            ...(packages ? { packages } : {}),
+        },
+    };
 }
 
 /**
@@ -624,8 +650,8 @@ export async function prepareNix(stack: string, cfg: ClusterConfig, topo: Topolo
         const worker = roleConfiguration(stack, "worker");
         result.systems = {
             flake: absoluteFlakeRef(cfg.deploy.flake, cwd),
-            master: { configuration: master, expectedSystem: values.systems!.master },
-            worker: { configuration: worker, expectedSystem: values.systems!.worker },
+            master: { configuration: master, expectedSystem: values.systems!.master, packages: values.packages?.master },
+            worker: { configuration: worker, expectedSystem: values.systems!.worker, packages: values.packages?.worker },
         };
     }
     return result;

@@ -194,6 +194,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                         // Verify a new VM's host key against its serial console, unless
                         // its image is not known to print it (nixspark:ssh.hostKeys).
                         consoleLog: (cfg.ssh.hostKeys ?? (cfg.image.path ? "first-use" : "console")) === "console" ? `${logDir}/${node.spec.domainName}-console.log` : undefined,
+                        packages: role.packages,
                         secretProperties: secretProps,
                         secretUnits: secretProps ? ["nixspark-spark-conf.service", node.spec.role === "master" ? "spark-master.service" : "spark-worker.service"] : undefined,
                     },

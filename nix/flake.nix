@@ -86,6 +86,10 @@
                 master = packageSummary params self.nixosConfigurations."${name}-master";
                 worker = packageSummary params self.nixosConfigurations."${name}-worker";
               };
+              # The roles alone (a stack whose image is not built from here).
+              roles = {
+                inherit (self.lib.stackEvaluations.${name}) systems packages;
+              };
             };
           }
         );

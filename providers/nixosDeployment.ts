@@ -19,6 +19,7 @@ import { fetchMasterState } from "./sparkHealth";
 import { describeMaster, matchWorkers } from "../cluster/sparkStatus";
 import type { MasterState, MasterWorker } from "../cluster/sparkStatus";
 import { deliverSecretProperties } from "./clusterSecret";
+import { describePackageChanges } from "./packageChanges";
 
 export type RebuildFlavour = "auto" | "legacy" | "ng";
 
@@ -70,6 +71,8 @@ export interface NixosDeploymentInputs {
      * fingerprint there; otherwise the first key that answers is trusted.
      */
     consoleLog?: string;
+    /** Versions of what the expected system runs (from the evaluation that gave it): what preview shows moving. */
+    packages?: Record<string, unknown>;
 }
 
 /**
@@ -132,6 +135,8 @@ export interface NixosDeploymentArgs {
     spark?: pulumi.Input<SparkCheck>;
     /** The VM's console log, to verify its host key on first contact. */
     consoleLog?: pulumi.Input<string>;
+    /** Versions of what the expected system runs, for a package-level preview. */
+    packages?: pulumi.Input<Record<string, unknown>>;
 }
 
 
@@ -291,7 +296,7 @@ function logger(node: string): (m: string) => void {
 function inputsOf(props: Record<string, unknown>): NixosDeploymentInputs {
     const p = withDefaults(props) as Record<string, unknown>;
     const out: Record<string, unknown> = {};
-    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark", "consoleLog"]) {
+    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark", "consoleLog", "packages"]) {
         if (p[k] !== undefined && p[k] !== null && p[k] !== "") out[k] = p[k];
     }
     return out as unknown as NixosDeploymentInputs;
@@ -684,6 +689,12 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
 
     async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
         const d = deploymentDiff(olds, withDefaults(news));
+        // The package-level preview: what the switch will move on this node,
+        // by version, shown by `pulumi preview` (and `up`) before any build.
+        if (d.changes && news.expectedSystem !== olds.expectedSystem) {
+            const node = typeof news.node === "string" ? news.node : _id;
+            for (const line of describePackageChanges(olds.packages as Record<string, unknown>, news.packages as Record<string, unknown>)) console.error(`[${node}] will switch: ${line}`);
+        }
         // New provider code alone is an update too, one that keeps the outputs (see update).
         return { changes: d.changes || providerCodeChanged(olds, news), replaces: d.replaces, deleteBeforeReplace: d.deleteBeforeReplace };
     },

@@ -197,7 +197,7 @@ describe("the cache file", () => {
         expect(fs.statSync(path.dirname(file)).mode & 0o777).toBe(0o700);
         const entry = JSON.parse(fs.readFileSync(file, "utf8"));
         expect(entry.key).toMatch(/^[0-9a-f]{64}$/);
-        expect(Object.keys(entry.values).sort()).toEqual(["imageDrvPath", "systems"]);
+        expect(Object.keys(entry.values).sort()).toEqual(["imageDrvPath", "packages", "systems"]);
         expect(fs.readdirSync(path.dirname(file)).filter((f) => f.endsWith(".tmp"))).toEqual([]);
     });
 
@@ -256,7 +256,7 @@ describe("only what the stack needs", () => {
         const r = await prepare(p, c);
         expect(r.processes).toBe(2);
         expect(p.shim.lines().some((l) => l.endsWith(`${p.flake}#packages.x86_64-linux.other-image.drvPath`))).toBe(true);
-        expect(p.shim.lines().some((l) => l.endsWith(`${p.flake}#lib.stackEvaluations.dev.systems`))).toBe(true);
+        expect(p.shim.lines().some((l) => l.endsWith(`${p.flake}#lib.stackEvaluations.dev.roles`))).toBe(true);
         expect(r.image!.attribute).toBe("packages.x86_64-linux.other-image");
         expect(r.image!.drvPath).toBe(await evalDrvPath(p.flake, "packages.x86_64-linux.other-image", { extraArgs: p.opts.extraArgs }));
         expect((await prepare(p, c)).processes).toBe(0);
@@ -267,7 +267,7 @@ describe("only what the stack needs", () => {
         const roles = config("dev", { image: { path: "/images/base.qcow2" } });
         const r = await prepare(p, roles);
         expect(r.processes).toBe(1);
-        expect(p.shim.lines()[0]).toMatch(/#lib\.stackEvaluations\.dev\.systems$/);
+        expect(p.shim.lines()[0]).toMatch(/#lib\.stackEvaluations\.dev\.roles$/);
         expect(r.image).toBeUndefined();
         expect(r.systems!.master.expectedSystem).toMatch(/fixture-master-system$/);
 
@@ -283,7 +283,7 @@ describe("only what the stack needs", () => {
         const r = await prepare(p, c);
         expect(r.processes).toBe(2);
         expect(p.shim.lines().map((l) => l.split(" ").pop()).sort()).toEqual(
-            [`${p.flake}#lib.stackEvaluations.dev.baseImage.drvPath`, `path:${other}#lib.stackEvaluations.dev.systems`].sort(),
+            [`${p.flake}#lib.stackEvaluations.dev.baseImage.drvPath`, `path:${other}#lib.stackEvaluations.dev.roles`].sort(),
         );
         expect(fs.existsSync(path.join(other, "stacks/dev.json"))).toBe(true);
         expect(r.systems!.flake).toBe(`path:${other}`);
@@ -299,13 +299,13 @@ describe("only what the stack needs", () => {
         expect(plan({ image: { flake: "./nix" } })).toEqual(["path:/proj/nix#lib.stackEvaluations.dev"]);
         expect(plan({ image: { attribute: "packages.x86_64-linux.mine" } })).toEqual([
             "path:/proj/nix#packages.x86_64-linux.mine.drvPath",
-            "path:/proj/nix#lib.stackEvaluations.dev.systems",
+            "path:/proj/nix#lib.stackEvaluations.dev.roles",
         ]);
         expect(plan({ deploy: { flake: "github:me/roles" } })).toEqual([
             "path:/proj/nix#lib.stackEvaluations.dev.baseImage.drvPath",
-            "github:me/roles#lib.stackEvaluations.dev.systems",
+            "github:me/roles#lib.stackEvaluations.dev.roles",
         ]);
-        expect(plan({ image: { path: "/i.qcow2" } })).toEqual(["path:/proj/nix#lib.stackEvaluations.dev.systems"]);
+        expect(plan({ image: { path: "/i.qcow2" } })).toEqual(["path:/proj/nix#lib.stackEvaluations.dev.roles"]);
         expect(plan({ deploy: { enabled: false } })).toEqual(["path:/proj/nix#lib.stackEvaluations.dev.baseImage.drvPath"]);
         expect(plan({ image: { path: "/i.qcow2" }, deploy: { enabled: false } })).toEqual([]);
     });

@@ -201,6 +201,12 @@ describe("nix/flake.nix at the attributes the program asks for (stub nixpkgs)", 
         expect(sys.worker.configuration).toBe("dev-worker");
         expect(sys.master.expectedSystem).toMatch(STORE_PATH);
         expect(await evalSystemPath(sys.flake, "example-master", { extraArgs: STUB })).toMatch(STORE_PATH);
+        // From the same evaluation: what each role runs, by version (the package-level preview).
+        expect(sys.worker.packages).toMatchObject({ spark: expect.any(String), python: expect.any(String), pythonPackages: { numpy: expect.any(String), pandas: expect.any(String) } });
+        // ... and again from the cache, with no nix process.
+        const again = await prepareNix("dev", cfg, topo, { cwd: proj, extraArgs: STUB });
+        expect(again.cached).toBe(true);
+        expect(again.systems!.worker.packages).toEqual(sys.worker.packages);
     });
 
     test("the example stack's shortcuts exist: base-image, spark-master, spark-worker", async () => {
