@@ -56,6 +56,7 @@ async function main() {
         baseImage: image,
         systems,
         ssh: { identityFile: ssh.identityFile, knownHostsFile: ssh.knownHostsFile },
+        consoleLogDir: config.consoleLogDir,
         // Always a Pulumi secret, whether or not the user set it with --secret.
         sparkSecrets: pulumi.secret(config.sparkSecrets),
     });

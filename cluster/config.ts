@@ -57,6 +57,11 @@ export const configObject = z
             .enum(["kvm", "qemu"], { errorMap: () => ({ message: 'expected "kvm" (hardware virtualization) or "qemu" (software emulation, for hosts without usable KVM)' }) })
             .default("kvm"),
         autostart: bool("whether the network and VMs start with the host").default(true),
+        // Where libvirt writes each VM's serial console log: deployments read a
+        // new VM's host key fingerprints there (nixspark:ssh.hostKeys "console").
+        consoleLogDir: str("an absolute directory for the VMs' console logs")
+            .refine((p) => p.startsWith("/"), "expected an absolute directory path")
+            .default("/var/log/libvirt/qemu"),
         network: z
             .object({
                 name: dnsLabel("a short network name").default("net"),
