@@ -1,0 +1,153 @@
+// Security and the package preview through the real engine on the libvirt
+// bench (a master and one worker, tiny guests under TCG):
+//   1. `pulumi up` with host keys checked against the serial console (the
+//      test guest prints its fingerprint at boot, as a NixOS node does): each
+//      node's key is pinned because its console shows it;
+//   2. the cluster secret reached every node (root-only file outside the
+//      store) and appears nowhere else in plain text: not in `pulumi stack
+//      export`, the outputs, the preview/up output, the stack file or the
+//      flake directory; a secret Spark setting set with `--secret` neither;
+//   3. a job Python package added to the stack: `pulumi preview` says, per
+//      node, what the switch will move (+ scipy 1.14.1), before anything is
+//      built; `up` applies it.
+// The Pulumi CLI runs inside the bench's network namespace.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Bench, startBench } from "../helpers/libvirtBench";
+import { installPulumi, OperationResult, PulumiCli } from "../helpers/pulumiCli";
+import { createE2eProject, E2eProject, randomCidr, randomStackName, tinyStackConfig } from "../fixtures/e2e-project";
+
+jest.setTimeout(10 * 60_000);
+
+const stack = randomStackName("sec");
+const cidr = randomCidr();
+const net = cidr.replace(/\.0\/24$/, "");
+const SETTING_SECRET = "spark-ssl-password-e2e-7f3a9c";
+
+let bench: Bench;
+let project: E2eProject;
+let cli: PulumiCli;
+let mayHaveResources = false;
+/** Everything the CLI printed in this story. */
+const printed: string[] = [];
+
+function say(line: string): void {
+    process.stderr.write(`[e2e ${stack}] ${line}\n`);
+}
+
+/** All a user would read of an operation: its output and every diagnostic (the providers' lines). */
+const textOf = (r: OperationResult): string => `${r.stdout}\n${r.stderr}\n${r.diagnostics.map((d) => d.message).join("\n")}`;
+const keep = (r: OperationResult): OperationResult => {
+    printed.push(textOf(r));
+    return r;
+};
+
+function config(pythonPackages: string[]): Record<string, unknown> {
+    const base = tinyStackConfig(bench, project, { workers: 1, cidr });
+    return {
+        ...base,
+        consoleLogDir: path.join(bench.dir, "log", "qemu"),
+        ssh: { ...(base.ssh as Record<string, unknown>), hostKeys: "console" },
+        spark: { ...(base.spark as Record<string, unknown>), pythonPackages },
+    };
+}
+
+beforeAll(async () => {
+    await installPulumi();
+    bench = await startBench({ log: say });
+    project = createE2eProject("nxs-sec-");
+    cli = new PulumiCli({ cwd: project.dir, stack, backendDir: project.backendDir, netns: bench.netns, env: { NIX_CONFIG: project.nixConfig } });
+    await cli.stackInit();
+    cli.writeStackConfig(config([]));
+    await cli.run(["config", "set", "--secret", "--path", `nixspark:sparkSecrets["spark.ssl.keyPassword"]`, SETTING_SECRET], { timeoutMs: 60_000 });
+}, 30 * 60_000);
+
+afterAll(async () => {
+    try {
+        if (cli && mayHaveResources) {
+            const d = await cli.destroy({ allowFailure: true, timeoutMs: 5 * 60_000 }).catch((e: Error) => e);
+            if (d instanceof Error || d.code !== 0) say(`cleanup: pulumi destroy failed (the bench removes the rest): ${d instanceof Error ? d.message : d.stderr.slice(-2000)}`);
+        }
+    } finally {
+        try {
+            await bench?.stop();
+        } finally {
+            project?.remove();
+        }
+    }
+}, 10 * 60_000);
+
+const ipOf = (node: "master" | "worker-1") => `${net}.${node === "master" ? 10 : 11}`;
+
+/** Every file under dir, as text (binary files skipped), for grepping. */
+function textsUnder(dir: string): { file: string; text: string }[] {
+    const out: { file: string; text: string }[] = [];
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+        const p = path.join(dir, e.name);
+        if (e.isSymbolicLink()) continue;
+        if (e.isDirectory()) out.push(...textsUnder(p));
+        else if (e.isFile() && fs.statSync(p).size < 5_000_000) out.push({ file: p, text: fs.readFileSync(p, "latin1") });
+    }
+    return out;
+}
+
+describe(`security on the libvirt bench (stack ${stack})`, () => {
+    let secret = "";
+
+    test("1. up: each new VM's host key is pinned because its serial console shows it", async () => {
+        mayHaveResources = true;
+        const up = keep(await cli.up({ timeoutMs: 8 * 60_000 }));
+        expect(up.code).toBe(0);
+        const all = textOf(up);
+        for (const node of ["master", "worker-1"]) {
+            expect(all).toMatch(new RegExp(`\\[${node}\\] host key of root@${ipOf(node as "master").replace(/\./g, "\\.")} port 22 matches the VM's console \\(SHA256:[A-Za-z0-9+/]+\\); pinned`));
+        }
+        const consoleLog = fs.readFileSync(path.join(bench.dir, "log", "qemu", `${stack}-master-console.log`), "utf8");
+        expect(consoleLog).toMatch(/nixspark-host-keys: SHA256:/);
+    });
+
+    test("2. the secret is on every node, root-only and outside the store, and nowhere else in plain text", async () => {
+        for (const node of ["master", "worker-1"] as const) {
+            const r = await bench.ssh(ipOf(node), ["cat", "/var/lib/nixspark/spark-secret"], { timeoutMs: 30_000 });
+            const lines = r.stdout.split("\n").filter(Boolean);
+            const value = /^spark\.authenticate\.secret ([A-Za-z0-9_-]{43})$/.exec(lines[0] ?? "")?.[1];
+            expect(value).toBeDefined();
+            if (secret) expect(value).toBe(secret);
+            secret = value!;
+            expect(lines).toContain(`spark.ssl.keyPassword ${SETTING_SECRET}`);
+            const mode = await bench.ssh(ipOf(node), ["stat", "-c", "%a:%u:%g", "/var/lib/nixspark/spark-secret"], { timeoutMs: 30_000 });
+            expect(mode.stdout.trim()).toBe("400:0:0");
+        }
+        const preview = keep(await cli.preview({ timeoutMs: 5 * 60_000 }));
+        expect(preview.code).toBe(0);
+        const exported = (await cli.run(["stack", "export"], { timeoutMs: 60_000 })).stdout;
+        const outputs = JSON.stringify(await cli.outputs());
+        expect(exported).toContain("ClusterSecret");
+        for (const needle of [secret, SETTING_SECRET]) {
+            expect(exported).not.toContain(needle);
+            expect(outputs).not.toContain(needle);
+            expect(printed.join("\n")).not.toContain(needle);
+            for (const f of [...textsUnder(project.flakeDir), ...textsUnder(path.join(project.dir, ".nixspark"))]) {
+                if (f.text.includes(needle)) throw new Error(`${f.file} holds a secret in plain text`);
+            }
+        }
+        // The stack file holds the setting encrypted, the flake's stack file not at all.
+        expect(fs.readFileSync(path.join(project.dir, `Pulumi.${stack}.yaml`), "utf8")).toMatch(/secure:/);
+        expect(fs.statSync(path.join(project.flakeDir, "stacks", `${stack}.json`)).mode & 0o777).toBe(0o600);
+    });
+
+    test("3. a new job package: preview names what each node's switch moves, before anything is built; up applies it", async () => {
+        cli.writeStackConfig({ ...config(["scipy"]), sparkSecrets: undefined });
+        await cli.run(["config", "set", "--secret", "--path", `nixspark:sparkSecrets["spark.ssl.keyPassword"]`, SETTING_SECRET], { timeoutMs: 60_000 });
+        const preview = keep(await cli.preview({ timeoutMs: 5 * 60_000 }));
+        expect(preview.code).toBe(0);
+        const text = textOf(preview);
+        expect(text).toContain("[master] will switch: + scipy 1.14.1");
+        expect(text).toContain("[worker-1] will switch: + scipy 1.14.1");
+        const updates = preview.steps.filter((s) => s.op !== "same").map((s) => `${s.op} ${s.kind}`).sort();
+        expect(updates).toEqual(["update NixosDeployment", "update NixosDeployment"]);
+        const up = keep(await cli.up({ timeoutMs: 8 * 60_000 }));
+        expect(up.code).toBe(0);
+        expect(printed.join("\n")).not.toContain(secret);
+    });
+});
