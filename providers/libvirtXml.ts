@@ -63,10 +63,6 @@ export function esc(s: string | number): string {
     return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/'/g, "&apos;").replace(/"/g, "&quot;");
 }
 
-function unesc(s: string): string {
-    return s.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&apos;/g, "'").replace(/&quot;/g, '"').replace(/&amp;/g, "&");
-}
-
 export function dhcpHostXml(h: DhcpHost): string {
     return `<host mac='${esc(h.mac)}' name='${esc(h.name)}' ip='${esc(h.ip)}'/>`;
 }
@@ -178,32 +174,72 @@ export function domainXml(d: DomainSpec): string {
 }
 
 // ---- readers (for virsh dumpxml output) ----
+//
+// A real XML parser (fast-xml-parser) reads what libvirt prints: attribute
+// quoting, entities, comments, nesting and element order are its problem,
+// not a regular expression's. It is required inside parseXml, so providers
+// that capture these readers still serialize as small closures and load the
+// module only when they run.
 
-/** Attributes of every `<tag .../>` or `<tag ...>` occurrence, in document order. */
-export function elements(xml: string, tag: string): Record<string, string>[] {
-    const out: Record<string, string>[] = [];
-    const re = new RegExp(`<${tag}(\\s[^>]*?)?/?>`, "g");
-    for (const m of xml.matchAll(re)) {
-        const attrs: Record<string, string> = {};
-        for (const a of (m[1] ?? "").matchAll(/([A-Za-z_:][\w:.-]*)\s*=\s*(?:'([^']*)'|"([^"]*)")/g)) {
-            attrs[a[1]] = unesc(a[2] ?? a[3] ?? "");
-        }
-        out.push(attrs);
+/** A parsed element: attributes under "@name", text under "#text", children by tag (always arrays). */
+export type XmlNode = { [key: string]: any };
+
+/** Parses a document; every element is an array of nodes, attributes and text stay strings. */
+export function parseXml(xml: string): XmlNode {
+    const { XMLParser } = require("fast-xml-parser") as typeof import("fast-xml-parser");
+    const parser = new XMLParser({
+        ignoreAttributes: false,
+        attributeNamePrefix: "@",
+        textNodeName: "#text",
+        parseTagValue: false,
+        parseAttributeValue: false,
+        trimValues: true,
+        isArray: (_name: string, _path: string, _leaf: boolean, isAttribute: boolean) => !isAttribute,
+        processEntities: true,
+    });
+    return parser.parse(xml) as XmlNode;
+}
+
+/** The first node along a path of tags ("devices", "disk", "source"), or undefined. */
+export function child(node: XmlNode | undefined, ...tags: string[]): XmlNode | undefined {
+    let cur: any = node;
+    for (const t of tags) {
+        const v = cur?.[t];
+        cur = Array.isArray(v) ? v[0] : v;
+        if (cur === undefined) return undefined;
     }
-    return out;
+    return typeof cur === "string" ? { "#text": cur } : cur;
 }
 
-/** Text of the first `<tag>text</tag>`, or undefined. */
-export function text(xml: string, tag: string): string | undefined {
-    const m = xml.match(new RegExp(`<${tag}(?:\\s[^>]*)?>([^<]*)</${tag}>`));
-    return m ? unesc(m[1].trim()) : undefined;
+/** Every node with that tag directly under `node`. */
+export function children(node: XmlNode | undefined, tag: string): XmlNode[] {
+    const v = node?.[tag];
+    if (v === undefined) return [];
+    return (Array.isArray(v) ? v : [v]).map((x: any) => (typeof x === "string" ? { "#text": x } : x));
 }
 
-/** The section between the first `<tag ...>` and its `</tag>` (no nesting of the same tag). */
-export function section(xml: string, tag: string): string {
-    const m = xml.match(new RegExp(`<${tag}(?:\\s[^>]*)?>([\\s\\S]*?)</${tag}>`));
-    return m ? m[1] : "";
+/** The text of a node ("" for an empty element), or undefined when there is no node. */
+export function textOf(node: XmlNode | undefined): string | undefined {
+    if (node === undefined) return undefined;
+    const t = node["#text"];
+    return t === undefined ? "" : String(t).trim();
 }
+
+/** An attribute of a node, or undefined. */
+export function attr(node: XmlNode | undefined, name: string): string | undefined {
+    const v = node?.[`@${name}`];
+    return v === undefined ? undefined : String(v);
+}
+
+/** The document's root element of that tag (<domain>, <network>, ...); an error when it is something else. */
+export function root(xml: string, tag: string): XmlNode {
+    const doc = parseXml(xml);
+    const r = child(doc, tag);
+    if (r === undefined) throw new Error(`expected a <${tag}> document from libvirt, got: ${xml.slice(0, 200)}`);
+    return r;
+}
+
+const optNumber = (s: string | undefined): number | undefined => (s === undefined || s === "" || !Number.isFinite(Number(s)) ? undefined : Number(s));
 
 export interface NetworkFacts {
     name?: string;
@@ -217,19 +253,21 @@ export interface NetworkFacts {
 }
 
 export function readNetwork(xml: string): NetworkFacts {
-    const ip = elements(xml, "ip")[0] ?? {};
-    const dhcp = section(xml, "dhcp");
-    const range = elements(dhcp, "range")[0] ?? {};
+    const n = root(xml, "network");
+    const ip = child(n, "ip");
+    const dhcp = child(ip, "dhcp");
+    const range = child(dhcp, "range");
+    const prefix = attr(ip, "prefix");
     return {
-        name: text(xml, "name"),
-        uuid: text(xml, "uuid"),
-        bridge: elements(xml, "bridge")[0]?.name,
-        gateway: ip.address,
-        netmask: ip.netmask ?? (ip.prefix ? prefixToNetmask(Number(ip.prefix)) : undefined),
-        dhcpStart: range.start,
-        dhcpEnd: range.end,
-        hosts: elements(dhcp, "host")
-            .map((h) => ({ mac: (h.mac ?? "").toLowerCase(), ip: h.ip ?? "", name: h.name ?? "" }))
+        name: textOf(child(n, "name")),
+        uuid: textOf(child(n, "uuid")),
+        bridge: attr(child(n, "bridge"), "name"),
+        gateway: attr(ip, "address"),
+        netmask: attr(ip, "netmask") ?? (prefix ? prefixToNetmask(Number(prefix)) : undefined),
+        dhcpStart: attr(range, "start"),
+        dhcpEnd: attr(range, "end"),
+        hosts: children(dhcp, "host")
+            .map((h) => ({ mac: (attr(h, "mac") ?? "").toLowerCase(), ip: attr(h, "ip") ?? "", name: attr(h, "name") ?? "" }))
             .sort(byMac),
     };
 }
@@ -248,37 +286,68 @@ export interface DomainFacts {
 }
 
 export function readDomain(xml: string): DomainFacts {
-    const memKiB = Number(text(xml, "memory")) * unitFactor(elements(xml, "memory")[0]?.unit ?? "KiB");
-    const iface = section(xml, "interface");
-    return {
-        name: text(xml, "name"),
-        uuid: text(xml, "uuid"),
-        domainType: elements(xml, "domain")[0]?.type,
-        vcpus: Number(text(xml, "vcpu")),
-        memoryMiB: Math.round(memKiB / 1024),
-        diskPath: elements(section(xml, "disk"), "source")[0]?.file,
-        mac: elements(iface, "mac")[0]?.address?.toLowerCase(),
-        network: elements(iface, "source")[0]?.network,
-        ...hostnameOf(xml),
+    const d = root(xml, "domain");
+    const mem = child(d, "memory");
+    const memKiB = optNumber(textOf(mem));
+    const devices = child(d, "devices");
+    const disk = children(devices, "disk").find((x) => attr(x, "device") === "disk") ?? child(devices, "disk");
+    const iface = child(devices, "interface");
+    const out: DomainFacts = {
+        name: textOf(child(d, "name")),
+        uuid: textOf(child(d, "uuid")),
+        domainType: attr(d, "type"),
+        vcpus: optNumber(textOf(child(d, "vcpu"))),
+        memoryMiB: memKiB === undefined ? undefined : Math.round((memKiB * unitFactor(attr(mem, "unit") ?? "KiB")) / 1024),
+        diskPath: attr(child(disk, "source"), "file"),
+        mac: attr(child(iface, "mac"), "address")?.toLowerCase(),
+        network: attr(child(iface, "source"), "network"),
     };
+    const hostname = hostnameOf(d);
+    if (hostname !== undefined) out.hostname = hostname;
+    return out;
 }
 
-function hostnameOf(xml: string): { hostname?: string } {
+function hostnameOf(d: XmlNode): string | undefined {
     const prefix = "io.systemd.credential:system.hostname=";
-    for (const m of section(section(xml, "sysinfo"), "oemStrings").matchAll(/<entry>([^<]*)<\/entry>/g)) {
-        const v = unesc(m[1].trim());
-        if (v.startsWith(prefix)) return { hostname: v.slice(prefix.length) };
+    for (const e of children(child(d, "sysinfo", "oemStrings"), "entry")) {
+        const v = textOf(e) ?? "";
+        if (v.startsWith(prefix)) return v.slice(prefix.length);
     }
-    return {};
+    return undefined;
 }
 
-export function readVolume(xml: string): { name?: string; path?: string; capacityBytes?: number; backingPath?: string } {
+export interface VolumeFacts {
+    name?: string;
+    path?: string;
+    capacityBytes?: number;
+    /** The file this volume's qcow2 backs onto (its <backingStore>), if any. */
+    backingPath?: string;
+    format?: string;
+}
+
+export function readVolume(xml: string): VolumeFacts {
+    const v = root(xml, "volume");
+    const cap = child(v, "capacity");
+    const capacity = optNumber(textOf(cap));
+    const target = child(v, "target");
     return {
-        name: text(xml, "name"),
-        path: text(section(xml, "target"), "path"),
-        capacityBytes: Number(text(xml, "capacity")),
-        backingPath: text(section(xml, "backingStore"), "path"),
+        name: textOf(child(v, "name")),
+        path: textOf(child(target, "path")),
+        capacityBytes: capacity === undefined ? undefined : Math.round(capacity * unitFactor(attr(cap, "unit") ?? "bytes") * 1024),
+        backingPath: textOf(child(v, "backingStore", "path")) || undefined,
+        format: attr(child(target, "format"), "type"),
     };
+}
+
+export interface PoolFacts {
+    name?: string;
+    type?: string;
+    path?: string;
+}
+
+export function readPool(xml: string): PoolFacts {
+    const p = root(xml, "pool");
+    return { name: textOf(child(p, "name")), type: attr(p, "type"), path: textOf(child(p, "target", "path")) };
 }
 
 function unitFactor(unit: string): number {
@@ -288,6 +357,10 @@ function unitFactor(unit: string): number {
     if (u === "k" || u === "kib") return 1;
     if (u === "m" || u === "mib") return 1024;
     if (u === "g" || u === "gib") return 1024 * 1024;
+    if (u === "t" || u === "tib") return 1024 * 1024 * 1024;
+    if (u === "kb") return 1000 / 1024;
+    if (u === "mb") return 1000 ** 2 / 1024;
+    if (u === "gb") return 1000 ** 3 / 1024;
     return 1;
 }
 

@@ -5,7 +5,7 @@
 // that did not come back is reported by `read` (active: false, the resource
 // stays in state) and started again by the next `up` (update).
 import * as pulumi from "@pulumi/pulumi";
-import { elements, poolXml, section, text } from "./libvirtXml";
+import { poolXml, readPool } from "./libvirtXml";
 import { keptOutputs } from "./unknown";
 import { diffByKeys, infoFields, label, lookup, virsh, withXmlFile } from "./virsh";
 
@@ -55,7 +55,7 @@ export const poolProvider: pulumi.dynamic.ResourceProvider = {
         const existing = await lookup(inputs.uri, "pool", inputs.name, ["pool-dumpxml", inputs.name]);
         let defined = false;
         if (existing !== undefined) {
-            const have = text(section(existing, "target"), "path");
+            const have = readPool(existing).path;
             if (have !== inputs.path) {
                 throw new Error(
                     `${what} already exists with path ${have}, not ${inputs.path}; ` +
@@ -94,8 +94,8 @@ export const poolProvider: pulumi.dynamic.ResourceProvider = {
         if (!active) console.error(`${label("pool", id)} is ${info.State || "not running"}; the next \`pulumi up\` starts it`);
         const outs = {
             ...props,
-            path: text(section(xml, "target"), "path") ?? props.path,
-            type: elements(xml, "pool")[0]?.type,
+            path: readPool(xml).path ?? props.path,
+            type: readPool(xml).type,
             active,
             autostart: info.Autostart === "yes",
         };

@@ -24,3 +24,21 @@ describe.each(Object.entries(providers))("%s", (_name, provider) => {
         for (const m of Object.keys(provider) as (keyof typeof provider)[]) expect(typeof loaded[m]).toBe("function");
     });
 });
+
+// The XML readers parse with fast-xml-parser, required when a reader runs:
+// the stored closure names the module instead of carrying its source, and a
+// loaded copy still parses what libvirt prints.
+describe("libvirt XML readers in a serialized provider", () => {
+    test("carry a require of fast-xml-parser, not its code, and parse after loading", async () => {
+        const { readDomain, readVolume } = require("../../providers/libvirtXml");
+        const readers = { readDomain, readVolume };
+        const sc = require("@pulumi/pulumi/runtime/closure/serializeClosure");
+        const sf = await sc.serializeFunction(() => readers, { allowSecrets: true });
+        expect(sf.text).toMatch(/require\("fast-xml-parser"\)/);
+        expect(sf.text).not.toMatch(/class XMLParser|OrderedObjParser/);
+        expect(sf.text.length).toBeLessThan(30_000);
+        const loaded = await roundTrip(readers);
+        expect(loaded.readDomain(`<domain type="qemu"><name>a&amp;b</name><memory unit="MiB">512</memory><vcpu>2</vcpu></domain>`)).toEqual({ name: "a&b", domainType: "qemu", vcpus: 2, memoryMiB: 512, uuid: undefined, diskPath: undefined, mac: undefined, network: undefined });
+        expect(loaded.readVolume(`<volume><name>v</name><capacity unit="bytes">2147483648</capacity><backingStore><path>/p/base.qcow2</path></backingStore></volume>`)).toMatchObject({ name: "v", capacityBytes: 2147483648, backingPath: "/p/base.qcow2" });
+    });
+});

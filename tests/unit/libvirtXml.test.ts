@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology } from "../../cluster/topology";
-import { domainXml, networkXml, poolXml, readDomain, readNetwork, readVolume, volumeXml } from "../../providers/libvirtXml";
+import { domainXml, networkXml, poolXml, readDomain, readNetwork, readPool, readVolume, volumeXml } from "../../providers/libvirtXml";
 import { ensureHostTools } from "../helpers/hostTools";
 
 const t = buildTopology("dev", parseConfig({ workers: { count: 3 } }));
@@ -96,5 +96,33 @@ describe("libvirt XML", () => {
         expect(readDomain(dumped)).toEqual({ name: "x", uuid: "1-2", domainType: "qemu", vcpus: 3, memoryMiB: 1024, diskPath: "/p/x.qcow2", mac: "02:aa:bb:cc:dd:ee", network: "n" });
         expect(readNetwork(`<network><name>n</name><ip address='10.0.0.1' prefix='24'><dhcp><range start='10.0.0.2' end='10.0.0.9'/></dhcp></ip></network>`).netmask).toBe("255.255.255.0");
     });
-});
 
+    // What regular expressions got wrong: the first <disk> may be a CD-ROM,
+    // comments and entities appear, attributes come in any order and quoting,
+    // a <source> of the interface is not the disk's, units vary.
+    test("readers parse XML as XML: entities, comments, nested elements, device order, units", () => {
+        const dumped = `<?xml version="1.0"?>
+<!-- written by libvirt -->
+<domain id="7" type="kvm">
+  <name>a&amp;b</name>
+  <uuid>u-1</uuid>
+  <memory unit="GiB">2</memory>
+  <vcpu placement="static" current="1">4</vcpu>
+  <sysinfo type="smbios"><oemStrings><entry>x=&lt;y&gt;</entry><entry>io.systemd.credential:system.hostname=h-1</entry></oemStrings></sysinfo>
+  <devices>
+    <interface type="network"><source network="net-1"/><mac address="02:AB:00:00:00:01"/></interface>
+    <disk device="cdrom" type="file"><source file="/iso/x.iso"/><target dev="sda"/></disk>
+    <disk device="disk" type="file"><!-- the node's overlay --><source file="/p/a.qcow2"/><target dev="vda"/></disk>
+  </devices>
+</domain>`;
+        expect(readDomain(dumped)).toEqual({ name: "a&b", uuid: "u-1", domainType: "kvm", vcpus: 4, memoryMiB: 2048, diskPath: "/p/a.qcow2", mac: "02:ab:00:00:00:01", network: "net-1", hostname: "h-1" });
+        const vol = `<volume type="file"><name>n.qcow2</name><capacity unit="bytes">2147483648</capacity><allocation unit="bytes">200704</allocation>
+  <target><path>/pool/n.qcow2</path><format type="qcow2"/></target>
+  <backingStore><path>/pool/e2e-base-1a2b.qcow2</path><format type="qcow2"/></backingStore></volume>`;
+        expect(readVolume(vol)).toEqual({ name: "n.qcow2", path: "/pool/n.qcow2", capacityBytes: 2147483648, backingPath: "/pool/e2e-base-1a2b.qcow2", format: "qcow2" });
+        // No backing store (libvirt prints an empty one or none).
+        expect(readVolume(`<volume><name>b</name><capacity unit="G">1</capacity><target><path>/pool/b</path></target><backingStore/></volume>`)).toMatchObject({ capacityBytes: 1024 ** 3, backingPath: undefined });
+        expect(readPool(`<pool type="dir"><name>p</name><target><path>/x/p</path></target></pool>`)).toEqual({ name: "p", type: "dir", path: "/x/p" });
+        expect(() => readDomain(vol)).toThrow(/expected a <domain> document/);
+    });
+});
