@@ -7,6 +7,7 @@ import { buildTopology, NodeSpec, Topology } from "./topology";
 import { Network } from "../providers/network";
 import { StoragePool } from "../providers/pool";
 import { Volume } from "../providers/volume";
+import { BaseVolume } from "../providers/baseVolume";
 import { Domain } from "../providers/domain";
 import { NixImage } from "../providers/nixImage";
 import { NixosDeployment } from "../providers/nixosDeployment";
@@ -34,6 +35,32 @@ export interface SparkClusterArgs {
     shutdownTimeoutSeconds?: number;
     /** nixspark:sparkSecrets, as a Pulumi secret: delivered with the cluster secret. */
     sparkSecrets?: pulumi.Input<Record<string, string>>;
+    /** The stack's state directory; default <cwd>/.nixspark/<stack>. */
+    stateDir?: string;
+}
+
+/**
+ * The base volume's libvirt name: <stack>-base-<12 hex of the image's
+ * identity>.qcow2. A Nix image is its derivation; a file is its real path,
+ * size and modification time (read in the program: a stat, no hashing of
+ * gigabytes on every preview).
+ */
+export function baseVolumeName(stack: string, image: { path: string } | { drvPath: string }): string {
+    const crypto = require("node:crypto") as typeof import("node:crypto");
+    const fs = require("node:fs") as typeof import("node:fs");
+    let identity: string;
+    if ("drvPath" in image) {
+        identity = `drv:${image.drvPath}`;
+    } else {
+        try {
+            const real = fs.realpathSync(image.path);
+            const st = fs.statSync(real);
+            identity = `file:${real}:${st.size}:${Math.floor(st.mtimeMs)}`;
+        } catch {
+            identity = `file:${image.path}`;
+        }
+    }
+    return `${stack}-base-${crypto.createHash("sha256").update(identity).digest("hex").slice(0, 12)}.qcow2`;
 }
 
 export interface NodeOutput {
@@ -58,6 +85,7 @@ export class SparkCluster extends pulumi.ComponentResource {
     readonly pool: StoragePool;
     readonly nodes: ClusterNode[];
     readonly image?: NixImage;
+    readonly baseVolume: BaseVolume;
     readonly deployments: NixosDeployment[] = [];
     readonly health?: SparkHealth;
     /** The cluster secret, when Spark authentication is on. */
@@ -98,19 +126,31 @@ export class SparkCluster extends pulumi.ComponentResource {
         );
 
         let baseImagePath: pulumi.Input<string>;
+        let baseName: string;
         if ("path" in args.baseImage) {
             baseImagePath = args.baseImage.path;
+            baseName = baseVolumeName(args.stack, { path: args.baseImage.path });
         } else {
             const nix = args.baseImage.nix;
             this.image = new NixImage(`${args.stack}-base-image`, { flake: nix.flake, attribute: nix.attribute, drvPath: nix.drvPath, gcRootDir: nix.gcRootDir }, child);
             baseImagePath = this.image.imagePath;
+            baseName = baseVolumeName(args.stack, { drvPath: nix.drvPath });
         }
+        const stateDir = args.stateDir ?? require("node:path").resolve(".nixspark", args.stack);
+        // The image imported into the pool, once per image: node overlays back
+        // onto it. A new image replaces this resource (a new name, created
+        // before the old is deleted); the old volume stays while overlays use it.
+        this.baseVolume = new BaseVolume(
+            `${args.stack}-base-volume`,
+            { uri, pool: this.pool.name, name: baseName, namePrefix: `${args.stack}-base-`, sourcePath: baseImagePath, stateDir },
+            { ...child, deleteBeforeReplace: false },
+        );
 
         const logDir = (args.consoleLogDir ?? "/var/log/libvirt/qemu").replace(/\/+$/, "");
         this.nodes = t.nodes.map((spec) => {
             const volume = new Volume(
                 `${spec.domainName}-disk`,
-                { uri, pool: this.pool.name, name: spec.volumeName, backingPath: baseImagePath, capacityBytes: spec.diskGiB * 1024 ** 3 },
+                { uri, pool: this.pool.name, name: spec.volumeName, basePath: this.baseVolume.path, capacityBytes: spec.diskGiB * 1024 ** 3, domain: spec.domainName, stateDir },
                 child,
             );
             const domain = new Domain(
@@ -122,7 +162,6 @@ export class SparkCluster extends pulumi.ComponentResource {
                     vcpus: spec.vcpus,
                     memoryMiB: spec.memoryMiB,
                     diskPath: volume.path,
-                    diskGiB: spec.diskGiB,
                     mac: spec.mac,
                     network: this.network.name,
                     consoleLog: `${logDir}/${spec.domainName}-console.log`,
@@ -132,6 +171,8 @@ export class SparkCluster extends pulumi.ComponentResource {
                     cmdline: cfg.image.cmdline,
                     hostname: spec.hostname,
                     shutdownTimeoutSeconds: args.shutdownTimeoutSeconds ?? 60,
+                    // Memory and vCPU changes restart VMs one at a time under a lock here.
+                    stateDir,
                 },
                 // The network's reservations must exist before the guest asks for an address.
                 { ...child, dependsOn: [this.network] },

@@ -1,5 +1,9 @@
-// Domain: one VM. Memory, vCPUs and the host name change in place (persisted
-// in the definition for the next boot, and said so); everything else
+// Domain: one VM. Memory and vCPUs change by redefining and restarting the
+// VM (graceful shutdown with a timeout, then start), one VM of the stack at a
+// time (a lock file in the stack's state directory), so the deployments that
+// depend on it switch a VM that has the size their system is made for; check
+// says so in preview (`restartRequired`). The host name is saved for the next
+// boot. The disk grows through its Volume (same VM). Everything else
 // replaces the VM, delete-before-replace because libvirt names are fixed.
 //
 // A VM that is not running (a host reboot, `virsh destroy` or `suspend` by
@@ -17,8 +21,6 @@ export interface DomainInputs {
     vcpus: number;
     memoryMiB: number;
     diskPath: string;
-    /** The disk's size: not part of the XML, but a new disk means a new VM. */
-    diskGiB: number;
     mac: string;
     network: string;
     consoleLog: string;
@@ -28,8 +30,15 @@ export interface DomainInputs {
     cmdline?: string;
     /** The guest's host name, given to it as a systemd credential (SMBIOS OEM string); an RFC 1123 label. */
     hostname?: string;
-    /** Seconds a guest gets to shut down on delete before it is destroyed. */
+    /** Seconds a guest gets to shut down (on delete, and before a restart) before it is destroyed. */
     shutdownTimeoutSeconds: number;
+    /** The stack's state directory (absolute): holds the lock that lets one VM restart at a time. */
+    stateDir?: string;
+    /**
+     * Set by check, for preview: what a memory or vCPU change will do to the
+     * running VM ("" when nothing). Not compared by diff.
+     */
+    restartRequired?: string;
 }
 
 export interface DomainOutputs extends DomainInputs {
@@ -40,7 +49,7 @@ export interface DomainOutputs extends DomainInputs {
     pendingRestart: boolean;
 }
 
-const REPLACE_KEYS = ["uri", "name", "domainType", "diskPath", "diskGiB", "mac", "network", "consoleLog", "kernel", "initrd", "cmdline"];
+const REPLACE_KEYS = ["uri", "name", "domainType", "diskPath", "mac", "network", "consoleLog", "kernel", "initrd", "cmdline"];
 const UPDATE_KEYS = ["vcpus", "memoryMiB", "autostart", "hostname"];
 
 /** libvirt's state of the domain, or undefined when it does not exist. */
@@ -78,8 +87,86 @@ async function bringUp(uri: string, name: string, state: string | undefined, rep
     return domState(uri, name);
 }
 
+/** What a size change does to the running VM, for preview; "" when the size is unchanged. */
+export function restartReason(olds: Record<string, unknown> | undefined, news: Record<string, unknown>): string {
+    if (!olds || olds.memoryMiB === undefined) return "";
+    const parts: string[] = [];
+    if (isUnknown(news.memoryMiB) || (news.memoryMiB !== undefined && news.memoryMiB !== olds.memoryMiB)) parts.push(`memory ${String(olds.memoryMiB)} -> ${String(news.memoryMiB)} MiB`);
+    if (isUnknown(news.vcpus) || (news.vcpus !== undefined && news.vcpus !== olds.vcpus)) parts.push(`vCPUs ${String(olds.vcpus)} -> ${String(news.vcpus)}`);
+    return parts.length === 0 ? "" : `${parts.join(", ")}: the VM restarts (shutdown, then start), one VM of the stack at a time`;
+}
+
+/**
+ * Runs fn while holding the stack's restart lock: <stateDir>/vm-restart.lock,
+ * created exclusively, holding the holder's pid (a lock whose process is gone
+ * is taken over). Waits up to timeoutMs for another restart to finish.
+ */
+export async function withRestartLock<T>(stateDir: string, what: string, timeoutMs: number, fn: () => Promise<T>): Promise<T> {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const path = require("node:path") as typeof import("node:path");
+    fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    const lock = path.join(stateDir, "vm-restart.lock");
+    const deadline = Date.now() + timeoutMs;
+    let said = false;
+    for (;;) {
+        try {
+            fs.writeFileSync(lock, `${process.pid} ${what}\n`, { flag: "wx", mode: 0o600 });
+            break;
+        } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+            let holder = "";
+            try {
+                holder = fs.readFileSync(lock, "utf8").trim();
+            } catch {
+                continue; // released meanwhile
+            }
+            const pid = Number(holder.split(" ")[0]);
+            let alive = Number.isInteger(pid) && pid > 0;
+            if (alive) {
+                try {
+                    process.kill(pid, 0);
+                } catch (err) {
+                    alive = (err as NodeJS.ErrnoException).code === "EPERM";
+                }
+            }
+            if (!alive) {
+                fs.rmSync(lock, { force: true }); // its process is gone
+                continue;
+            }
+            if (Date.now() > deadline) throw new Error(`${what}: another VM of the stack is restarting (${lock}: ${holder}) for longer than ${Math.round(timeoutMs / 1000)} s`);
+            if (!said) console.error(`${what}: waiting for another VM's restart to finish (${holder.split(" ").slice(1).join(" ")})`);
+            said = true;
+            await sleep(500);
+        }
+    }
+    try {
+        return await fn();
+    } finally {
+        fs.rmSync(lock, { force: true });
+    }
+}
+
+/** Shuts the guest down (ACPI), destroys it after the timeout; resolves when it is off. */
+async function powerOff(uri: string, id: string, timeoutSeconds: number): Promise<void> {
+    const what = label("domain", id);
+    let state = await domState(uri, id);
+    if (state === "running") {
+        await virsh(uri, ["shutdown", id], { allowFailure: true, what });
+        const deadline = Date.now() + timeoutSeconds * 1000;
+        while (state === "running" && Date.now() < deadline) {
+            await sleep(500);
+            state = await domState(uri, id);
+        }
+        if (state === "running") console.error(`${what}: did not shut down within ${timeoutSeconds} s; destroying it`);
+    }
+    if (state !== undefined && state !== "shut off") {
+        const r = await virsh(uri, ["destroy", id], { allowFailure: true, what });
+        if (r.code !== 0 && (await domState(uri, id)) === "running") throw virshError(["destroy", id], r, what);
+    }
+}
+
 export const domainProvider: pulumi.dynamic.ResourceProvider = {
-    async check(_olds: any, news: any) {
+    async check(olds: any, news: any) {
         const failures = [];
         if (typeof news.domainType === "string" && !isUnknown(news.domainType) && !["kvm", "qemu"].includes(news.domainType)) {
             failures.push({ property: "domainType", reason: 'domainType must be "kvm" or "qemu"' });
@@ -90,7 +177,7 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
                 reason: `hostname ${JSON.stringify(news.hostname)} must be an RFC 1123 label: 1 to 63 letters, digits or '-', not starting or ending with '-'`,
             });
         }
-        return { inputs: news, failures };
+        return { inputs: { ...news, restartRequired: restartReason(olds, news) }, failures };
     },
 
     async diff(_id: string, olds: DomainOutputs, news: DomainInputs) {
@@ -135,36 +222,36 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
         return { id: inputs.name, outs };
     },
 
-    // Also the update that only stores new provider code: with nothing to
-    // change and the VM running it changes nothing and keeps the outputs.
+    // Memory or vCPUs: the whole definition is redefined (same UUID) and the
+    // VM restarted under the stack's restart lock. A host name alone is saved
+    // for the next boot. Also the update that only stores new provider code:
+    // with nothing to change and the VM running it keeps the outputs.
     async update(id: string, olds: DomainOutputs, news: DomainInputs) {
         const uri = news.uri;
         const what = label("domain", id);
         let pendingRestart = olds.pendingRestart ?? false;
-        const kib = (mib: number) => String(mib * 1024);
-        if ((olds.hostname ?? null) !== (news.hostname ?? null)) {
-            // The SMBIOS strings have no virsh setter: define the whole new
-            // definition (memory and vCPUs included), read at the next boot.
+        const resize = news.memoryMiB !== olds.memoryMiB || news.vcpus !== olds.vcpus;
+        if (resize || (olds.hostname ?? null) !== (news.hostname ?? null)) {
             await withXmlFile(domainXml({ ...news, uuid: olds.uuid }), (f) => virsh(uri, ["define", f], { what }));
             pendingRestart = true;
-        } else {
-            if (news.memoryMiB !== olds.memoryMiB) {
-                // Grow the ceiling first, shrink it last, so each step is valid.
-                if (news.memoryMiB > olds.memoryMiB) await virsh(uri, ["setmaxmem", id, kib(news.memoryMiB), "--config"], { what });
-                await virsh(uri, ["setmem", id, kib(news.memoryMiB), "--config"], { what });
-                if (news.memoryMiB < olds.memoryMiB) await virsh(uri, ["setmaxmem", id, kib(news.memoryMiB), "--config"], { what });
-                pendingRestart = true;
-            }
-            if (news.vcpus !== olds.vcpus) {
-                if (news.vcpus > olds.vcpus) await virsh(uri, ["setvcpus", id, String(news.vcpus), "--config", "--maximum"], { what });
-                await virsh(uri, ["setvcpus", id, String(news.vcpus), "--config"], { what });
-                if (news.vcpus < olds.vcpus) await virsh(uri, ["setvcpus", id, String(news.vcpus), "--config", "--maximum"], { what });
-                pendingRestart = true;
-            }
         }
         if (news.autostart !== olds.autostart) await virsh(uri, ["autostart", id, ...(news.autostart ? [] : ["--disable"])], { what });
         let state = await domState(uri, id);
         if (state === undefined) throw new Error(`${what} does not exist any more; run \`pulumi refresh\` and then \`pulumi up\` to create it again`);
+        if (resize && (state === "running" || state === "paused")) {
+            const timeout = news.shutdownTimeoutSeconds ?? 60;
+            const restart = async () => {
+                console.error(`${what}: restarting for ${news.memoryMiB} MiB / ${news.vcpus} vCPUs (shutdown, up to ${timeout} s, then start)`);
+                await powerOff(uri, id, timeout);
+                const s = await bringUp(uri, id, await domState(uri, id), false);
+                if (s !== "running") throw new Error(`${what} did not start again after its resize: state is "${s}"; see ${news.consoleLog}`);
+                console.error(`${what}: running again with ${news.memoryMiB} MiB / ${news.vcpus} vCPUs`);
+                return s;
+            };
+            // One VM of the stack at a time: never the whole cluster down at once.
+            state = news.stateDir ? await withRestartLock(news.stateDir, what, 30 * 60_000, restart) : await restart();
+            pendingRestart = false;
+        }
         if (state !== "running") {
             const wasOff = state !== "paused" && state !== "pmsuspended";
             state = await bringUp(uri, id, state);
@@ -172,7 +259,7 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
             if (wasOff) pendingRestart = false; // a fresh boot runs the saved definition
         }
         if (pendingRestart) {
-            console.error(`${what}: ${news.memoryMiB} MiB / ${news.vcpus} vCPUs${news.hostname ? ` / host name ${news.hostname}` : ""} saved in the domain definition; the running VM picks them up at its next boot (virsh shutdown ${id}; virsh start ${id})`);
+            console.error(`${what}: host name ${news.hostname ?? "(none)"} saved in the domain definition; the running VM picks it up at its next boot (virsh shutdown ${id}; virsh start ${id})`);
         }
         const outs: DomainOutputs = { ...news, uuid: olds.uuid, state: state ?? "unknown", pendingRestart };
         return { outs };
@@ -203,23 +290,9 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
     async delete(id: string, props: DomainOutputs) {
         const uri = props.uri;
         const what = label("domain", id);
-        let state = await domState(uri, id);
-        if (state === undefined) return;
-        if (state === "running") {
-            // Ask the guest first, so it can shut down cleanly; destroy after a bounded wait.
-            await virsh(uri, ["shutdown", id], { allowFailure: true, what });
-            const deadline = Date.now() + (props.shutdownTimeoutSeconds ?? 60) * 1000;
-            while (state === "running" && Date.now() < deadline) {
-                await sleep(500);
-                state = await domState(uri, id);
-            }
-            if (state === "running") console.error(`${what}: did not shut down within ${props.shutdownTimeoutSeconds} s; destroying it`);
-        }
-        if (state !== undefined && state !== "shut off") {
-            const r = await virsh(uri, ["destroy", id], { allowFailure: true, what });
-            // Stopped meanwhile or gone: fine; anything else is an error.
-            if (r.code !== 0 && (await domState(uri, id)) === "running") throw virshError(["destroy", id], r, what);
-        }
+        if ((await domState(uri, id)) === undefined) return;
+        // Ask the guest first, so it can shut down cleanly; destroy after a bounded wait.
+        await powerOff(uri, id, props.shutdownTimeoutSeconds ?? 60);
         const undef = await virsh(uri, ["undefine", "--nvram", id], { allowFailure: true, what });
         if (undef.code !== 0 && !(await isGone(uri, "domain", id, undef.stderr))) throw virshError(["undefine", "--nvram", id], undef, what);
     },

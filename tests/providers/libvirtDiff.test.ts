@@ -15,11 +15,11 @@ const hosts = [
 const net = { uri: "qemu:///system", name: "dev-net", bridge: "nxs-dev", gateway: "10.77.0.1", netmask: "255.255.255.0", dhcpStart: "10.77.0.192", dhcpEnd: "10.77.0.254", hosts, autostart: true };
 const netOut = { ...net, uuid: "u-1", active: true, __provider: "old code" };
 const dom = {
-    uri: "qemu:///system", name: "dev-master", domainType: "qemu", vcpus: 1, memoryMiB: 1024, diskPath: "/p/dev-master.qcow2", diskGiB: 10,
+    uri: "qemu:///system", name: "dev-master", domainType: "qemu", vcpus: 1, memoryMiB: 1024, diskPath: "/p/dev-master.qcow2",
     mac: "02:00:00:00:00:01", network: "dev-net", consoleLog: "/l/dev-master.log", autostart: true, shutdownTimeoutSeconds: 60,
 };
 const domOut = { ...dom, uuid: "d-1", state: "running", pendingRestart: false, __provider: "old code" };
-const vol = { uri: "qemu:///system", pool: "dev-pool", name: "dev-master.qcow2", backingPath: "/nix/store/a/nixos.qcow2", capacityBytes: 10 * 1024 ** 3 };
+const vol = { uri: "qemu:///system", pool: "dev-pool", name: "dev-master.qcow2", basePath: "/pool/dev-base-aaaaaaaaaaaa.qcow2", capacityBytes: 10 * 1024 ** 3 };
 
 type Diff = { changes?: boolean; replaces?: string[] };
 const providers = { networkProvider, domainProvider, volumeProvider, poolProvider };
@@ -68,11 +68,22 @@ describe.each([
         expect(await ddiff({ memoryMiB: 2048 })).toMatchObject({ changes: true, replaces: [] });
         expect(await ddiff({ vcpus: 4 })).toMatchObject({ changes: true, replaces: [] });
         expect(await ddiff({ autostart: false })).toMatchObject({ changes: true, replaces: [] });
-        for (const [k, v] of [["domainType", "kvm"], ["mac", "02:00:00:00:00:09"], ["diskPath", "/p/other"], ["diskGiB", 20], ["network", "n2"], ["kernel", "/k"]] as const) {
+        for (const [k, v] of [["domainType", "kvm"], ["mac", "02:00:00:00:00:09"], ["diskPath", "/p/other"], ["network", "n2"], ["kernel", "/k"]] as const) {
             expect((await ddiff({ [k]: v })).replaces).toEqual([k]);
         }
         // Only the shutdown timeout: not something the VM sees.
         expect(await ddiff({ shutdownTimeoutSeconds: 5 })).toMatchObject({ changes: false });
+        // The disk grows through its Volume: a size the domain once carried (old state) never replaces the VM.
+        expect(await ddiff({}, { diskGiB: 10 })).toMatchObject({ changes: false, replaces: [] });
+        // Nor do the state directory or check's preview note.
+        expect(await ddiff({ stateDir: "/s", restartRequired: "x" })).toMatchObject({ changes: false });
+    });
+    test("domain: check says in preview that a memory or vCPU change restarts the VM, and nothing else does", async () => {
+        const r = await p.domainProvider.check!(dom, { ...dom, memoryMiB: dom.memoryMiB + 256 });
+        expect(r.inputs.restartRequired).toBe(`memory ${dom.memoryMiB} -> ${dom.memoryMiB + 256} MiB: the VM restarts (shutdown, then start), one VM of the stack at a time`);
+        expect((await p.domainProvider.check!(dom, { ...dom, vcpus: 3 })).inputs.restartRequired).toMatch(/^vCPUs \d+ -> 3: the VM restarts/);
+        expect((await p.domainProvider.check!(dom, { ...dom, autostart: false })).inputs.restartRequired).toBe("");
+        expect((await p.domainProvider.check!({}, dom)).inputs.restartRequired).toBe(""); // a new VM: nothing restarts
     });
     test("domain: a VM that refresh saw shut off or paused is brought back by an update", async () => {
         expect(await ddiff({}, { state: "shut off" })).toMatchObject({ changes: true, replaces: [] });
@@ -93,10 +104,25 @@ describe.each([
         expect((await p.domainProvider.check!({}, { ...dom, hostname: UNKNOWN })).failures).toEqual([]);
     });
 
-    test("volume: any change replaces, none is a no-op", async () => {
+    test("volume: a new base image changes nothing, a bigger disk is an update, a new name or pool replaces", async () => {
         expect(await vdiff({})).toMatchObject({ changes: false });
-        expect((await vdiff({ backingPath: "/nix/store/b/nixos.qcow2" })).replaces).toEqual(["backingPath"]);
-        expect((await vdiff({ capacityBytes: 1 })).replaces).toEqual(["capacityBytes"]);
+        expect(await vdiff({ basePath: "/pool/dev-base-bbbbbbbbbbbb.qcow2" })).toMatchObject({ changes: false, replaces: [] });
+        expect(await vdiff({ basePath: UNKNOWN })).toMatchObject({ changes: false, replaces: [] });
+        expect(await vdiff({ stateDir: "/elsewhere" })).toMatchObject({ changes: false });
+        expect(await vdiff({ capacityBytes: 2 * vol.capacityBytes })).toMatchObject({ changes: true, replaces: [] });
+        expect((await vdiff({ name: "other.qcow2" })).replaces).toEqual(["name"]);
+        expect((await vdiff({ pool: "p2" })).replaces).toEqual(["pool"]);
+    });
+    test("volume: check refuses a smaller disk in preview, naming both sizes and the fix", async () => {
+        const r = await p.volumeProvider.check!({ ...vol, capacityBytes: 2 * 1024 ** 3 }, { ...vol, capacityBytes: 1024 ** 3 });
+        expect(r.failures).toEqual([
+            {
+                property: "capacityBytes",
+                reason: `the disk of ${vol.name} cannot shrink from 2 GiB to 1 GiB: disks only grow in place (shrinking would cut off the guest's filesystem); set diskGiB back to 2 or more. Nothing was changed`,
+            },
+        ]);
+        expect((await p.volumeProvider.check!({ ...vol, capacityBytes: 1024 ** 3 }, { ...vol, capacityBytes: 2 * 1024 ** 3 })).failures).toEqual([]);
+        expect((await p.volumeProvider.check!({}, vol)).failures).toEqual([]);
     });
 
     test("pool: a new path replaces; stopped or not autostarted is an update that repairs it", async () => {

@@ -13,6 +13,7 @@ import { nixosDeploymentProvider } from "../../providers/nixosDeployment";
 import { poolProvider } from "../../providers/pool";
 import { sparkHealthProvider } from "../../providers/sparkHealth";
 import { volumeProvider } from "../../providers/volume";
+import { baseVolumeProvider } from "../../providers/baseVolume";
 import { engineUp, loadProvider, serializeProvider } from "./engineSteps";
 
 const SYS = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-dev-worker-24.11";
@@ -30,8 +31,14 @@ const cases: Record<string, { provider: object; inputs: Record<string, any>; out
     },
     volume: {
         provider: volumeProvider,
-        inputs: { uri: "qemu:///system", pool: "dev-pool", name: "dev-master.qcow2", backingPath: "/nix/store/a/nixos.qcow2", capacityBytes: 1024 ** 3 },
-        outputs: { path: "/var/lib/nixspark/dev/dev-master.qcow2" },
+        inputs: { uri: "qemu:///system", pool: "dev-pool", name: "dev-master.qcow2", basePath: "/var/lib/nixspark/dev/dev-base-aaaaaaaaaaaa.qcow2", capacityBytes: 1024 ** 3, domain: "dev-master", stateDir: "/p/.nixspark/dev" },
+        outputs: { path: "/var/lib/nixspark/dev/dev-master.qcow2", backingPath: "/var/lib/nixspark/dev/dev-base-aaaaaaaaaaaa.qcow2" },
+        noIoUpdate: true,
+    },
+    baseVolume: {
+        provider: baseVolumeProvider,
+        inputs: { uri: "qemu:///system", pool: "dev-pool", name: "dev-base-aaaaaaaaaaaa.qcow2", namePrefix: "dev-base-", sourcePath: "/nix/store/a/nixos.qcow2", stateDir: "/p/.nixspark/dev" },
+        outputs: { path: "/var/lib/nixspark/dev/dev-base-aaaaaaaaaaaa.qcow2", capacityBytes: 4 * 1024 ** 3 },
         noIoUpdate: true,
     },
     network: {

@@ -10,9 +10,10 @@ import { nixosDeploymentProvider } from "../../providers/nixosDeployment";
 import { poolProvider } from "../../providers/pool";
 import { sparkHealthProvider } from "../../providers/sparkHealth";
 import { volumeProvider } from "../../providers/volume";
+import { baseVolumeProvider } from "../../providers/baseVolume";
 import { roundTrip } from "../helpers/serialize";
 
-const providers = { clusterSecretProvider, domainProvider, networkProvider, nixImageProvider, nixosDeploymentProvider, poolProvider, sparkHealthProvider, volumeProvider };
+const providers = { baseVolumeProvider, clusterSecretProvider, domainProvider, networkProvider, nixImageProvider, nixosDeploymentProvider, poolProvider, sparkHealthProvider, volumeProvider };
 
 describe.each(Object.entries(providers))("%s", (_name, provider) => {
     test("serializes without capturing the SDK, zod or grpc, and loads back with every method", async () => {

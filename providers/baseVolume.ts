@@ -1,0 +1,233 @@
+// BaseVolume: the stack's base image imported into its storage pool, once per
+// image, as a read-only (0444) qcow2 volume named after the image's identity
+// (<stack>-base-<hash>.qcow2). Node volumes are overlays backing onto it, so
+// the image belongs to libvirt: no GC root in a checkout keeps VMs' disks
+// alive, and a new image never touches existing overlays.
+//
+// A new image is a new libvirt name, so the resource is replaced
+// (create-before-delete). The old volume is removed only when no overlay in
+// the pool backs onto it any more (`vol-dumpxml`'s backingStore says which
+// do): Pulumi's delete of a base that is still in use keeps the file and
+// marks it retired (a file under the stack's state directory, outside the
+// pool: every file in a pool directory is a volume); the overlay delete that
+// leaves it unused removes it, and so does the next BaseVolume create, which
+// sweeps every unused base of the stack other than itself.
+import * as pulumi from "@pulumi/pulumi";
+import { readVolume } from "./libvirtXml";
+import { keptOutputs } from "./unknown";
+import { diffByKeys, isNotFound, isPoolInactive, label, virsh, virshError, withXmlFile } from "./virsh";
+
+export interface BaseVolumeInputs {
+    uri: string;
+    pool: string;
+    /** <stack>-base-<hash of the image's identity>.qcow2 */
+    name: string;
+    /** "<stack>-base-": every base volume of the stack starts with it (for the sweep). */
+    namePrefix: string;
+    /** The built image (NixImage's imagePath or nixspark:image.path); read once, at create. */
+    sourcePath: string;
+    /** The stack's state directory (absolute), where retired bases are noted. */
+    stateDir: string;
+}
+
+export interface BaseVolumeOutputs extends BaseVolumeInputs {
+    /** The volume's file: what overlays back onto. */
+    path: string;
+    /** The image's virtual size. */
+    capacityBytes: number;
+}
+
+/** The file that says a base volume is retired (its resource deleted, its file kept for overlays). */
+export function retiredMarker(stateDir: string, name: string): string {
+    const path = require("node:path") as typeof import("node:path");
+    return path.join(stateDir, "retired-base-volumes", name);
+}
+
+/** Every volume of the pool: name -> its facts (path, backing path). Starts an inactive pool. */
+export async function poolVolumes(uri: string, pool: string): Promise<Map<string, { path?: string; backingPath?: string }>> {
+    const what = label("pool", pool);
+    let list = await virsh(uri, ["vol-list", "--pool", pool, "--name"], { allowFailure: true, what });
+    if (list.code !== 0 && isPoolInactive(list.stderr)) {
+        console.error(`${what} is not running; starting it`);
+        await virsh(uri, ["pool-start", pool], { what });
+        list = await virsh(uri, ["vol-list", "--pool", pool, "--name"], { what });
+    } else if (list.code !== 0) {
+        throw virshError(["vol-list", "--pool", pool, "--name"], list, what);
+    }
+    await virsh(uri, ["pool-refresh", pool], { what });
+    const out = new Map<string, { path?: string; backingPath?: string }>();
+    for (const name of list.stdout.split("\n").map((l) => l.trim()).filter(Boolean)) {
+        const r = await virsh(uri, ["vol-dumpxml", "--pool", pool, name], { allowFailure: true, what: label("volume", `${pool}/${name}`) });
+        if (r.code !== 0) {
+            if (isNotFound("volume", r.stderr)) continue; // removed meanwhile
+            throw virshError(["vol-dumpxml", "--pool", pool, name], r, label("volume", `${pool}/${name}`));
+        }
+        const f = readVolume(r.stdout);
+        out.set(name, { path: f.path, backingPath: f.backingPath });
+    }
+    return out;
+}
+
+/** The overlays in the pool that back onto `path`. */
+export function usersOf(volumes: Map<string, { path?: string; backingPath?: string }>, path: string): string[] {
+    return [...volumes.entries()].filter(([, v]) => v.backingPath === path).map(([n]) => n).sort();
+}
+
+/**
+ * Removes the base volume `name` when no overlay backs onto it; returns the
+ * overlays that still do (then it stays).
+ */
+export async function removeBaseIfUnused(
+    uri: string,
+    pool: string,
+    name: string,
+    volumes: Map<string, { path?: string; backingPath?: string }>,
+    stateDir?: string,
+): Promise<string[]> {
+    const v = volumes.get(name);
+    if (v === undefined) return [];
+    const users = usersOf(volumes, v.path ?? "");
+    if (users.length > 0) return users;
+    const what = label("volume", `${pool}/${name}`);
+    const r = await virsh(uri, ["vol-delete", "--pool", pool, name], { allowFailure: true, what });
+    if (r.code !== 0 && !isNotFound("volume", r.stderr)) throw virshError(["vol-delete", "--pool", pool, name], r, what);
+    console.error(`${what}: base volume removed (no overlay backs onto it any more)`);
+    volumes.delete(name);
+    if (stateDir) require("node:fs").rmSync(retiredMarker(stateDir, name), { force: true });
+    return [];
+}
+
+/** The image's virtual size from the imported volume. */
+async function importedFacts(uri: string, pool: string, name: string): Promise<{ path: string; capacityBytes: number; format?: string }> {
+    const what = label("volume", `${pool}/${name}`);
+    const f = readVolume((await virsh(uri, ["vol-dumpxml", "--pool", pool, name], { what })).stdout);
+    return { path: f.path ?? "", capacityBytes: f.capacityBytes ?? 0, format: f.format };
+}
+
+/** Imports the image file into the pool: a 0444 volume of the file's size, the bytes uploaded, the pool re-read (libvirt then sees the qcow2 inside). */
+async function importImage(inp: BaseVolumeInputs): Promise<void> {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const what = label("volume", `${inp.pool}/${inp.name}`);
+    const size = fs.statSync(inp.sourcePath).size;
+    const xml = [
+        `<volume type='file'>`,
+        `  <name>${inp.name.replace(/[<>&'"]/g, "")}</name>`,
+        `  <capacity unit='bytes'>${size}</capacity>`,
+        `  <target>`,
+        `    <format type='raw'/>`,
+        `    <permissions><mode>0444</mode></permissions>`,
+        `  </target>`,
+        `</volume>`,
+        ``,
+    ].join("\n");
+    console.error(`${what}: importing the base image ${inp.sourcePath} (${size} bytes)`);
+    await withXmlFile(xml, (f) => virsh(inp.uri, ["vol-create", inp.pool, f], { what }));
+    try {
+        // Streams the file through libvirtd: about a minute per GiB is generous.
+        await virsh(inp.uri, ["vol-upload", "--pool", inp.pool, inp.name, inp.sourcePath], { what, timeoutMs: 120_000 + Math.ceil(size / 2 ** 30) * 60_000, tries: 1 });
+        await virsh(inp.uri, ["pool-refresh", inp.pool], { what: label("pool", inp.pool) });
+        const f = await importedFacts(inp.uri, inp.pool, inp.name);
+        if (f.format !== "qcow2") throw new Error(`${what}: ${inp.sourcePath} is not a qcow2 image (libvirt reads it as ${f.format ?? "unknown"})`);
+    } catch (e) {
+        await virsh(inp.uri, ["vol-delete", "--pool", inp.pool, inp.name], { allowFailure: true, what });
+        throw e;
+    }
+}
+
+export const baseVolumeProvider: pulumi.dynamic.ResourceProvider = {
+    async check(_olds: any, news: any) {
+        const failures = [];
+        for (const k of ["sourcePath", "stateDir"]) {
+            const v = news[k];
+            if (typeof v === "string" && !v.startsWith("/") && v !== "04da6b54-80e4-46f7-96ec-b56ff0331ba9") failures.push({ property: k, reason: `${k} must be an absolute path` });
+        }
+        if (typeof news.name === "string" && typeof news.namePrefix === "string" && !news.name.startsWith(news.namePrefix)) {
+            failures.push({ property: "name", reason: `name must start with ${news.namePrefix}` });
+        }
+        return { inputs: news, failures };
+    },
+
+    // A new image is a new name: replace (the old one goes only when unused,
+    // see delete). The source file alone (same identity) changes nothing.
+    async diff(_id: string, olds: BaseVolumeOutputs, news: BaseVolumeInputs) {
+        const d = diffByKeys(olds as any, news as any, ["uri", "pool", "name"], []);
+        return { ...d, deleteBeforeReplace: false };
+    },
+
+    async create(inputs: BaseVolumeInputs) {
+        const fs = require("node:fs") as typeof import("node:fs");
+        const volumes = await poolVolumes(inputs.uri, inputs.pool);
+        if (volumes.has(inputs.name)) {
+            // The same image imported before (a retired base that is current again, or a lost state file): adopt it.
+            console.error(`${label("volume", `${inputs.pool}/${inputs.name}`)}: this image is in the pool already; using it`);
+            fs.rmSync(retiredMarker(inputs.stateDir, inputs.name), { force: true });
+        } else {
+            if (!fs.existsSync(inputs.sourcePath)) {
+                throw new Error(`base image ${inputs.sourcePath} does not exist; build it (see README) or set nixspark:image.path`);
+            }
+            await importImage(inputs);
+        }
+        // Sweep: older bases of this stack that no overlay uses any more.
+        const after = await poolVolumes(inputs.uri, inputs.pool);
+        for (const name of [...after.keys()]) {
+            if (name !== inputs.name && name.startsWith(inputs.namePrefix) && name.endsWith(".qcow2")) await removeBaseIfUnused(inputs.uri, inputs.pool, name, after, inputs.stateDir);
+        }
+        const f = await importedFacts(inputs.uri, inputs.pool, inputs.name);
+        const outs: BaseVolumeOutputs = { ...inputs, path: f.path, capacityBytes: f.capacityBytes };
+        return { id: `${inputs.pool}/${inputs.name}`, outs };
+    },
+
+    // Only provider code or inputs that do not matter once imported (the source file, the state directory).
+    async update(_id: string, olds: BaseVolumeOutputs, news: BaseVolumeInputs) {
+        return { outs: { ...keptOutputs(olds as any), sourcePath: news.sourcePath, stateDir: news.stateDir } };
+    },
+
+    async read(id: string, props: BaseVolumeOutputs) {
+        const what = label("volume", `${props.pool}/${props.name}`);
+        const r = await virsh(props.uri, ["vol-dumpxml", "--pool", props.pool, props.name], { allowFailure: true, what });
+        if (r.code === 0) {
+            const f = readVolume(r.stdout);
+            return { id, props: { ...props, path: f.path ?? props.path, capacityBytes: f.capacityBytes ?? props.capacityBytes } };
+        }
+        if (isNotFound("volume", r.stderr)) return { id: undefined as unknown as string, props: {} };
+        if (isPoolInactive(r.stderr)) {
+            console.error(`${what}: ${label("pool", props.pool)} is not running, keeping the recorded state; the next \`pulumi up\` starts the pool`);
+            return { id, props };
+        }
+        throw virshError(["vol-dumpxml", "--pool", props.pool, props.name], r, what);
+    },
+
+    // Removed now when no overlay backs onto it; otherwise kept and marked
+    // retired, for the overlay delete that leaves it unused.
+    async delete(_id: string, props: BaseVolumeOutputs) {
+        const fs = require("node:fs") as typeof import("node:fs");
+        const path = require("node:path") as typeof import("node:path");
+        const volumes = await poolVolumes(props.uri, props.pool);
+        const users = await removeBaseIfUnused(props.uri, props.pool, props.name, volumes, props.stateDir);
+        if (users.length > 0) {
+            const marker = retiredMarker(props.stateDir, props.name);
+            fs.mkdirSync(path.dirname(marker), { recursive: true, mode: 0o700 });
+            fs.writeFileSync(marker, `${props.path}\n`);
+            console.error(
+                `${label("volume", `${props.pool}/${props.name}`)}: kept, ${users.length} overlay(s) still back onto it (${users.join(", ")}); ` +
+                    `it is removed when the last of them is`,
+            );
+            return;
+        }
+        // Nothing is current any more (a destroy): other retired bases nobody uses go too.
+        for (const name of [...volumes.keys()]) {
+            if (name.startsWith(props.namePrefix) && name.endsWith(".qcow2") && fs.existsSync(retiredMarker(props.stateDir, name))) {
+                await removeBaseIfUnused(props.uri, props.pool, name, volumes, props.stateDir);
+            }
+        }
+    },
+};
+
+export class BaseVolume extends pulumi.dynamic.Resource {
+    declare readonly name: pulumi.Output<string>;
+    declare readonly path: pulumi.Output<string>;
+    declare readonly capacityBytes: pulumi.Output<number>;
+    constructor(name: string, args: { [K in keyof BaseVolumeInputs]: pulumi.Input<BaseVolumeInputs[K]> }, opts?: pulumi.CustomResourceOptions) {
+        super(baseVolumeProvider, name, { ...args, path: undefined, capacityBytes: undefined }, opts, "nixspark", "BaseVolume");
+    }
+}
