@@ -35,12 +35,21 @@ function say(line: string): void {
     process.stderr.write(`[e2e ${stack}] ${line}\n`);
 }
 
-/** All a user would read of an operation: its output and every diagnostic (the providers' lines). */
-const textOf = (r: OperationResult): string => `${r.stdout}\n${r.stderr}\n${r.diagnostics.map((d) => d.message).join("\n")}`;
-const keep = (r: OperationResult): OperationResult => {
-    printed.push(textOf(r));
-    return r;
-};
+/**
+ * What a user reads of a --json operation: the diagnostics (the providers'
+ * lines) except debug ones. Debug diagnostics exist only when asked for
+ * (--debug, -v); the Node SDK prints every resource's outputs there, secret
+ * ones included (docs/security.md says so).
+ */
+const textOf = (r: OperationResult): string => `${r.stderr}\n${r.diagnostics.filter((d) => d.severity !== "debug").map((d) => d.message).join("\n")}`;
+/** A plain (human) pulumi command: everything it printed is what a user reads. */
+async function plain(args: string[]): Promise<string> {
+    const r = await cli.run(args, { timeoutMs: 8 * 60_000, allowFailure: true });
+    const text = `${r.stdout}\n${r.stderr}`;
+    printed.push(text);
+    if (r.code !== 0) throw new Error(`pulumi ${args.join(" ")} exited ${r.code}:\n${text.slice(-4000)}`);
+    return text;
+}
 
 function config(pythonPackages: string[]): Record<string, unknown> {
     const base = tinyStackConfig(bench, project, { workers: 1, cidr });
@@ -96,9 +105,7 @@ describe(`security on the libvirt bench (stack ${stack})`, () => {
 
     test("1. up: each new VM's host key is pinned because its serial console shows it", async () => {
         mayHaveResources = true;
-        const up = keep(await cli.up({ timeoutMs: 8 * 60_000 }));
-        expect(up.code).toBe(0);
-        const all = textOf(up);
+        const all = await plain(["up", "--yes", "--skip-preview"]);
         for (const node of ["master", "worker-1"]) {
             expect(all).toMatch(new RegExp(`\\[${node}\\] host key of root@${ipOf(node as "master").replace(/\./g, "\\.")} port 22 matches the VM's console \\(SHA256:[A-Za-z0-9+/]+\\); pinned`));
         }
@@ -118,8 +125,7 @@ describe(`security on the libvirt bench (stack ${stack})`, () => {
             const mode = await bench.ssh(ipOf(node), ["stat", "-c", "%a:%u:%g", "/var/lib/nixspark/spark-secret"], { timeoutMs: 30_000 });
             expect(mode.stdout.trim()).toBe("400:0:0");
         }
-        const preview = keep(await cli.preview({ timeoutMs: 5 * 60_000 }));
-        expect(preview.code).toBe(0);
+        await plain(["preview"]);
         const exported = (await cli.run(["stack", "export"], { timeoutMs: 60_000 })).stdout;
         const outputs = JSON.stringify(await cli.outputs());
         expect(exported).toContain("ClusterSecret");
@@ -139,15 +145,17 @@ describe(`security on the libvirt bench (stack ${stack})`, () => {
     test("3. a new job package: preview names what each node's switch moves, before anything is built; up applies it", async () => {
         cli.writeStackConfig({ ...config(["scipy"]), sparkSecrets: undefined });
         await cli.run(["config", "set", "--secret", "--path", `nixspark:sparkSecrets["spark.ssl.keyPassword"]`, SETTING_SECRET], { timeoutMs: 60_000 });
-        const preview = keep(await cli.preview({ timeoutMs: 5 * 60_000 }));
+        const preview = await cli.preview({ timeoutMs: 5 * 60_000 });
         expect(preview.code).toBe(0);
         const text = textOf(preview);
+        printed.push(text);
+        expect(await plain(["preview"])).toContain("[worker-1] will switch: + scipy 1.14.1");
         expect(text).toContain("[master] will switch: + scipy 1.14.1");
         expect(text).toContain("[worker-1] will switch: + scipy 1.14.1");
         const updates = preview.steps.filter((s) => s.op !== "same").map((s) => `${s.op} ${s.kind}`).sort();
         expect(updates).toEqual(["update NixosDeployment", "update NixosDeployment"]);
-        const up = keep(await cli.up({ timeoutMs: 8 * 60_000 }));
-        expect(up.code).toBe(0);
+        await plain(["up", "--yes", "--skip-preview"]);
         expect(printed.join("\n")).not.toContain(secret);
+        expect(printed.join("\n")).not.toContain(SETTING_SECRET);
     });
 });
