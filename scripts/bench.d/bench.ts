@@ -18,6 +18,7 @@ import { run } from "../../providers/run";
 import { Bench, natNetworkXml, startBench, testGuestDomainXml, waitFor } from "../../tests/helpers/libvirtBench";
 import { installPulumi, PulumiCli, REPO, SDK_BIN, TOOLS_BIN } from "../../tests/helpers/pulumiCli";
 import { createE2eProject, E2E_REBUILD, E2eProject, randomCidr, tinyStackConfig } from "../../tests/fixtures/e2e-project";
+import { precompileProject, tracedPreview, TraceResult, traceReport } from "./trace";
 
 interface Options {
     sizes: number[];
@@ -31,6 +32,12 @@ interface Options {
     previewWorkers: number;
     /** A git revision whose program (index.ts, cluster/, providers/) is measured too, as "before". */
     beforeRev?: string;
+    /**
+     * With --only preview: also the what-if programs (transpile-only, and
+     * precompiled JavaScript) in the rounds, then one traced preview of each
+     * program (trace.ts: phases and CPU profiles).
+     */
+    trace?: boolean;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -53,6 +60,7 @@ function parseArgs(argv: string[]): Options {
             o.only = part;
         } else if (a === "--preview-workers") o.previewWorkers = Number(next());
         else if (a === "--before-rev") o.beforeRev = next();
+        else if (a === "--trace") o.trace = true;
         else throw new Error(`unknown option ${a} (see scripts/bench)`);
     }
     if (o.sizes.some((n) => !Number.isInteger(n) || n < 0) || !(o.repeat >= 1)) throw new Error("bad --sizes or --repeat");
@@ -455,15 +463,16 @@ async function previewRounds(variants: { label: string; cli: PulumiCli }[], shim
 }
 
 /** The empty program, as a PulumiCli on an existing (up-to-date) stack: the engine's and runtime's fixed cost. */
-async function emptyProgramCli(netns: string | undefined, env: Record<string, string> = {}): Promise<PulumiCli> {
-    const dir = path.join(project.root, "empty");
+async function emptyProgramCli(netns: string | undefined, env: Record<string, string> = {}, o: { name?: string; precompiled?: boolean } = {}): Promise<PulumiCli> {
+    const dir = path.join(project.root, o.name ?? "empty");
     fs.mkdirSync(dir, { recursive: true });
     fs.writeFileSync(path.join(dir, "Pulumi.yaml"), "name: empty\nruntime: nodejs\nmain: index.ts\n");
     fs.writeFileSync(path.join(dir, "index.ts"), "// An empty program: the engine's and the Node.js runtime's fixed cost.\nexport {};\n");
     fs.copyFileSync(path.join(REPO, "tsconfig.json"), path.join(dir, "tsconfig.json"));
     fs.copyFileSync(path.join(REPO, "package.json"), path.join(dir, "package.json"));
     if (!fs.existsSync(path.join(dir, "node_modules"))) fs.symlinkSync(path.join(REPO, "node_modules"), path.join(dir, "node_modules"));
-    const cli = new PulumiCli({ cwd: dir, stack: "empty", backendDir: path.join(project.root, "empty-state"), netns, env });
+    if (o.precompiled) await precompileProject(dir, true);
+    const cli = new PulumiCli({ cwd: dir, stack: "empty", backendDir: path.join(project.root, `${o.name ?? "empty"}-state`), netns, env });
     await cli.stackInit();
     await cli.up(); // so that its preview, too, is of an existing stack ("same")
     return cli;
@@ -528,6 +537,7 @@ async function previewOnly(o: Options): Promise<void> {
     const cliIn = (p: E2eProject, more: Record<string, string> = {}) =>
         new PulumiCli({ cwd: p.dir, stack, backendDir: p.backendDir, env: env(p, more), timeoutMs: 10 * 60_000 });
     const results: any = { date: new Date().toISOString(), options: o, host: hostInfo(), workers: o.previewWorkers };
+    const extraProjects: E2eProject[] = [];
     try {
         // One config for every variant, so that they differ only in the program.
         const cfg = previewStackConfig(project, o.previewWorkers);
@@ -548,14 +558,45 @@ async function previewOnly(o: Options): Promise<void> {
             b.writeStackConfig(cfg);
             variants.push({ label: `at ${results.beforeRev}`, cli: b });
         }
+        if (o.trace) {
+            // What-if programs: the same two programs without ts-node's type
+            // check, and as precompiled JavaScript (a copy, never the repository's files).
+            const to = { PULUMI_NODEJS_TRANSPILE_ONLY: "true" };
+            variants.push({ label: "empty, transpile-only", cli: await emptyProgramCli(undefined, env(project, to), { name: "empty-to" }) });
+            variants.push({ label: "cached, transpile-only", cli: cliIn(project, to) });
+            variants.push({ label: "empty, precompiled JS", cli: await emptyProgramCli(undefined, env(project), { name: "empty-js", precompiled: true }) });
+            const js = createE2eProject("nxs-benchj-");
+            extraProjects.push(js);
+            log("what-if: the program precompiled with tsc (typescript: false)");
+            await precompileProject(js.dir);
+            const jc = cliIn(js);
+            await jc.stackInit();
+            jc.writeStackConfig(cfg);
+            await onePreview("precompiled JS, first", jc, shim);
+            variants.push({ label: "cached, precompiled JS", cli: jc });
+        }
         const series = await previewRounds(variants, shim, o.repeat);
-        [results.empty, results.cached, results.uncached, results.before] = series;
+        [results.empty, results.cached, results.uncached] = series;
+        results.before = before ? series[3] : undefined;
+        results.series = series;
+        if (o.trace) {
+            const traceDir = o.out ? `${o.out}.trace.d` : path.join(project.root, "trace");
+            fs.mkdirSync(traceDir, { recursive: true });
+            const traced: TraceResult[] = [];
+            for (const v of variants.filter((x) => x.label !== "cache off" && !x.label.startsWith("at "))) {
+                log(`traced preview: ${v.label}`);
+                traced.push(await tracedPreview(v.label, v.cli, traceDir, true));
+            }
+            results.traces = traced;
+            log(`trace events and CPU profiles: ${traceDir}${o.out ? "" : " (removed at the end; use --out FILE to keep them)"}`);
+        }
         results.nixStep = await nixStepAlone(project, stack, cfg, 10);
         if (o.out) fs.writeFileSync(o.out, JSON.stringify(results, null, 2) + "\n");
         process.stdout.write(previewReport(results) + "\n");
     } finally {
         project.remove();
         before?.remove();
+        for (const p of extraProjects) p.remove();
     }
 }
 
@@ -584,6 +625,26 @@ function previewReport(r: any): string {
     lines.push(row("after, cache off (`NIXSPARK_NIX_EVAL_CACHE=0`): one `nix eval --json`", r.uncached));
     lines.push(row("after, unchanged (cached)", r.cached));
     lines.push("");
+    if (r.traces) {
+        const by = (l: string) => r.series.find((s: PreviewSeries) => s.label === l) as PreviewSeries | undefined;
+        lines.push("");
+        lines.push("| what-if (same rounds) | empty program | nixspark, unchanged | ratio |");
+        lines.push("| --- | --- | --- | --- |");
+        lines.push(`| as is (ts-node with type check) | ${sec(e)} s | ${sec(r.cached.ms)} s | ${ratio(r.cached.ms, e)} |`);
+        for (const [what, a, b] of [
+            ["transpile-only (`PULUMI_NODEJS_TRANSPILE_ONLY=true`)", "empty, transpile-only", "cached, transpile-only"],
+            ["precompiled JavaScript (`tsc`, runtime option `typescript: false`)", "empty, precompiled JS", "cached, precompiled JS"],
+        ]) {
+            const x = by(a);
+            const y = by(b);
+            if (x && y) lines.push(`| ${what} | ${sec(x.ms)} s (${all(x)}) | ${sec(y.ms)} s (${all(y)}) | ${ratio(y.ms, x.ms)} |`);
+        }
+        lines.push(`| nixspark as is / empty program precompiled | | | ${by("empty, precompiled JS") ? ratio(r.cached.ms, by("empty, precompiled JS")!.ms) : "-"} |`);
+        lines.push("");
+        lines.push("One traced preview of each program after the rounds:");
+        lines.push("");
+        lines.push(traceReport(r.traces));
+    }
     lines.push(`The first preview of the stack (empty cache) took ${sec(r.cold.ms)} s and started ${r.cold.nix} nix process(es).`);
     const n = r.nixStep;
     lines.push(
