@@ -150,7 +150,18 @@ export class SparkCluster extends pulumi.ComponentResource {
         this.nodes = t.nodes.map((spec) => {
             const volume = new Volume(
                 `${spec.domainName}-disk`,
-                { uri, pool: this.pool.name, name: spec.volumeName, basePath: this.baseVolume.path, capacityBytes: spec.diskGiB * 1024 ** 3, domain: spec.domainName, stateDir },
+                {
+                    uri,
+                    pool: this.pool.name,
+                    name: spec.volumeName,
+                    basePath: this.baseVolume.path,
+                    capacityBytes: spec.diskGiB * 1024 ** 3,
+                    domain: spec.domainName,
+                    stateDir,
+                    // Where the file will be, known in preview: a growing disk (an
+                    // update) then leaves the Domain's diskPath known, not replaced.
+                    path: `${t.poolPath}/${spec.volumeName}`,
+                },
                 child,
             );
             const domain = new Domain(

@@ -182,9 +182,12 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
 
     async diff(_id: string, olds: DomainOutputs, news: DomainInputs) {
         const d = diffByKeys(olds as any, news as any, REPLACE_KEYS, UPDATE_KEYS);
+        // An update (a restart too) keeps the VM: its UUID, the deployments'
+        // machineId, stays known in preview, so no deployment changes for it.
+        const stables = ["uuid", "name", "uri"];
         // Refresh saw the VM shut off or paused: the next `up` starts or resumes it.
-        if (olds.state && olds.state !== "running" && !d.changes) return { changes: true, replaces: [], deleteBeforeReplace: true };
-        return d;
+        if (olds.state && olds.state !== "running" && !d.changes) return { changes: true, replaces: [], deleteBeforeReplace: true, stables };
+        return d.replaces.length === 0 ? { ...d, stables } : d;
     },
 
     async create(inputs: DomainInputs) {

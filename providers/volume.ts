@@ -21,6 +21,12 @@ export interface VolumeInputs {
     domain?: string;
     /** The stack's state directory, where retired base volumes are noted (see baseVolume.ts). */
     stateDir?: string;
+    /**
+     * Where the file will be (<pool path>/<name>): the engine shows a dynamic
+     * resource's inputs as its outputs in preview, so this keeps `path` known
+     * there. The outputs hold what libvirt says (vol-path).
+     */
+    path?: string;
 }
 
 export interface VolumeOutputs extends VolumeInputs {
@@ -76,7 +82,9 @@ export const volumeProvider: pulumi.dynamic.ResourceProvider = {
     // basePath (a newer image) and the state directory never change an
     // existing disk; a different capacity is an update (check refuses less).
     async diff(_id: string, olds: VolumeOutputs, news: VolumeInputs) {
-        return diffByKeys(olds as any, news as any, ["uri", "pool", "name"], ["capacityBytes"]);
+        const d = diffByKeys(olds as any, news as any, ["uri", "pool", "name"], ["capacityBytes"]);
+        // An update keeps the file: its path stays known in preview, so the Domain on it sees no change.
+        return d.replaces.length === 0 ? { ...d, stables: ["path", "backingPath", "uri", "pool", "name"] } : d;
     },
 
     async create(inputs: VolumeInputs) {
@@ -170,6 +178,6 @@ export class Volume extends pulumi.dynamic.Resource {
     declare readonly path: pulumi.Output<string>;
     declare readonly backingPath: pulumi.Output<string>;
     constructor(name: string, args: { [K in keyof VolumeInputs]: pulumi.Input<VolumeInputs[K]> }, opts?: pulumi.CustomResourceOptions) {
-        super(volumeProvider, name, { ...args, path: undefined, backingPath: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "Volume");
+        super(volumeProvider, name, { path: undefined, ...args, backingPath: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "Volume");
     }
 }
