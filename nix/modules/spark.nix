@@ -119,6 +119,13 @@ in
 
   networking.firewall.extraCommands = firewallRules;
 
+  # The daemons read their configuration from /run when authentication is on,
+  # so a changed Spark setting no longer changes their units: restart them
+  # when the files in the store change (as the store path in SPARK_CONF_DIR
+  # does without authentication).
+  systemd.services.spark-master = lib.mkIf config.services.spark.master.enable { restartTriggers = [ storeConfDir ]; };
+  systemd.services.spark-worker = lib.mkIf config.services.spark.worker.enable { restartTriggers = [ storeConfDir ]; };
+
   # The configuration with the secret, before the daemons start (and again
   # whenever the deployment restarts this unit after delivering a new secret).
   systemd.services.nixspark-spark-conf = lib.mkIf auth {

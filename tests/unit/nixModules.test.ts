@@ -249,6 +249,10 @@ describe("authentication, the cluster secret and the firewall", () => {
         expect(unit.script).toContain("install -m 0440 -o root -g spark");
         expect(unit.script).toContain("/var/lib/nixspark/spark-secret");
         expect(cfg("auth", "master", "systemd.services.nixspark-spark-conf.requiredBy")).toEqual(["spark-master.service"]);
+        // A Spark setting still restarts the daemons: their units name the store files.
+        expect(cfg("auth", "worker", "systemd.services.spark-worker.restartTriggers")).toEqual([expect.stringMatching(/-nixspark-spark-conf$/)]);
+        expect(cfg("auth", "worker", "systemd.services")).not.toHaveProperty("spark-master");
+        expect(cfg("auth", "master", "systemd.services")).not.toHaveProperty("spark-worker");
         // Without authentication there is no such unit and the store directory serves.
         expect(cfg("open", "master", "systemd.services")).not.toHaveProperty("nixspark-spark-conf");
         expect(cfg("open", "master", "services.spark.confDir")).toMatch(/^\/nix\/store\/.*-nixspark-spark-conf$/);
