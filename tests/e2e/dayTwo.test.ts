@@ -1,0 +1,326 @@
+// Day 2 through the real engine on the libvirt bench: routine changes never
+// replace a running node. Each step's preview is asserted exactly before its up.
+//
+//   a 1+1 stack on image A (default network settings) -> image B: preview
+//   shows the base volume's replacement only; up keeps every VM; the old base
+//   stays while overlays use it; a new worker boots with B under its disk ->
+//   workers' disks 1 -> 2 GiB: Volume updates only, same VMs, the guests see
+//   the bigger disk at once; 2 -> 1 is refused in preview, nothing changes ->
+//   workers' memory: Domain updates that say "restart" in preview; up
+//   restarts the workers one at a time with the new memory, the master never
+//   stops -> a second stack with default network settings beside it, both up;
+//   destroying it leaves the first running -> a simulated host reboot:
+//   refresh keeps everything and says what is stopped, up brings it back at
+//   the same addresses -> destroy leaves nothing in libvirt, the pool
+//   directory or the stack's state directory.
+//
+// Where things run: see stack.test.ts (the CLI in the bench's namespace).
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { run } from "../../providers/run";
+import { defaultCidr } from "../../cluster/subnet";
+import { Bench, startBench, waitFor } from "../helpers/libvirtBench";
+import { installPulumi, OperationResult, PulumiCli, Step, stepList } from "../helpers/pulumiCli";
+import { createE2eProject, E2eProject, randomStackName, tinyStackConfig } from "../fixtures/e2e-project";
+
+jest.setTimeout(10 * 60_000);
+
+const stack = randomStackName("day");
+const other = `${stack}b`;
+const timings: Record<string, string> = {};
+const GiB = 1024 ** 3;
+
+let bench: Bench;
+let project: E2eProject;
+let cli: PulumiCli;
+let otherCli: PulumiCli | undefined;
+let imageA: string;
+let imageB: string;
+const live = new Set<PulumiCli>();
+
+function say(line: string): void {
+    process.stderr.write(`[e2e ${stack}] ${line}\n`);
+}
+
+async function timed<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    const t = Date.now();
+    try {
+        return await fn();
+    } finally {
+        timings[what] = `${((Date.now() - t) / 1000).toFixed(1)} s`;
+        say(`${what}: ${timings[what]}`);
+    }
+}
+
+/** A qcow2 image whose first bytes are `marker` (what a guest reads from the start of its disk). */
+async function markedImage(file: string, marker: string): Promise<void> {
+    const raw = `${file}.raw`;
+    const buf = Buffer.alloc(1024 * 1024);
+    buf.write(marker);
+    fs.writeFileSync(raw, buf);
+    await run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, file], { timeoutMs: 60_000 });
+    fs.rmSync(raw);
+}
+
+/** The stack config: 1 master + `workers`, default network settings (no cidr), the given image. */
+function config(s: string, workers: number, image: string, extra: { workers?: object } = {}): Record<string, unknown> {
+    const cfg = tinyStackConfig(bench, project, { workers, cidr: "unused" }) as any;
+    delete cfg.network;
+    cfg.image = { ...cfg.image, path: image };
+    cfg.workers = { ...cfg.workers, ...(extra.workers ?? {}) };
+    cfg.deploy = { ...cfg.deploy, rollout: { maxParallel: 2, canary: false, verifyTimeoutSeconds: 60 } };
+    return cfg;
+}
+
+beforeAll(async () => {
+    await timed("install-pulumi", () => installPulumi());
+    bench = await timed("startBench", () => startBench({ log: say }));
+    project = createE2eProject("nxs-day2-");
+    imageA = path.join(project.root, "image-a.qcow2");
+    imageB = path.join(project.root, "image-b.qcow2");
+    await markedImage(imageA, "nixspark-image-A");
+    await markedImage(imageB, "nixspark-image-B");
+    cli = new PulumiCli({ cwd: project.dir, stack, backendDir: project.backendDir, netns: bench.netns, env: { NIX_CONFIG: project.nixConfig } });
+    await cli.stackInit();
+    cli.writeStackConfig(config(stack, 1, imageA));
+    say(`project ${project.dir}, netns ${bench.netns}, subnet ${defaultCidr(stack)}`);
+}, 30 * 60_000);
+
+afterAll(async () => {
+    try {
+        for (const c of live) {
+            const d = await c.destroy({ allowFailure: true, timeoutMs: 5 * 60_000 }).catch((e: Error) => e);
+            if (d instanceof Error || d.code !== 0) say(`cleanup: pulumi destroy of ${c.opts.stack} failed (the bench removes the rest): ${d instanceof Error ? d.message : d.stderr.slice(-2000)}`);
+        }
+    } finally {
+        try {
+            await bench?.stop();
+        } finally {
+            project?.remove();
+            say(`timings: ${JSON.stringify(timings)}`);
+        }
+    }
+}, 10 * 60_000);
+
+// ------------------------------------------------------------------ helpers
+
+const net = (s: string) => defaultCidr(s).replace(/\.0\/24$/, "");
+const ipOf = (node: string, s = stack) => `${net(s)}.${node === "master" ? 10 : 10 + Number(node.replace("worker-", ""))}`;
+const dom = (node: string, s = stack) => `${s}-${node}`;
+const changed = (r: OperationResult): Step[] => r.steps.filter((st) => st.op !== "same");
+const poolDir = (s = stack) => path.join(bench.dir, "images", s);
+const stateDir = (s = stack) => path.join(project.dir, ".nixspark", s);
+
+async function virshOut(args: string[]): Promise<string> {
+    return (await bench.virsh(args)).stdout.trim();
+}
+
+async function uuids(nodes: string[]): Promise<Record<string, string>> {
+    const out: Record<string, string> = {};
+    for (const n of nodes) out[n] = await virshOut(["domuuid", dom(n)]);
+    return out;
+}
+
+/** Volume name -> the base it backs onto ("" for none), from libvirt. */
+async function poolVolumes(s = stack): Promise<Record<string, string>> {
+    const out: Record<string, string> = {};
+    const names = (await virshOut(["vol-list", "--pool", `${s}-pool`])).split("\n").slice(2).map((l) => l.trim().split(/\s+/)[0]).filter(Boolean);
+    for (const n of names) {
+        const xml = await virshOut(["vol-dumpxml", "--pool", `${s}-pool`, n]);
+        const m = /<backingStore>\s*<path>([^<]+)<\/path>/.exec(xml);
+        out[n] = m ? path.basename(m[1]) : "";
+    }
+    return out;
+}
+
+/** Runs a shell command line on a guest (as root, over ssh inside the namespace), once it answers. */
+async function onGuest(node: string, command: string, s = stack): Promise<string> {
+    return waitFor(
+        `${dom(node, s)} answering over ssh`,
+        async () => {
+            const r = await bench.ssh(ipOf(node, s), ["sh", "-c", `'${command}'`], { allowFailure: true, timeoutMs: 30_000 });
+            return r.code === 0 ? r.stdout.trim() : undefined;
+        },
+        { timeoutMs: 180_000, intervalMs: 2000 },
+    );
+}
+
+const diskBytes = async (node: string) => Number(await onGuest(node, "cat /sys/block/vda/size")) * 512;
+const memTotalKiB = async (node: string) => Number((await onGuest(node, "grep MemTotal /proc/meminfo")).replace(/\D+/g, ""));
+const diskMarker = (node: string) => onGuest(node, "head -c 16 /dev/vda | tr -d \"\\000\"; echo");
+
+// -------------------------------------------------------------------- story
+
+/** A step of the story: it runs only when every step before it passed (each builds on the last). */
+let broken = "";
+function step(name: string, fn: () => Promise<void>): void {
+    test(name, async () => {
+        if (broken) throw new Error(`not run: step "${broken}" failed`);
+        try {
+            await fn();
+        } catch (e) {
+            broken = name.split(".")[0];
+            throw e;
+        }
+    });
+}
+
+describe(`day 2 on the libvirt bench (stack ${stack})`, () => {
+    let before: Record<string, string>;
+    let baseA = "";
+    let baseB = "";
+
+    step("0. up: a 1+1 stack on image A with default network settings", async () => {
+        live.add(cli);
+        const u = await timed("up (1+1)", () => cli.up());
+        expect(u.summary.create).toBeGreaterThan(0);
+        before = await uuids(["master", "worker-1"]);
+        const vols = await poolVolumes();
+        baseA = vols[`${stack}-master.qcow2`];
+        expect(baseA).toMatch(new RegExp(`^${stack}-base-[0-9a-f]{12}\\.qcow2$`));
+        expect(vols).toEqual({ [baseA]: "", [`${stack}-master.qcow2`]: baseA, [`${stack}-worker-1.qcow2`]: baseA });
+        expect(await diskMarker("worker-1")).toBe("nixspark-image-A");
+        // The base is read-only, in the pool; no GC root of the checkout is involved.
+        expect(fs.statSync(path.join(poolDir(), baseA)).mode & 0o777).toBe(0o444);
+    });
+
+    step("a. a new base image: preview shows only the base volume's replacement; up keeps every VM; a new worker boots on the new image; the old base stays while overlays use it", async () => {
+        cli.writeStackConfig(config(stack, 1, imageB));
+        const p = await timed("preview (image B)", () => cli.preview());
+        const base = `${stack}-base-volume`;
+        expect(stepList(changed(p))).toEqual([`replace ${base}`]);
+        const u = await timed("up (image B)", () => cli.up());
+        expect(stepList(changed(u))).toEqual([`create-replacement ${base}`, `delete-replaced ${base}`, `replace ${base}`]);
+        expect(await uuids(["master", "worker-1"])).toEqual(before);
+
+        let vols = await poolVolumes();
+        baseB = Object.keys(vols).find((n) => n.startsWith(`${stack}-base-`) && n !== baseA) ?? "";
+        expect(baseB).toMatch(/-base-[0-9a-f]{12}\.qcow2$/);
+        // The old base was deleted by Pulumi but kept: two overlays still back onto it.
+        expect(vols).toEqual({ [baseA]: "", [baseB]: "", [`${stack}-master.qcow2`]: baseA, [`${stack}-worker-1.qcow2`]: baseA });
+
+        cli.writeStackConfig(config(stack, 2, imageB));
+        const p2 = await timed("preview (+1 worker on B)", () => cli.preview());
+        expect(stepList(changed(p2), (st) => st.kind !== "Network")).toEqual([`create ${stack}-worker-2-disk`, `create ${dom("worker-2")}`, `create ${stack}-worker-2-nixos`].sort());
+        await timed("up (+1 worker on B)", () => cli.up());
+        vols = await poolVolumes();
+        expect(vols[`${stack}-worker-2.qcow2`]).toBe(baseB);
+        expect(await diskMarker("worker-2")).toBe("nixspark-image-B");
+        expect(await diskMarker("worker-1")).toBe("nixspark-image-A");
+        before = await uuids(["master", "worker-1", "worker-2"]);
+    });
+
+    step("b. workers' disks 1 -> 2 GiB grow in place (same VMs, the guests see it); 2 -> 1 is refused in preview and nothing changes", async () => {
+        expect(await diskBytes("worker-1")).toBe(1 * GiB);
+        cli.writeStackConfig(config(stack, 2, imageB, { workers: { diskGiB: 2 } }));
+        const p = await timed("preview (disk 2 GiB)", () => cli.preview());
+        expect(stepList(changed(p))).toEqual([`update ${stack}-worker-1-disk`, `update ${stack}-worker-2-disk`]);
+        const u = await timed("up (disk 2 GiB)", () => cli.up());
+        expect(stepList(changed(u))).toEqual([`update ${stack}-worker-1-disk`, `update ${stack}-worker-2-disk`]);
+        expect(await uuids(["master", "worker-1", "worker-2"])).toEqual(before);
+        expect(await diskBytes("worker-1")).toBe(2 * GiB);
+        expect(await diskBytes("worker-2")).toBe(2 * GiB);
+        expect(await diskBytes("master")).toBe(1 * GiB);
+
+        const stateBefore = JSON.stringify((await cli.exportState()).resources);
+        cli.writeStackConfig(config(stack, 2, imageB, { workers: { diskGiB: 1 } }));
+        const bad = await timed("preview (disk 1 GiB)", () => cli.preview({ allowFailure: true }));
+        expect(bad.code).not.toBe(0);
+        const text = bad.diagnostics.map((d) => d.message).join("\n");
+        // (The engine stops at the first refused resource: either worker's disk.)
+        expect(text).toMatch(new RegExp(`the disk of ${stack}-worker-[12]\\.qcow2 cannot shrink from 2 GiB to 1 GiB: disks only grow in place`));
+        expect(text).toContain("set diskGiB back to 2 or more");
+        expect(JSON.stringify((await cli.exportState()).resources)).toBe(stateBefore);
+        expect(await diskBytes("worker-1")).toBe(2 * GiB);
+        cli.writeStackConfig(config(stack, 2, imageB, { workers: { diskGiB: 2 } }));
+    });
+
+    step("c. workers' memory 256 -> 384 MiB: preview says the workers restart; up restarts them one at a time with the new memory, the master never stops", async () => {
+        const memBefore = await memTotalKiB("worker-1");
+        const masterId = await virshOut(["domid", dom("master")]);
+        const workerIds = [await virshOut(["domid", dom("worker-1")]), await virshOut(["domid", dom("worker-2")])];
+        cli.writeStackConfig(config(stack, 2, imageB, { workers: { diskGiB: 2, memoryMiB: 384 } }));
+        const p = await timed("preview (memory)", () => cli.preview());
+        const domainSteps = changed(p).filter((st) => st.kind === "Domain");
+        expect(stepList(domainSteps)).toEqual([`update ${dom("worker-1")}`, `update ${dom("worker-2")}`]);
+        // What preview says about each: the restart, in the Domain's restartRequired.
+        for (const n of ["worker-1", "worker-2"]) {
+            const raw = (p.json.steps ?? []).find((x: any) => String(x.urn).endsWith(`::${dom(n)}`) && x.op === "update");
+            expect(raw?.newState?.inputs?.restartRequired).toBe("memory 256 -> 384 MiB: the VM restarts (shutdown, then start), one VM of the stack at a time");
+        }
+        // Only workers change: their domains and (the worker system follows the VM size) deployments.
+        expect(stepList(changed(p), (st) => st.kind !== "Domain" && st.kind !== "NixosDeployment")).toEqual([]);
+        expect(stepList(changed(p), (st) => st.kind === "NixosDeployment").every((x) => /worker-\d-nixos$/.test(x))).toBe(true);
+
+        const u = await timed("up (memory, restarts)", () => cli.up());
+        // The provider's own account, in order: each restart finished before the next began.
+        const lines = u.diagnostics.map((d) => d.message).filter((m) => /: restarting for|: running again with/.test(m)).map((m) => m.replace(/^.*libvirt domain "([^"]+)": (restarting|running again).*$/s, "$1 $2"));
+        expect(lines).toHaveLength(4);
+        for (let i = 0; i < 4; i += 2) {
+            expect(lines[i]).toMatch(/ restarting$/);
+            expect(lines[i + 1]).toBe(lines[i].replace(/restarting$/, "running again"));
+        }
+        expect(new Set(lines.map((l) => l.split(" ")[0]))).toEqual(new Set([dom("worker-1"), dom("worker-2")]));
+
+        expect(await virshOut(["domid", dom("master")])).toBe(masterId);
+        expect([await virshOut(["domid", dom("worker-1")]), await virshOut(["domid", dom("worker-2")])]).not.toEqual(workerIds);
+        expect(await uuids(["master", "worker-1", "worker-2"])).toEqual(before);
+        const memAfter = await memTotalKiB("worker-1");
+        expect(memAfter - memBefore).toBeGreaterThan(100 * 1024);
+        expect((await memTotalKiB("worker-2")) - memBefore).toBeGreaterThan(100 * 1024);
+        const again = await cli.preview();
+        expect(changed(again)).toEqual([]);
+    });
+
+    step("e. a second stack with default network settings on the same host: both up; destroying it leaves the first running", async () => {
+        expect(defaultCidr(other)).not.toBe(defaultCidr(stack));
+        otherCli = new PulumiCli({ ...cli.opts, stack: other });
+        await otherCli.stackInit();
+        otherCli.writeStackConfig(config(other, 0, imageA));
+        live.add(otherCli);
+        await timed("up (second stack)", () => otherCli!.up());
+        expect(await onGuest("master", "hostname", other)).toBe(dom("master", other));
+        const running = (await virshOut(["list", "--state-running", "--name"])).split("\n").map((l) => l.trim()).filter(Boolean).sort();
+        expect(running).toEqual([dom("master"), dom("worker-1"), dom("worker-2"), dom("master", other)].sort());
+
+        await timed("destroy (second stack)", () => otherCli!.destroy());
+        live.delete(otherCli);
+        await otherCli.stackRm();
+        const after = (await virshOut(["list", "--all", "--name"])).split("\n").map((l) => l.trim()).filter(Boolean).sort();
+        expect(after).toEqual([dom("master"), dom("worker-1"), dom("worker-2")].sort());
+        expect((await virshOut(["net-list", "--all", "--name"])).split("\n").map((l) => l.trim()).filter(Boolean)).toEqual([`${stack}-net`]);
+        expect(fs.existsSync(poolDir(other)) ? fs.readdirSync(poolDir(other)) : []).toEqual([]);
+        expect(await onGuest("worker-1", "hostname")).toBe(dom("worker-1"));
+    });
+
+    step("d. a simulated host reboot: refresh keeps everything and says what is stopped; up brings it back at the same addresses; destroy leaves nothing", async () => {
+        for (const n of ["master", "worker-1", "worker-2"]) await bench.virsh(["destroy", dom(n)]);
+        await bench.virsh(["net-destroy", `${stack}-net`]);
+        await bench.virsh(["pool-destroy", `${stack}-pool`]);
+        const urns = (await cli.exportState()).resources!.map((r: { urn: string }) => r.urn).sort();
+
+        const r = await timed("refresh (after reboot)", () => cli.refresh());
+        expect(r.summary.delete ?? 0).toBe(0);
+        expect((await cli.exportState()).resources!.map((x: { urn: string }) => x.urn).sort()).toEqual(urns);
+        const said = r.diagnostics.map((d) => d.message).join("\n");
+        for (const n of ["master", "worker-1", "worker-2"]) expect(said).toContain(`libvirt domain "${dom(n)}" is "shut off"`);
+        expect(said).toContain(`libvirt network "${stack}-net" is not running`);
+        expect(said).toMatch(new RegExp(`libvirt storage pool "${stack}-pool" is (inactive|not running)`));
+
+        await timed("up (after reboot)", () => cli.up());
+        for (const n of ["master", "worker-1", "worker-2"]) expect(await onGuest(n, "ip -4 -o addr show dev eth0 | grep -o \"inet [0-9.]*\"")).toBe(`inet ${ipOf(n)}`);
+        expect(await uuids(["master", "worker-1", "worker-2"])).toEqual(before);
+
+        await timed("destroy", () => cli.destroy());
+        live.delete(cli);
+        const list = async (args: string[]) => (await virshOut(args)).split("\n").map((l) => l.trim()).filter(Boolean);
+        expect({
+            domains: await list(["list", "--all", "--name"]),
+            networks: await list(["net-list", "--all", "--name"]),
+            pools: await list(["pool-list", "--all", "--name"]),
+            poolDir: fs.existsSync(poolDir()) ? fs.readdirSync(poolDir()) : [],
+            retired: fs.existsSync(path.join(stateDir(), "retired-base-volumes")) ? fs.readdirSync(path.join(stateDir(), "retired-base-volumes")) : [],
+            lock: fs.existsSync(path.join(stateDir(), "vm-restart.lock")),
+        }).toEqual({ domains: [], networks: [], pools: [], poolDir: [], retired: [], lock: false });
+    });
+});
