@@ -207,6 +207,8 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
                 "create SparkCluster",
                 "create StoragePool",
                 "create Network",
+                "create BaseVolume",
+                "create ClusterSecret",
                 ...Array(3).fill("create Volume"),
                 ...Array(3).fill("create Domain"),
                 ...Array(3).fill("create NixosDeployment"),
@@ -218,10 +220,12 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
                 "create nixspark",
                 `create ${names.pool}`,
                 `create ${names.networkResource}`,
+                `create ${stack}-base-volume`,
+                `create ${stack}-spark-secret`,
                 ...nodeNames(2).flatMap((n) => [`create ${names.volume(n)}`, `create ${names.domain(n)}`, `create ${names.deployment(n)}`]),
             ].sort(),
         );
-        expect(p.summary).toEqual({ create: 13 });
+        expect(p.summary).toEqual({ create: 15 });
         expect(await libvirtObjects()).toEqual({ domains: [], networks: [], pools: [], volumes: [] });
         expect(await stateUrns()).toEqual([]);
         expect(rebuilds()).toEqual([]);
@@ -230,7 +234,7 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
     test("2. up creates them; each guest takes its reserved address and runs its role system; a second preview is all same", async () => {
         mayHaveResources = true;
         const u = await timed("up (1+2 nodes)", () => cli.up());
-        expect(u.summary).toEqual({ create: 13 });
+        expect(u.summary).toEqual({ create: 15 });
         systems = { master: await evalSystem("master"), worker: await evalSystem("worker") };
         expect(systems.master).toMatch(/^\/nix\/store\/[a-z0-9]{32}-/);
 
@@ -238,7 +242,8 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
         expect(objects.domains).toEqual(nodeNames(2).map(names.domain).sort());
         expect(objects.networks).toEqual([names.network]);
         expect(objects.pools).toEqual([names.pool]);
-        expect(objects.volumes).toHaveLength(3);
+        // Three overlays and the base volume they back onto.
+        expect(objects.volumes).toHaveLength(4);
         expect(await virshNames(["list", "--state-running", "--name"])).toEqual(objects.domains);
 
         for (const n of nodeNames(2)) await expectReservedAddress(n);
@@ -262,7 +267,7 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
         const again = await timed("preview (unchanged, 1+2)", () => cli.preview());
         expect(changed(again)).toEqual([]);
         expect(Object.keys(again.summary)).toEqual(["same"]);
-        expect(again.summary.same).toBe(13);
+        expect(again.summary.same).toBe(15);
     });
 
     test("3. workers 2 -> 3: one volume, one domain, one deployment, the network updated in place", async () => {
