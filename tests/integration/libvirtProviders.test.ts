@@ -23,6 +23,7 @@ import { readNetwork } from "../../providers/libvirtXml";
 import { networkProvider, NetworkOutputs } from "../../providers/network";
 import { poolProvider, PoolOutputs } from "../../providers/pool";
 import { volumeProvider, VolumeOutputs } from "../../providers/volume";
+import { baseVolumeProvider } from "../../providers/baseVolume";
 import { Bench, startBench, tailFile, waitFor } from "../helpers/libvirtBench";
 import { roundTrip } from "../helpers/serialize";
 import { engineCreate, engineDelete, engineUp, serializeProvider } from "../providers/engineSteps";
@@ -87,14 +88,14 @@ function netInputs(t: Topology) {
 
 function domInputs(n: NodeSpec, diskPath: string, t: Topology) {
     return {
-        uri, name: n.domainName, domainType: "qemu" as const, vcpus: n.vcpus, memoryMiB: n.memoryMiB, diskPath, diskGiB: n.diskGiB,
+        uri, name: n.domainName, domainType: "qemu" as const, vcpus: n.vcpus, memoryMiB: n.memoryMiB, diskPath,
         mac: n.mac, network: t.networkName, consoleLog: path.join(bench!.dir, `${n.domainName}-console.log`), autostart: false,
         kernel: bench!.guest.kernel, initrd: bench!.guest.initrd, cmdline: "console=ttyS0", hostname: n.hostname, shutdownTimeoutSeconds: 20,
     };
 }
 
 async function addNode(n: NodeSpec, t: Topology) {
-    const v = await P.vol.create!({ uri, pool: t.poolName, name: n.volumeName, backingPath: bench!.guest.baseImage, capacityBytes: n.diskGiB * 1024 ** 3 });
+    const v = await P.vol.create!({ uri, pool: t.poolName, name: n.volumeName, basePath: bench!.guest.baseImage, capacityBytes: n.diskGiB * 1024 ** 3, domain: n.domainName });
     created.volumes.set(v.id, v.outs);
     const d = await P.dom.create!(domInputs(n, v.outs.path, t));
     created.domains.set(d.id, d.outs);
@@ -194,17 +195,32 @@ describe("libvirt providers on a real libvirtd", () => {
         expect(vols).toContain(t.workers[0].volumeName);
     });
 
-    test("memory change: an in-place update saved for the next boot, said in the output", async () => {
+    test("memory change: the VM is redefined and restarted (same UUID, a new run), one at a time under the stack's lock", async () => {
         const t = topo(1);
         const n = t.workers[0];
         const olds = created.domains.get(n.domainName)!;
-        const news = { ...domInputs(n, olds.diskPath, t), memoryMiB: 320 };
+        const news = { ...domInputs(n, olds.diskPath, t), memoryMiB: 320, stateDir: path.join(bench!.dir, "state") };
         expect(await P.dom.diff!(n.domainName, olds, news)).toMatchObject({ changes: true, replaces: [] });
-        const r = await P.dom.update!(n.domainName, olds, news);
-        expect(r.outs).toMatchObject({ memoryMiB: 320, pendingRestart: true, state: "running", uuid: olds.uuid });
+        const idBefore = (await bench!.virsh(["domid", n.domainName])).stdout.trim();
+        // Another restart holds the lock (a live process: this one): the update waits for it.
+        const lock = path.join(news.stateDir, "vm-restart.lock");
+        fs.mkdirSync(news.stateDir, { recursive: true });
+        fs.writeFileSync(lock, `${process.pid} another VM\n`);
+        let done = false;
+        const pending = P.dom.update!(n.domainName, olds, news).finally(() => (done = true));
+        await new Promise((r) => setTimeout(r, 3000));
+        expect(done).toBe(false);
+        expect((await bench!.virsh(["domid", n.domainName])).stdout.trim()).toBe(idBefore); // not touched while the lock is held
+        fs.rmSync(lock);
+        const r = await pending;
+        expect(r.outs).toMatchObject({ memoryMiB: 320, pendingRestart: false, state: "running", uuid: olds.uuid });
+        expect(fs.existsSync(lock)).toBe(false);
         created.domains.set(n.domainName, r.outs as DomainOutputs);
-        const inactive = (await bench!.virsh(["dumpxml", "--inactive", n.domainName])).stdout;
-        expect(inactive).toMatch(/<memory unit='KiB'>327680<\/memory>/);
+        expect((await bench!.virsh(["domid", n.domainName])).stdout.trim()).not.toBe(idBefore);
+        const live = (await bench!.virsh(["dumpxml", n.domainName])).stdout;
+        expect(live).toMatch(/<memory unit='KiB'>327680<\/memory>/);
+        expect((await bench!.virsh(["domuuid", n.domainName])).stdout.trim()).toBe(olds.uuid);
+        await expectReservedAddress(n);
     });
 
     test("host name change: an in-place update saved for the next boot (same VM), read back from the definition", async () => {
@@ -356,7 +372,7 @@ describe("libvirt providers on a real libvirtd", () => {
         const newPool = await serializeProvider(poolProvider);
         const newVol = await serializeProvider(volumeProvider);
         const poolIn = { uri, name: `${stack}-up-pool`, path: path.join(bench!.dir, "up-pool") };
-        const volIn = { uri, pool: poolIn.name, name: "up.qcow2", backingPath: bench!.guest.baseImage, capacityBytes: 1024 ** 3 };
+        const volIn = { uri, pool: poolIn.name, name: "up.qcow2", basePath: bench!.guest.baseImage, capacityBytes: 1024 ** 3 };
         let pool = await engineCreate(oldPool, poolIn);
         let vol = await engineCreate(oldVol, volIn);
         try {
@@ -394,6 +410,60 @@ describe("libvirt providers on a real libvirtd", () => {
             await bench!.virsh(["vol-delete", "--pool", poolIn.name, volIn.name], { allowFailure: true });
             await bench!.virsh(["pool-destroy", poolIn.name], { allowFailure: true });
             await bench!.virsh(["pool-undefine", poolIn.name], { allowFailure: true });
+        }
+    });
+
+    test("base volumes: one read-only import per image; overlays keep the base they were made on; a retired base goes with its last overlay; a disk grows in place and never shrinks", async () => {
+        const B = await roundTrip(baseVolumeProvider);
+        const poolIn = { uri, name: `${stack}-bv-pool`, path: path.join(bench!.dir, "bv-pool") };
+        const stateDir = path.join(bench!.dir, "bv-state");
+        const copy = path.join(bench!.dir, "image-2.qcow2");
+        fs.copyFileSync(bench!.guest.baseImage, copy);
+        const baseIn = (name: string, sourcePath: string) => ({ uri, pool: poolIn.name, name, namePrefix: `${stack}-base-`, sourcePath, stateDir });
+        const volNames = async () => (await bench!.virsh(["vol-list", "--pool", poolIn.name])).stdout.split("\n").slice(2).map((l) => l.trim().split(/\s+/)[0]).filter(Boolean).sort();
+        const retired = () => (fs.existsSync(path.join(stateDir, "retired-base-volumes")) ? fs.readdirSync(path.join(stateDir, "retired-base-volumes")) : []);
+        await P.pool.create!(poolIn);
+        try {
+            const a = await B.create!(baseIn(`${stack}-base-aaaaaaaaaaaa.qcow2`, bench!.guest.baseImage));
+            expect(a.outs).toMatchObject({ path: path.join(poolIn.path, `${stack}-base-aaaaaaaaaaaa.qcow2`), capacityBytes: 64 * 1024 ** 2 });
+            expect(fs.statSync(a.outs.path).mode & 0o777).toBe(0o444);
+            const volIn = (name: string, basePath: string, gib = 1) => ({ uri, pool: poolIn.name, name, basePath, capacityBytes: gib * 1024 ** 3, stateDir });
+            const ov1 = await P.vol.create!(volIn("ov1.qcow2", a.outs.path));
+            expect(ov1.outs.backingPath).toBe(a.outs.path);
+
+            // A new image: its own base; A stays (ov1 backs onto it), even after Pulumi deletes A's resource.
+            const b = await B.create!(baseIn(`${stack}-base-bbbbbbbbbbbb.qcow2`, copy));
+            await B.delete!(a.id, a.outs);
+            expect(await volNames()).toEqual([`${stack}-base-aaaaaaaaaaaa.qcow2`, `${stack}-base-bbbbbbbbbbbb.qcow2`, "ov1.qcow2"]);
+            expect(retired()).toEqual([`${stack}-base-aaaaaaaaaaaa.qcow2`]);
+            // ov1's diff against the new base: nothing to do.
+            expect(await P.vol.diff!(ov1.id, ov1.outs, volIn("ov1.qcow2", b.outs.path))).toMatchObject({ changes: false });
+            const ov2 = await P.vol.create!(volIn("ov2.qcow2", b.outs.path));
+            expect(ov2.outs.backingPath).toBe(b.outs.path);
+
+            // Growth in place (no VM uses it: vol-resize); shrinking is refused by check.
+            const grown = await P.vol.update!(ov1.id, ov1.outs, volIn("ov1.qcow2", b.outs.path, 2));
+            expect(grown.outs).toMatchObject({ capacityBytes: 2 * 1024 ** 3, backingPath: a.outs.path, path: ov1.outs.path });
+            expect((await bench!.virsh(["vol-dumpxml", "--pool", poolIn.name, "ov1.qcow2"])).stdout).toMatch(/<capacity unit='bytes'>2147483648<\/capacity>/);
+            const shrink = await P.vol.check!(volIn("ov1.qcow2", b.outs.path, 2), volIn("ov1.qcow2", b.outs.path, 1));
+            expect(shrink.failures?.[0]?.reason).toMatch(/cannot shrink from 2 GiB to 1 GiB/);
+
+            // The last overlay on A goes: A goes with it. B is current: it stays.
+            await P.vol.delete!(ov1.id, grown.outs as VolumeOutputs);
+            expect(await volNames()).toEqual([`${stack}-base-bbbbbbbbbbbb.qcow2`, "ov2.qcow2"]);
+            expect(retired()).toEqual([]);
+            await P.vol.delete!(ov2.id, ov2.outs);
+            expect(await volNames()).toEqual([`${stack}-base-bbbbbbbbbbbb.qcow2`]);
+            await B.delete!(b.id, b.outs);
+            expect(await volNames()).toEqual([]);
+        } finally {
+            for (const v of await bench!.virsh(["vol-list", "--pool", poolIn.name], { allowFailure: true }).then((r) => r.stdout.split("\n").slice(2).map((l) => l.trim().split(/\s+/)[0]).filter(Boolean))) {
+                await bench!.virsh(["vol-delete", "--pool", poolIn.name, v], { allowFailure: true });
+            }
+            await bench!.virsh(["pool-destroy", poolIn.name], { allowFailure: true });
+            await bench!.virsh(["pool-delete", poolIn.name], { allowFailure: true });
+            await bench!.virsh(["pool-undefine", poolIn.name], { allowFailure: true });
+            fs.rmSync(copy, { force: true });
         }
     });
 
