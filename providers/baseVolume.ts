@@ -46,17 +46,23 @@ export function retiredMarker(stateDir: string, name: string): string {
 /** Every volume of the pool: name -> its facts (path, backing path). Starts an inactive pool. */
 export async function poolVolumes(uri: string, pool: string): Promise<Map<string, { path?: string; backingPath?: string }>> {
     const what = label("pool", pool);
-    let list = await virsh(uri, ["vol-list", "--pool", pool, "--name"], { allowFailure: true, what });
+    // (virsh 9's vol-list has no --name: the table's first column, after its two header lines.)
+    const args = ["vol-list", "--pool", pool];
+    let list = await virsh(uri, ["pool-refresh", pool], { allowFailure: true, what });
     if (list.code !== 0 && isPoolInactive(list.stderr)) {
         console.error(`${what} is not running; starting it`);
         await virsh(uri, ["pool-start", pool], { what });
-        list = await virsh(uri, ["vol-list", "--pool", pool, "--name"], { what });
     } else if (list.code !== 0) {
-        throw virshError(["vol-list", "--pool", pool, "--name"], list, what);
+        throw virshError(["pool-refresh", pool], list, what);
     }
-    await virsh(uri, ["pool-refresh", pool], { what });
+    list = await virsh(uri, args, { what });
     const out = new Map<string, { path?: string; backingPath?: string }>();
-    for (const name of list.stdout.split("\n").map((l) => l.trim()).filter(Boolean)) {
+    const names = list.stdout
+        .split("\n")
+        .filter((l) => !/^\s*Name\s+Path\s*$/.test(l) && !/^\s*-+\s*$/.test(l))
+        .map((l) => l.trim().split(/\s+/)[0])
+        .filter(Boolean);
+    for (const name of names) {
         const r = await virsh(uri, ["vol-dumpxml", "--pool", pool, name], { allowFailure: true, what: label("volume", `${pool}/${name}`) });
         if (r.code !== 0) {
             if (isNotFound("volume", r.stderr)) continue; // removed meanwhile
