@@ -298,6 +298,9 @@ export function keyFingerprint(line: string): { type: string; fingerprint: strin
     return { type: words[i], fingerprint: `SHA256:${crypto.createHash("sha256").update(blob).digest("base64").replace(/=+$/, "")}` };
 }
 
+/** Where nixosModules.host copies each VM's latest host key line from libvirt's root-only console logs. */
+export const PUBLISHED_HOST_KEYS = "/run/nixspark/host-keys";
+
 /** The marker every nixspark node prints to its serial console at boot, followed by its host key fingerprints (nix/modules/guest.nix). */
 export const CONSOLE_HOST_KEYS_MARKER = "nixspark-host-keys:";
 
@@ -346,8 +349,19 @@ export async function verifiedFirstContact(t: SshTarget, consoleLog: string, opt
         try {
             log = fs.readFileSync(consoleLog, "utf8");
         } catch (e) {
-            const code = (e as NodeJS.ErrnoException).code;
-            if (code === "EACCES") throw new Error(`cannot read the console log ${consoleLog} (permission denied): the host key of ${where} is checked against it; run pulumi as a user who may read libvirt's console logs`);
+            if ((e as NodeJS.ErrnoException).code === "EACCES") {
+                // libvirt's logs are root's; nixosModules.host publishes each
+                // VM's latest host key line (public information) here.
+                const published = `${PUBLISHED_HOST_KEYS}/${require("node:path").basename(consoleLog)}`;
+                try {
+                    log = fs.readFileSync(published, "utf8");
+                } catch {
+                    throw new Error(
+                        `cannot read the console log ${consoleLog} (permission denied), nor ${published}: the host key of ${where} is checked against it. ` +
+                            `On NixOS, import nixosModules.host (it publishes the host key lines); elsewhere run pulumi as a user who may read libvirt's console logs, or set nixspark:ssh.hostKeys to "first-use"`,
+                    );
+                }
+            }
         }
         printed = consoleHostKeys(log);
         answered = (await scanHostKeys(t)).map((line) => ({ line, fingerprint: keyFingerprint(line)!.fingerprint }));

@@ -9,7 +9,9 @@
 #     NixOS' input chain, so they are not enough;
 #   - Nix with flakes and the system features the image build and the NixOS
 #     test need (kvm, nixos-test);
-#   - the listed users in the libvirtd group, and the tools the program runs.
+#   - the listed users in the libvirtd group, and the tools the program runs;
+#   - the VMs' host key lines from libvirt's root-only console logs, copied
+#     where an unprivileged deployer can read them.
 {
   config,
   lib,
@@ -41,6 +43,11 @@ in
       default = [ ];
       example = [ "alice" ];
       description = "Users who run `pulumi up` for nixspark stacks: added to the libvirtd group.";
+    };
+    consoleLogDir = mkOption {
+      type = types.str;
+      default = "/var/log/libvirt/qemu";
+      description = "Where libvirt writes the VMs' console logs (nixspark:consoleLogDir).";
     };
     bridgePrefix = mkOption {
       type = types.strMatching "[A-Za-z0-9_-]{1,14}";
@@ -85,5 +92,33 @@ in
       pkgs.pulumi-bin
       pkgs.qemu-utils
     ];
+
+    # Deployments check a new VM's SSH host key against the fingerprints it
+    # prints on its serial console. libvirt's console logs are root's (0600);
+    # the fingerprints are public, so their latest line per VM is copied to a
+    # world-readable place (providers/ssh.ts reads it when the log is not
+    # readable).
+    systemd.services.nixspark-host-keys = {
+      description = "Publish the nixspark host key lines of the VMs' console logs";
+      path = [
+        pkgs.coreutils
+        pkgs.gnugrep
+      ];
+      serviceConfig.Type = "oneshot";
+      script = ''
+        install -d -m 0755 /run/nixspark/host-keys
+        for f in ${cfg.consoleLogDir}/*-console.log; do
+          [ -e "$f" ] || continue
+          out=/run/nixspark/host-keys/$(basename "$f")
+          grep -a 'nixspark-host-keys:' "$f" | tail -n 1 > "$out.tmp" || true
+          chmod 0644 "$out.tmp"
+          mv "$out.tmp" "$out"
+        done
+      '';
+    };
+    systemd.paths.nixspark-host-keys = {
+      wantedBy = [ "multi-user.target" ];
+      pathConfig.PathModified = cfg.consoleLogDir;
+    };
   };
 }

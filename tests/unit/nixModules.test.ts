@@ -326,6 +326,11 @@ describe("nixosModules.host: the machine that runs the VMs", () => {
         expect(c.fw).toContain("iptables -A nixos-fw -i nxs-+ -p tcp --dport 53 -j nixos-fw-accept");
         expect(c.nft).toBe("");
         expect(c.system).toMatch(/\.drv$/);
+        // The VMs' host key lines, from root-only console logs to where the deployer can read them.
+        const keys = evalExpr(`let c = ${host("")}; in { path = c.systemd.paths.nixspark-host-keys.pathConfig; script = c.systemd.services.nixspark-host-keys.script; }`);
+        expect(keys.path).toEqual({ PathModified: "/var/log/libvirt/qemu" });
+        expect(keys.script).toContain("grep -a 'nixspark-host-keys:'");
+        expect(keys.script).toContain("/run/nixspark/host-keys/");
     });
 
     test("an nftables host gets the same openings as nftables rules (and no iptables commands)", () => {
