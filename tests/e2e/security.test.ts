@@ -9,11 +9,15 @@
 //      flake directory; a secret Spark setting set with `--secret` neither;
 //   3. a job Python package added to the stack: `pulumi preview` says, per
 //      node, what the switch will move (+ scipy 1.14.1), before anything is
-//      built; `up` applies it.
+//      built; `up` applies it;
+//   4. another machine (a second guest with a host key of its own) claims the
+//      address of a new worker, whose own network is cut once it printed its
+//      key: the deployment refuses, naming both fingerprints, pins nothing.
 // The Pulumi CLI runs inside the bench's network namespace.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Bench, startBench } from "../helpers/libvirtBench";
+import { run } from "../../providers/run";
+import { Bench, startBench, waitFor } from "../helpers/libvirtBench";
 import { installPulumi, OperationResult, PulumiCli } from "../helpers/pulumiCli";
 import { createE2eProject, E2eProject, randomCidr, randomStackName, tinyStackConfig } from "../fixtures/e2e-project";
 
@@ -157,5 +161,57 @@ describe(`security on the libvirt bench (stack ${stack})`, () => {
         await plain(["up", "--yes", "--skip-preview"]);
         expect(printed.join("\n")).not.toContain(secret);
         expect(printed.join("\n")).not.toContain(SETTING_SECRET);
+    });
+
+    test("4. a second guest answering at a new worker's address with another key is refused with both fingerprints", async () => {
+        const logDir = path.join(bench.dir, "log", "qemu");
+        const marker = (file: string) => {
+            const m = fs.existsSync(file) ? /nixspark-host-keys: (SHA256:[A-Za-z0-9+/]+)/.exec(fs.readFileSync(file, "utf8")) : null;
+            return m ? m[1] : undefined;
+        };
+        // The impostor: the test guest built again, so with a host key of its own,
+        // claiming worker-2's address statically on the stack's network.
+        const other = path.join(bench.dir, "impostor-guest");
+        await run(["bash", path.join(__dirname, "../../scripts/build-test-guest")], { env: { ...process.env, TEST_GUEST_DIR: other }, timeoutMs: 600_000 });
+        const workerIp = `${net}.12`;
+        const impostorLog = path.join(logDir, `${stack}-impostor-console.log`);
+        const xml = path.join(bench.dir, "impostor.xml");
+        fs.writeFileSync(
+            xml,
+            `<domain type='qemu'><name>${stack}-impostor</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type><kernel>${path.join(other, "vmlinuz")}</kernel><initrd>${path.join(other, "initrd.img")}</initrd>
+    <cmdline>console=ttyS0 nixspark_test.ip=${workerIp}</cmdline></os>
+  <devices><interface type='network'><source network='${stack}-net'/><model type='virtio'/></interface>
+    <serial type='pty'><log file='${impostorLog}' append='off'/><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console></devices>
+</domain>`,
+        );
+        await bench.virsh(["create", xml]);
+        try {
+            const impostorFp = await waitFor("the impostor's host key on its console", async () => marker(impostorLog), { timeoutMs: 120_000 });
+            await waitFor(`the impostor answering at ${workerIp}`, async () => ((await bench.exec(["wget", "-qO-", "-T", "3", `http://${workerIp}/`], { allowFailure: true, timeoutMs: 10_000 })).code === 0 ? true : undefined), { timeoutMs: 120_000 });
+
+            // Scale to two workers; cut worker-2's link as soon as its console shows its key
+            // (before its DHCP lease), so only the impostor ever answers at its address.
+            const cfg = config(["scipy"]);
+            cli.writeStackConfig({ ...cfg, workers: { ...(cfg.workers as Record<string, unknown>), count: 2 }, deploy: { ...(cfg.deploy as Record<string, unknown>), sshWaitSeconds: 40 } });
+            await cli.run(["config", "set", "--secret", "--path", `nixspark:sparkSecrets["spark.ssl.keyPassword"]`, SETTING_SECRET], { timeoutMs: 60_000 });
+            const workerLog = path.join(logDir, `${stack}-worker-2-console.log`);
+            const upDone = cli.run(["up", "--yes", "--skip-preview"], { timeoutMs: 8 * 60_000, allowFailure: true });
+            const realFp = await waitFor("worker-2 printing its host key", async () => marker(workerLog), { timeoutMs: 240_000, intervalMs: 100 });
+            const mac = (await bench.virsh(["domiflist", `${stack}-worker-2`])).stdout.match(/([0-9a-f]{2}:){5}[0-9a-f]{2}/)![0];
+            await bench.virsh(["domif-setlink", `${stack}-worker-2`, mac, "down"]);
+            const up = await upDone;
+            const text = `${up.stdout}\n${up.stderr}`;
+            printed.push(text);
+            expect(up.code).not.toBe(0);
+            expect(realFp).not.toBe(impostorFp);
+            expect(text).toContain(`host key mismatch at root@${workerIp} port 22: the VM printed ${realFp} on its serial console`);
+            expect(text).toContain(`presents ${impostorFp}`);
+            expect(text).toContain("nothing was pinned or deployed");
+            const known = fs.readFileSync(path.join(project.dir, ".nixspark", stack, "known_hosts"), "utf8");
+            expect(known).not.toContain(`${workerIp} `);
+        } finally {
+            await bench.virsh(["destroy", `${stack}-impostor`], { allowFailure: true });
+        }
     });
 });
