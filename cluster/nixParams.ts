@@ -231,7 +231,10 @@ export interface PreparedNixImage {
 
 /** What NixosDeployment needs per role: the flake, the configuration name and the system it will run. */
 export interface PreparedNixSystems {
+    /** The flake reference deployments switch from: the immutable store copy the evaluation read (`path:/nix/store/...-source`) when the flake gives it. */
     flake: string;
+    /** The flake as configured (nixspark:deploy.flake, made absolute). */
+    evaluatedFlake?: string;
     master: { configuration: string; expectedSystem: string; packages?: PackageSummary };
     worker: { configuration: string; expectedSystem: string; packages?: PackageSummary };
 }
@@ -257,6 +260,8 @@ export interface PlannedEval {
     systemsAt?: string[];
     /** Where the roles' package summaries are in the answer (versions, for a package-level preview). */
     packagesAt?: string[];
+    /** Where the store copy of the flake that gave the role systems is (nix/flake.nix: `source`). */
+    sourceAt?: string[];
 }
 
 /** The flake attribute that gives everything about one stack (nix/flake.nix: lib.stackEvaluations). */
@@ -278,14 +283,14 @@ export function planNixEvaluations(stack: string, cfg: ClusterConfig, cwd: strin
     const deployFlake = cfg.deploy.enabled ? absoluteFlakeRef(cfg.deploy.flake, cwd) : undefined;
     const ownImage = cfg.image.attribute === "base-image";
     if (imageFlake !== undefined && ownImage && imageFlake === deployFlake) {
-        return [{ flake: imageFlake, attrPath: stackAttr, imageAt: ["baseImage", "drvPath"], systemsAt: ["systems"], packagesAt: ["packages"] }];
+        return [{ flake: imageFlake, attrPath: stackAttr, imageAt: ["baseImage", "drvPath"], systemsAt: ["systems"], packagesAt: ["packages"], sourceAt: ["source"] }];
     }
     const plan: PlannedEval[] = [];
     if (imageFlake !== undefined) {
         const attrPath = ownImage ? `${stackAttr}.baseImage.drvPath` : `${cfg.image.attribute}.drvPath`;
         plan.push({ flake: imageFlake, attrPath, imageAt: [] });
     }
-    if (deployFlake !== undefined) plan.push({ flake: deployFlake, attrPath: `${stackAttr}.roles`, systemsAt: ["systems"], packagesAt: ["packages"] });
+    if (deployFlake !== undefined) plan.push({ flake: deployFlake, attrPath: `${stackAttr}.roles`, systemsAt: ["systems"], packagesAt: ["packages"], sourceAt: ["source"] });
     return plan;
 }
 
@@ -295,6 +300,12 @@ export interface NixEvalValues {
     systems?: { master: string; worker: string };
     /** What each role runs, by version (nix/flake.nix: packageSummary); absent from flakes without it. */
     packages?: { master: PackageSummary; worker: PackageSummary };
+    /**
+     * The store copy of the deploy flake that this evaluation read (its
+     * `self.outPath`): immutable, so deployments switch from exactly what the
+     * program evaluated. Absent from flakes that do not give it.
+     */
+    source?: string;
 }
 
 /** Versions of what a node runs: Spark, its JDK, the job Python and each of its packages, the kernel. */
@@ -345,6 +356,11 @@ async function evaluatePlan(plan: PlannedEval[], opts: NixEvalOptions): Promise<
             const p = packagesAt(answers[i], e.packagesAt);
             if (p) values.packages = p;
         }
+        if (e.sourceAt) {
+            let v: unknown = answers[i];
+            for (const k of e.sourceAt) v = v !== null && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined;
+            if (typeof v === "string" && /^\/nix\/store\/[^/]+$/.test(v)) values.source = v;
+        }
     });
     return values;
 }
@@ -352,7 +368,7 @@ async function evaluatePlan(plan: PlannedEval[], opts: NixEvalOptions): Promise<
 // --------------------------------------------------------------------- the key
 
 /** Bumped whenever the key's recipe or the cache file's format changes: old files then simply miss. */
-export const NIX_EVAL_CACHE_VERSION = 2;
+export const NIX_EVAL_CACHE_VERSION = 3;
 
 type Hash = ReturnType<typeof import("node:crypto").createHash>;
 
@@ -515,11 +531,16 @@ export function readEvalCache(file: string, key: string, plan: PlannedEval[]): {
     if (needImage && !isStorePath(v.imageDrvPath)) return { miss: "no image drvPath" };
     if (needSystems && !(v.systems && isStorePath(v.systems.master) && isStorePath(v.systems.worker))) return { miss: "no role systems" };
     const packages = needSystems ? packagesAt(v, ["packages"]) : undefined;
+    // The flake snapshot deployments switch from must still be in the store
+    // (a garbage collection since): evaluating again copies it back.
+    const source = needSystems && typeof v.source === "string" ? v.source : undefined;
+    if (source !== undefined && !fs.existsSync(source)) return { miss: `the flake snapshot ${source} is gone from the store` };
     return {
         values: {
             imageDrvPath: needImage ? v.imageDrvPath : undefined,
             systems: needSystems ? { master: v.systems!.master, worker: v.systems!.worker } : undefined,
             ...(packages ? { packages } : {}),
+            ...(source ? { source } : {}),
         },
     };
 }
@@ -648,8 +669,14 @@ export async function prepareNix(stack: string, cfg: ClusterConfig, topo: Topolo
     if (cfg.deploy.enabled) {
         const master = roleConfiguration(stack, "master");
         const worker = roleConfiguration(stack, "worker");
+        const evaluated = absoluteFlakeRef(cfg.deploy.flake, cwd);
         result.systems = {
-            flake: absoluteFlakeRef(cfg.deploy.flake, cwd),
+            // What is applied is what was evaluated: the store copy this
+            // evaluation read, not the mutable directory (an edit under nix/,
+            // or another run rewriting stacks/<stack>.json, changes nothing
+            // for this run's deployments).
+            flake: values.source ? `path:${values.source}` : evaluated,
+            evaluatedFlake: evaluated,
             master: { configuration: master, expectedSystem: values.systems!.master, packages: values.packages?.master },
             worker: { configuration: worker, expectedSystem: values.systems!.worker, packages: values.packages?.worker },
         };

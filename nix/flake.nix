@@ -86,9 +86,13 @@
                 master = packageSummary params self.nixosConfigurations."${name}-master";
                 worker = packageSummary params self.nixosConfigurations."${name}-worker";
               };
+              # The store copy of this flake that this evaluation read.
+              # Deployments switch from it, so what is applied is what was
+              # evaluated: an edit under nix/ after the program ran moves nothing.
+              source = builtins.unsafeDiscardStringContext self.outPath;
               # The roles alone (a stack whose image is not built from here).
               roles = {
-                inherit (self.lib.stackEvaluations.${name}) systems packages;
+                inherit (self.lib.stackEvaluations.${name}) systems packages source;
               };
             };
           }

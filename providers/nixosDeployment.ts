@@ -27,7 +27,12 @@ export type RebuildFlavour = "auto" | "legacy" | "ng";
 export interface NixosDeploymentInputs {
     /** Node name, for messages ("master", "worker-1"). */
     node: string;
-    /** Flake reference holding the NixOS configurations, e.g. "path:./nix". */
+    /**
+     * Flake reference holding the NixOS configurations: the immutable store
+     * copy the program evaluated ("path:/nix/store/...-source"), so the switch
+     * builds exactly the system the program previewed. Changing it alone
+     * switches nothing (see SWITCH_KEYS).
+     */
     flake: string;
     /** Name under nixosConfigurations, e.g. "dev-worker". */
     configuration: string;
@@ -148,7 +153,10 @@ export interface NixosDeploymentArgs {
 // machineId: a VM recreated at the same address (a domain replaced, or
 // destroyed behind the stack's back and brought back by `up`) boots the bare
 // base image and must be deployed again.
-const SWITCH_KEYS = ["expectedSystem", "flake", "configuration", "host", "machineId"] as const;
+// Not `flake`: it is the store copy of the flake that the program evaluated
+// (cluster/nixParams.ts), whose path changes with any file under nix/ (a
+// comment, another stack's settings); what the node runs is expectedSystem.
+const SWITCH_KEYS = ["expectedSystem", "configuration", "host", "machineId"] as const;
 
 const DEFAULTS = {
     sshPort: 22,

@@ -109,7 +109,8 @@ describe("one evaluation, then none", () => {
         expect(r.image!.drvPath).toMatch(/^\/nix\/store\/[a-z0-9]{32}-fixture-disk-image\.drv$/);
         expect(r.systems!.master.expectedSystem).not.toBe(r.systems!.worker.expectedSystem);
         expect(r.image).toMatchObject({ flake: p.flake, attribute: "packages.x86_64-linux.dev-base-image", gcRootDir: path.join(p.proj, ".nixspark/dev/gcroots") });
-        expect(r.systems).toMatchObject({ flake: p.flake, master: { configuration: "dev-master" }, worker: { configuration: "dev-worker" } });
+        expect(r.systems).toMatchObject({ evaluatedFlake: p.flake, master: { configuration: "dev-master" }, worker: { configuration: "dev-worker" } });
+        expect(r.systems!.flake).toMatch(/^path:\/nix\/store\/[0-9a-z]{32}-source$/);
     });
 
     test("a second prepare with nothing changed runs no nix process and gives the same values", async () => {
@@ -187,6 +188,44 @@ describe("what makes it evaluate again (exactly once)", () => {
     });
 });
 
+describe("what is applied is what was evaluated (the flake snapshot)", () => {
+    test("deployments get the store copy the evaluation read; an edit under nix/ afterwards does not change what it evaluates to", async () => {
+        const p = project();
+        const c = config("dev", { spark: { settings: { "spark.executor.memory": "1g" } } });
+        const first = await prepare(p, c);
+        const ref = first.systems!.flake;
+        expect(ref).toMatch(/^path:\/nix\/store\/[0-9a-z]{32}-source$/);
+        expect(first.systems!.evaluatedFlake).toBe(p.flake);
+        const snapshot = ref.slice("path:".length);
+        expect(fs.readFileSync(path.join(snapshot, "stacks/dev.json"), "utf8")).toBe(fs.readFileSync(path.join(p.dir, "stacks/dev.json"), "utf8"));
+        const raw = { extraArgs: p.opts.extraArgs, env: p.shim.env };
+        expect(await evalSystemPath(ref, "dev-worker", raw)).toBe(first.systems!.worker.expectedSystem);
+
+        // Between the program's evaluation and the switch: another run (or an
+        // editor) rewrites the stack's settings in the mutable directory.
+        await prepareNix("dev", config("dev", { spark: { settings: { "spark.executor.memory": "2g" } } }).cfg, c.topo, p.opts);
+        const moved = await evalSystemPath(p.flake, "dev-worker", raw);
+        expect(moved).not.toBe(first.systems!.worker.expectedSystem);
+        // The snapshot still evaluates to what the program previewed.
+        expect(await evalSystemPath(ref, "dev-worker", raw)).toBe(first.systems!.worker.expectedSystem);
+        expect(fs.readFileSync(path.join(snapshot, "stacks/dev.json"), "utf8")).toContain('"1g"');
+    });
+
+    test("a cached evaluation whose snapshot is gone from the store is evaluated again", async () => {
+        const p = project();
+        const c = config("dev");
+        const first = await prepare(p, c);
+        const file = nixEvalCacheFile("dev", p.proj);
+        const entry = JSON.parse(fs.readFileSync(file, "utf8"));
+        expect(entry.values.source).toBe(first.systems!.flake.slice("path:".length));
+        entry.values.source = "/nix/store/00000000000000000000000000000000-source";
+        fs.writeFileSync(file, JSON.stringify(entry));
+        const again = await prepare(p, c);
+        expect(again).toMatchObject({ cached: false, processes: 1 });
+        expect(again.systems!.flake).toBe(first.systems!.flake);
+    });
+});
+
 describe("the cache file", () => {
     test("is 0600 in a 0700 directory, and names the key it was computed for", async () => {
         const p = project();
@@ -197,7 +236,7 @@ describe("the cache file", () => {
         expect(fs.statSync(path.dirname(file)).mode & 0o777).toBe(0o700);
         const entry = JSON.parse(fs.readFileSync(file, "utf8"));
         expect(entry.key).toMatch(/^[0-9a-f]{64}$/);
-        expect(Object.keys(entry.values).sort()).toEqual(["imageDrvPath", "packages", "systems"]);
+        expect(Object.keys(entry.values).sort()).toEqual(["imageDrvPath", "packages", "source", "systems"]);
         expect(fs.readdirSync(path.dirname(file)).filter((f) => f.endsWith(".tmp"))).toEqual([]);
     });
 
@@ -286,7 +325,10 @@ describe("only what the stack needs", () => {
             [`${p.flake}#lib.stackEvaluations.dev.baseImage.drvPath`, `path:${other}#lib.stackEvaluations.dev.roles`].sort(),
         );
         expect(fs.existsSync(path.join(other, "stacks/dev.json"))).toBe(true);
-        expect(r.systems!.flake).toBe(`path:${other}`);
+        expect(r.systems!.evaluatedFlake).toBe(`path:${other}`);
+        // The roles' snapshot is the roles' flake, not the image's.
+        expect(fs.existsSync(path.join(r.systems!.flake.slice("path:".length), "stacks/dev.json"))).toBe(true);
+        expect(r.systems!.flake).not.toBe(r.systems!.evaluatedFlake);
         expect((await prepare(p, c)).processes).toBe(0);
         // A change in the roles' flake alone is seen too.
         fs.appendFileSync(path.join(other, "modules/role.nix"), "# edited\n");
