@@ -275,6 +275,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                         webUiUrl: `http://${t.master.ip}:8080`,
                         expectedWorkers: t.workers.map((w) => ({ name: w.name, ip: w.ip })),
                         timeoutSeconds: cfg.health.timeoutSeconds,
+                        decommissionTimeoutSeconds: cfg.deploy.decommissionTimeoutSeconds,
                         // Re-check whenever the topology, a deployed system or a VM changes
                         // (a re-created VM has a new machine id and is deployed again).
                         trigger: {

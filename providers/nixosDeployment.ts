@@ -221,10 +221,11 @@ export function checkInputs(news: Record<string, unknown>): { property: string; 
 }
 
 /**
- * diff: update when the node must switch (expected system, flake,
- * configuration or address changed, an input is unknown during preview, or a
- * refresh found the node running something other than expected); no change
- * otherwise. Never a replace: the VM is owned by its Domain.
+ * diff: update when the node must switch (expected system, configuration or
+ * address changed, an input is unknown during preview, or a refresh found
+ * the node running something other than expected); no change otherwise.
+ * A replace (delete first) only when the VM itself is new (machineId): the
+ * VM is owned by its Domain, a configuration change never replaces anything.
  *
  * SSH options, timeouts, sudo, build host, rebuild command and flavour only
  * say *how* to reach the node: changing them alone reports no changes, so the
@@ -243,7 +244,16 @@ export function deploymentDiff(olds: Record<string, unknown>, news: Record<strin
     }
     // The value is never named: it is a secret.
     if (news.secretProperties === UNKNOWN || (olds.secretProperties ?? undefined) !== (news.secretProperties ?? undefined)) reasons.push("the secret Spark properties changed");
-    return { changes: reasons.length > 0, replaces: [], deleteBeforeReplace: false, reasons: [...new Set(reasons)] };
+    // A new VM behind the node (its Domain is replaced, delete-before-replace
+    // since libvirt names are fixed): the deployment is replaced with it,
+    // delete first, so the old worker is decommissioned through Spark while
+    // its VM still runs (delete), and the new VM gets a first deployment
+    // (create). The engine asks this diff with machineId unknown when it
+    // plans the Domain's replacement, and deletes this resource before it.
+    // State written before machineId existed is only updated.
+    const oldId = olds.machineId;
+    const newVm = typeof oldId === "string" && oldId !== "" && oldId !== UNKNOWN && (news.machineId === UNKNOWN || news.machineId !== oldId);
+    return { changes: reasons.length > 0, replaces: newVm ? ["machineId"] : [], deleteBeforeReplace: newVm, reasons: [...new Set(reasons)] };
 }
 
 /** The SSH target of a deployment. */
@@ -702,6 +712,15 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
         if (d.changes && news.expectedSystem !== olds.expectedSystem) {
             const node = typeof news.node === "string" ? news.node : _id;
             for (const line of describePackageChanges(olds.packages as Record<string, unknown>, news.packages as Record<string, unknown>)) console.error(`[${node}] will switch: ${line}`);
+        }
+        if (d.replaces.length > 0) {
+            const node = typeof news.node === "string" ? news.node : _id;
+            const spark = olds.spark as SparkCheck | undefined;
+            console.error(
+                spark && spark.role === "worker"
+                    ? `[${node}] its VM will be replaced: the worker is decommissioned through Spark first (its executors get up to ${spark.decommissionTimeoutSeconds ?? 120} s, deploy.decommissionTimeoutSeconds), then the new VM is deployed`
+                    : `[${node}] its VM will be replaced: the new VM gets a first deployment`,
+            );
         }
         // New provider code alone is an update too, one that keeps the outputs (see update).
         return { changes: d.changes || providerCodeChanged(olds, news), replaces: d.replaces, deleteBeforeReplace: d.deleteBeforeReplace };

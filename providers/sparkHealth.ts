@@ -33,6 +33,8 @@ export interface SparkHealthInputs {
     timeoutSeconds: number;
     /** Anything whose change must re-run the gate: the deployed systems and the topology. */
     trigger?: unknown;
+    /** deploy.decommissionTimeoutSeconds, for preview's word on removed workers (not a reason to check again). */
+    decommissionTimeoutSeconds?: number;
 }
 
 /** What each declared worker looked like at the last check. */
@@ -66,6 +68,8 @@ export interface SparkHealthArgs {
     /** Default 300 (nixspark:health.timeoutSeconds). */
     timeoutSeconds?: pulumi.Input<number>;
     trigger?: pulumi.Input<any>;
+    /** deploy.decommissionTimeoutSeconds: named in preview for each removed worker. */
+    decommissionTimeoutSeconds?: pulumi.Input<number>;
 }
 
 export const DEFAULT_HEALTH_TIMEOUT_SECONDS = 300;
@@ -161,6 +165,7 @@ function normalize(raw: Record<string, unknown>): SparkHealthInputs {
         })),
         timeoutSeconds: Number.isFinite(t) && t > 0 ? t : DEFAULT_HEALTH_TIMEOUT_SECONDS,
         ...(raw.trigger !== undefined ? { trigger: raw.trigger } : {}),
+        ...(typeof raw.decommissionTimeoutSeconds === "number" ? { decommissionTimeoutSeconds: raw.decommissionTimeoutSeconds } : {}),
     };
 }
 
@@ -214,6 +219,16 @@ export async function waitForHealthy(inputs: SparkHealthInputs, log: (line: stri
 }
 
 /** True when the gate must run again: an input changed (or is unknown), or a refresh found the cluster degraded. */
+/** Workers of the old expectation that the new one no longer has (by name and address): a scale-down's. */
+export function removedWorkers(olds: unknown, news: unknown): { name: string; ip: string }[] {
+    if (!Array.isArray(olds) || !Array.isArray(news) || isUnknown(news)) return [];
+    const kept = new Set(news.filter((w) => w && typeof w === "object").map((w: { name?: unknown; ip?: unknown }) => `${String(w.name)}@${String(w.ip)}`));
+    return olds
+        .filter((w): w is { name: string; ip: string } => !!w && typeof w === "object" && typeof w.name === "string" && typeof w.ip === "string")
+        .filter((w) => !kept.has(`${w.name}@${w.ip}`))
+        .map((w) => ({ name: w.name, ip: w.ip }));
+}
+
 function needsCheck(olds: any, news: any): boolean {
     for (const k of INPUT_KEYS) {
         if (isUnknown(news[k]) || canonical(olds[k]) !== canonical(news[k])) return true;
@@ -245,6 +260,12 @@ export const sparkHealthProvider: pulumi.dynamic.ResourceProvider = {
     },
 
     async diff(_id: string, olds: any, news: any) {
+        // Preview names the workers a scale-down removes: their deployments'
+        // delete decommissions them through Spark before their VMs stop.
+        for (const w of removedWorkers(olds.expectedWorkers, news.expectedWorkers)) {
+            const t = typeof news.decommissionTimeoutSeconds === "number" ? `${news.decommissionTimeoutSeconds} s` : "deploy.decommissionTimeoutSeconds";
+            console.error(`[${w.name}] will be decommissioned through Spark (its running executors get up to ${t} to finish or hand over their blocks), then its VM is stopped and deleted`);
+        }
         // New provider code alone is an update too, one that keeps the outputs (see update).
         return { changes: needsCheck(olds, news) || providerCodeChanged(olds, news), replaces: [], deleteBeforeReplace: false };
     },

@@ -75,12 +75,30 @@ describe("diff", () => {
     test("a new VM at the same address (new machineId) must be deployed again", () => {
         const withId = { ...outs, machineId: "uuid-1" };
         expect(deploymentDiff(withId, { ...inputs, machineId: "uuid-1" }).changes).toBe(false);
-        expect(deploymentDiff(withId, { ...inputs, machineId: "uuid-2" })).toMatchObject({ changes: true, replaces: [], reasons: ["machineId changed"] });
+        // A replace, delete first: the old worker is decommissioned while its VM still runs, the new VM deployed afresh.
+        expect(deploymentDiff(withId, { ...inputs, machineId: "uuid-2" })).toMatchObject({ changes: true, replaces: ["machineId"], deleteBeforeReplace: true, reasons: ["machineId changed"] });
+        // How the engine asks when it plans the Domain's replacement.
+        expect(deploymentDiff(withId, { ...inputs, machineId: UNKNOWN })).toMatchObject({ changes: true, replaces: ["machineId"], deleteBeforeReplace: true });
+        // State from before machineId existed: deployed again, not replaced.
+        expect(deploymentDiff(outs, { ...inputs, machineId: "uuid-2" })).toMatchObject({ changes: true, replaces: [], deleteBeforeReplace: false });
+    });
+
+    test("preview says a replaced worker is decommissioned first", async () => {
+        const said: string[] = [];
+        const spy = jest.spyOn(console, "error").mockImplementation((m: unknown) => void said.push(String(m)));
+        try {
+            const spark = { role: "worker", webUiUrl: "http://10.77.0.10:8080", address: "10.77.0.11", unit: "spark-worker", timeoutSeconds: 60, decommissionTimeoutSeconds: 45 };
+            const r = await nixosDeploymentProvider.diff!("worker-1@10.77.0.11", { ...outs, machineId: "uuid-1", spark }, { ...inputs, machineId: UNKNOWN, spark });
+            expect(r).toMatchObject({ changes: true, replaces: ["machineId"], deleteBeforeReplace: true });
+        } finally {
+            spy.mockRestore();
+        }
+        expect(said).toContain("[worker-1] its VM will be replaced: the worker is decommissioned through Spark first (its executors get up to 45 s, deploy.decommissionTimeoutSeconds), then the new VM is deployed");
     });
 
     test("unknown during preview: update", () => {
         for (const k of switchKeys()) {
-            expect(deploymentDiff(outs, { ...inputs, [k]: UNKNOWN })).toMatchObject({ changes: true, replaces: [], reasons: [`${k} is not known until apply`] });
+            expect(deploymentDiff(outs, { ...inputs, [k]: UNKNOWN })).toMatchObject({ changes: true, reasons: [`${k} is not known until apply`] });
         }
     });
 

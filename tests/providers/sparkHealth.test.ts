@@ -4,7 +4,7 @@
 // The same gate against a real Spark master: tests/integration/spark.test.ts.
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
-import { sparkHealthProvider, SparkHealthInputs } from "../../providers/sparkHealth";
+import { removedWorkers, sparkHealthProvider, SparkHealthInputs } from "../../providers/sparkHealth";
 import { roundTrip } from "../helpers/serialize";
 
 const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
@@ -197,6 +197,26 @@ describe("SparkHealth diff and check (no I/O: they run on every preview)", () =>
         expect((await diff({ ...inputs(), trigger: UNKNOWN })).changes).toBe(true);
         expect((await diff({ ...inputs(), trigger: { systems: [UNKNOWN] } })).changes).toBe(true);
         expect((await diff({ ...inputs(), expectedWorkers: UNKNOWN })).changes).toBe(true);
+    });
+
+    test("a scale-down: preview names each removed worker and its decommission bound; nothing is said otherwise; the bound alone is no change", async () => {
+        const said: string[] = [];
+        const spy = jest.spyOn(console, "error").mockImplementation((m: unknown) => void said.push(String(m)));
+        try {
+            const [w1] = expectedWorkers;
+            expect((await diff({ ...inputs(), expectedWorkers: [w1], decommissionTimeoutSeconds: 90 })).changes).toBe(true);
+            expect(said).toEqual(
+                expectedWorkers.slice(1).map((w) => `[${w.name}] will be decommissioned through Spark (its running executors get up to 90 s to finish or hand over their blocks), then its VM is stopped and deleted`),
+            );
+            said.length = 0;
+            await diff({ ...inputs(), expectedWorkers: [...expectedWorkers, { name: "worker-9", ip: "10.77.0.19" }] });
+            await diff({ ...inputs(), expectedWorkers: UNKNOWN });
+            expect(said).toEqual([]);
+            expect((await diff({ ...inputs(), decommissionTimeoutSeconds: 30 })).changes).toBe(false);
+        } finally {
+            spy.mockRestore();
+        }
+        expect(removedWorkers([{ name: "worker-1", ip: "10.0.0.1" }, { name: "worker-2", ip: "10.0.0.2" }], [{ name: "worker-1", ip: "10.0.0.1" }])).toEqual([{ name: "worker-2", ip: "10.0.0.2" }]);
     });
 
     test("after a refresh that found a worker gone, the next up checks again", async () => {
