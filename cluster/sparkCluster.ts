@@ -182,8 +182,11 @@ export class SparkCluster extends pulumi.ComponentResource {
                     cmdline: cfg.image.cmdline,
                     hostname: spec.hostname,
                     shutdownTimeoutSeconds: args.shutdownTimeoutSeconds ?? 60,
-                    // Memory and vCPU changes restart VMs one at a time under a lock here.
+                    // Memory and vCPU changes restart VMs one at a time under a lock
+                    // here; with deployments, each node's deployment restarts its
+                    // VM instead, in rollout order, before it switches.
                     stateDir,
+                    restartBy: args.systems && cfg.deploy.enabled ? "deployment" : undefined,
                 },
                 // The network's reservations must exist before the guest asks for an address.
                 { ...child, dependsOn: [this.network] },
@@ -247,6 +250,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                         // its image is not known to print it (nixspark:ssh.hostKeys).
                         consoleLog: (cfg.ssh.hostKeys ?? (cfg.image.path ? "first-use" : "console")) === "console" ? `${logDir}/${node.spec.domainName}-console.log` : undefined,
                         packages: role.packages,
+                        vm: { uri, domain: node.spec.domainName, vcpus: node.spec.vcpus, memoryMiB: node.spec.memoryMiB, shutdownTimeoutSeconds: args.shutdownTimeoutSeconds ?? 60 },
                         secretProperties: secretProps,
                         secretUnits: secretProps ? ["nixspark-spark-conf.service", node.spec.role === "master" ? "spark-master.service" : "spark-worker.service"] : undefined,
                     },

@@ -13,6 +13,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { domainXml, isHostnameLabel, readDomain } from "./libvirtXml";
 import { isUnknown } from "./unknown";
 import { diffByKeys, isGone, label, lookup, sleep, virsh, virshError, withXmlFile } from "./virsh";
+import { bringUp, domState, powerOff } from "./vmPower";
 
 export interface DomainInputs {
     uri: string;
@@ -35,6 +36,13 @@ export interface DomainInputs {
     /** The stack's state directory (absolute): holds the lock that lets one VM restart at a time. */
     stateDir?: string;
     /**
+     * "deployment": a memory or vCPU change is saved in the definition only;
+     * the node's NixosDeployment restarts the VM before it switches, in
+     * rollout order (providers/vmPower.ts restartForSize). Unset: this
+     * provider restarts the VM itself, one VM of the stack at a time.
+     */
+    restartBy?: "deployment";
+    /**
      * Set by check, for preview: what a memory or vCPU change will do to the
      * running VM ("" when nothing). Not compared by diff.
      */
@@ -52,48 +60,14 @@ export interface DomainOutputs extends DomainInputs {
 const REPLACE_KEYS = ["uri", "name", "domainType", "diskPath", "mac", "network", "consoleLog", "kernel", "initrd", "cmdline"];
 const UPDATE_KEYS = ["vcpus", "memoryMiB", "autostart", "hostname"];
 
-/** libvirt's state of the domain, or undefined when it does not exist. */
-async function domState(uri: string, name: string): Promise<string | undefined> {
-    const out = await lookup(uri, "domain", name, ["domstate", name]);
-    return out === undefined ? undefined : out.trim();
-}
-
-/**
- * Brings a defined domain to "running": resumes a paused one, wakes a
- * suspended one, starts one that is off. A network that is not running (a
- * host reboot) is started first when libvirt names it as the reason.
- */
-async function bringUp(uri: string, name: string, state: string | undefined, repair = true): Promise<string | undefined> {
-    const what = label("domain", name);
-    if (state === "running") return state;
-    if (repair) console.error(`${what} was "${state}": ${state === "paused" ? "resuming" : "starting"} it`);
-    if (state === "paused") {
-        await virsh(uri, ["resume", name], { what });
-    } else if (state === "pmsuspended") {
-        await virsh(uri, ["dompmwakeup", name], { what });
-    } else {
-        const args = ["start", name];
-        const r = await virsh(uri, args, { allowFailure: true, what });
-        const inactiveNet = /network '([^']+)' is not active/.exec(r.stderr);
-        if (r.code !== 0 && inactiveNet) {
-            console.error(`${what}: ${label("network", inactiveNet[1])} is not running; starting it first`);
-            await virsh(uri, ["net-start", inactiveNet[1]], { what: label("network", inactiveNet[1]) });
-            await virsh(uri, args, { what });
-        } else if (r.code !== 0 && (await domState(uri, name)) !== "running") {
-            // (A start whose answer got lost to a reconnect, retried: "already active" is fine.)
-            throw virshError(args, r, what);
-        }
-    }
-    return domState(uri, name);
-}
-
 /** What a size change does to the running VM, for preview; "" when the size is unchanged. */
 export function restartReason(olds: Record<string, unknown> | undefined, news: Record<string, unknown>): string {
+    const how = news.restartBy === "deployment" ? "in rollout order, by its NixOS deployment before it switches (deploy.rollout)" : "one VM of the stack at a time";
     if (!olds || olds.memoryMiB === undefined) return "";
     const parts: string[] = [];
     if (isUnknown(news.memoryMiB) || (news.memoryMiB !== undefined && news.memoryMiB !== olds.memoryMiB)) parts.push(`memory ${String(olds.memoryMiB)} -> ${String(news.memoryMiB)} MiB`);
     if (isUnknown(news.vcpus) || (news.vcpus !== undefined && news.vcpus !== olds.vcpus)) parts.push(`vCPUs ${String(olds.vcpus)} -> ${String(news.vcpus)}`);
-    return parts.length === 0 ? "" : `${parts.join(", ")}: the VM restarts (shutdown, then start), one VM of the stack at a time`;
+    return parts.length === 0 ? "" : `${parts.join(", ")}: the VM restarts (shutdown, then start), ${how}`;
 }
 
 /**
@@ -143,25 +117,6 @@ export async function withRestartLock<T>(stateDir: string, what: string, timeout
         return await fn();
     } finally {
         fs.rmSync(lock, { force: true });
-    }
-}
-
-/** Shuts the guest down (ACPI), destroys it after the timeout; resolves when it is off. */
-async function powerOff(uri: string, id: string, timeoutSeconds: number): Promise<void> {
-    const what = label("domain", id);
-    let state = await domState(uri, id);
-    if (state === "running") {
-        await virsh(uri, ["shutdown", id], { allowFailure: true, what });
-        const deadline = Date.now() + timeoutSeconds * 1000;
-        while (state === "running" && Date.now() < deadline) {
-            await sleep(500);
-            state = await domState(uri, id);
-        }
-        if (state === "running") console.error(`${what}: did not shut down within ${timeoutSeconds} s; destroying it`);
-    }
-    if (state !== undefined && state !== "shut off") {
-        const r = await virsh(uri, ["destroy", id], { allowFailure: true, what });
-        if (r.code !== 0 && (await domState(uri, id)) === "running") throw virshError(["destroy", id], r, what);
     }
 }
 
@@ -241,7 +196,9 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
         if (news.autostart !== olds.autostart) await virsh(uri, ["autostart", id, ...(news.autostart ? [] : ["--disable"])], { what });
         let state = await domState(uri, id);
         if (state === undefined) throw new Error(`${what} does not exist any more; run \`pulumi refresh\` and then \`pulumi up\` to create it again`);
-        if (resize && (state === "running" || state === "paused")) {
+        if (resize && news.restartBy === "deployment" && state === "running") {
+            console.error(`${what}: ${news.memoryMiB} MiB / ${news.vcpus} vCPUs saved in the definition; its NixOS deployment restarts the VM in rollout order`);
+        } else if (resize && (state === "running" || state === "paused")) {
             const timeout = news.shutdownTimeoutSeconds ?? 60;
             const restart = async () => {
                 console.error(`${what}: restarting for ${news.memoryMiB} MiB / ${news.vcpus} vCPUs (shutdown, up to ${timeout} s, then start)`);

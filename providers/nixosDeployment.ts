@@ -20,6 +20,8 @@ import { describeMaster, matchWorkers } from "../cluster/sparkStatus";
 import type { MasterState, MasterWorker } from "../cluster/sparkStatus";
 import { deliverSecretProperties } from "./clusterSecret";
 import { describePackageChanges } from "./packageChanges";
+import { restartForSize } from "./vmPower";
+import type { VmRef } from "./vmPower";
 
 export type RebuildFlavour = "auto" | "legacy" | "ng";
 
@@ -78,6 +80,13 @@ export interface NixosDeploymentInputs {
     consoleLog?: string;
     /** Versions of what the expected system runs (from the evaluation that gave it): what preview shows moving. */
     packages?: Record<string, unknown>;
+    /**
+     * The VM behind the node and the size its Domain defines. When the size
+     * changes, the update restarts the VM (its Domain only saved the new
+     * definition) before it switches: VM restarts follow the rollout order
+     * and each is verified with the switch that follows it.
+     */
+    vm?: VmRef;
 }
 
 /**
@@ -142,6 +151,8 @@ export interface NixosDeploymentArgs {
     consoleLog?: pulumi.Input<string>;
     /** Versions of what the expected system runs, for a package-level preview. */
     packages?: pulumi.Input<Record<string, unknown>>;
+    /** The VM and its defined size: a new size restarts it, in rollout order, before the switch. */
+    vm?: pulumi.Input<VmRef>;
 }
 
 
@@ -217,6 +228,13 @@ export function checkInputs(news: Record<string, unknown>): { property: string; 
     }
     if (known("useSudo") && typeof news.useSudo !== "boolean") failures.push({ property: "useSudo", reason: "useSudo must be true or false" });
     failures.push(...checkSpark(news.spark));
+    const vm = news.vm as Record<string, unknown> | string | undefined;
+    if (vm !== undefined && vm !== null && vm !== UNKNOWN) {
+        const whole = (v: unknown) => v === UNKNOWN || (typeof v === "number" && Number.isInteger(v) && v > 0);
+        if (typeof vm !== "object" || !(vm.uri === UNKNOWN || typeof vm.uri === "string") || !(vm.domain === UNKNOWN || typeof vm.domain === "string") || !whole(vm.vcpus) || !whole(vm.memoryMiB) || !whole(vm.shutdownTimeoutSeconds)) {
+            failures.push({ property: "vm", reason: "vm must be { uri, domain, vcpus, memoryMiB, shutdownTimeoutSeconds } with whole positive numbers" });
+        }
+    }
     return failures;
 }
 
@@ -241,6 +259,12 @@ export function deploymentDiff(olds: Record<string, unknown>, news: Record<strin
     const current = olds.currentSystem;
     if (typeof current === "string" && current !== "" && news.expectedSystem !== UNKNOWN && current !== news.expectedSystem && current !== UNKNOWN) {
         reasons.push(`the node runs ${current}, not the expected system`);
+    }
+    // A new VM size: the update restarts the VM (in rollout order) before it switches.
+    const ov = olds.vm as Partial<VmRef> | undefined;
+    const nv = news.vm as Partial<VmRef> | typeof UNKNOWN | undefined;
+    if (ov && typeof ov === "object" && nv !== undefined && (nv === UNKNOWN || ov.vcpus !== nv.vcpus || ov.memoryMiB !== nv.memoryMiB)) {
+        reasons.push(nv === UNKNOWN ? "the VM's size is not known until apply" : `the VM's size changed (${ov.memoryMiB} -> ${nv.memoryMiB} MiB, ${ov.vcpus} -> ${nv.vcpus} vCPUs): it restarts before the switch`);
     }
     // The value is never named: it is a secret.
     if (news.secretProperties === UNKNOWN || (olds.secretProperties ?? undefined) !== (news.secretProperties ?? undefined)) reasons.push("the secret Spark properties changed");
@@ -314,7 +338,7 @@ function logger(node: string): (m: string) => void {
 function inputsOf(props: Record<string, unknown>): NixosDeploymentInputs {
     const p = withDefaults(props) as Record<string, unknown>;
     const out: Record<string, unknown> = {};
-    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark", "consoleLog", "packages"]) {
+    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark", "consoleLog", "packages", "vm"]) {
         if (p[k] !== undefined && p[k] !== null && p[k] !== "") out[k] = p[k];
     }
     return out as unknown as NixosDeploymentInputs;
@@ -589,6 +613,9 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
     ensureKnownHostsFile(inp.knownHostsFile);
 
     try {
+        // A resize: the VM restarts now, in this node's turn of the rollout,
+        // and the switch below verifies it came back (Spark too, when asked).
+        if (contact !== "first" && inp.vm) await restartForSize(inp.vm, log);
         if (contact === "first" && inp.consoleLog) {
             log(`waiting up to ${inp.sshWaitSeconds} s for the new VM to print its host keys to its console and answer on SSH`);
             await verifiedFirstContact(t, inp.consoleLog, { timeoutSeconds: inp.sshWaitSeconds, log });

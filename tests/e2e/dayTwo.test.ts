@@ -63,12 +63,12 @@ async function markedImage(file: string, marker: string): Promise<void> {
 }
 
 /** The stack config: 1 master + `workers`, default network settings (no cidr), the given image. */
-function config(s: string, workers: number, image: string, extra: { workers?: object } = {}): Record<string, unknown> {
+function config(s: string, workers: number, image: string, extra: { workers?: object; rollout?: object } = {}): Record<string, unknown> {
     const cfg = tinyStackConfig(bench, project, { workers, cidr: "unused" }) as any;
     delete cfg.network;
     cfg.image = { ...cfg.image, path: image };
     cfg.workers = { ...cfg.workers, ...(extra.workers ?? {}) };
-    cfg.deploy = { ...cfg.deploy, rollout: { maxParallel: 2, canary: false, verifyTimeoutSeconds: 60 } };
+    cfg.deploy = { ...cfg.deploy, rollout: { maxParallel: 2, canary: false, verifyTimeoutSeconds: 60, ...(extra.rollout ?? {}) } };
     return cfg;
 }
 
@@ -235,32 +235,39 @@ describe(`day 2 on the libvirt bench (stack ${stack})`, () => {
         cli.writeStackConfig(config(stack, 2, imageB, { workers: { diskGiB: 2 } }));
     });
 
-    step("c. workers' memory 256 -> 384 MiB: preview says the workers restart; up restarts them one at a time with the new memory, the master never stops", async () => {
+    step("c. workers' memory 256 -> 384 MiB: preview says the workers restart in rollout order; up restarts each in its turn (canary first, its switch done before the next restart) with the new memory, the master never stops", async () => {
         const memBefore = await memTotalKiB("worker-1");
         const masterId = await virshOut(["domid", dom("master")]);
         const workerIds = [await virshOut(["domid", dom("worker-1")]), await virshOut(["domid", dom("worker-2")])];
-        cli.writeStackConfig(config(stack, 2, imageB, { workers: { diskGiB: 2, memoryMiB: 384 } }));
+        // A canary, then batches of one: the restarts must follow that order.
+        cli.writeStackConfig(config(stack, 2, imageB, { workers: { diskGiB: 2, memoryMiB: 384 }, rollout: { maxParallel: 1, canary: true } }));
         const p = await timed("preview (memory)", () => cli.preview());
         const domainSteps = changed(p).filter((st) => st.kind === "Domain");
         expect(stepList(domainSteps)).toEqual([`update ${dom("worker-1")}`, `update ${dom("worker-2")}`]);
         // What preview says about each: the restart, in the Domain's restartRequired.
         for (const n of ["worker-1", "worker-2"]) {
             const raw = (p.json.steps ?? []).find((x: any) => String(x.urn).endsWith(`::${dom(n)}`) && x.op === "update");
-            expect(raw?.newState?.inputs?.restartRequired).toBe("memory 256 -> 384 MiB: the VM restarts (shutdown, then start), one VM of the stack at a time");
+            expect(raw?.newState?.inputs?.restartRequired).toBe("memory 256 -> 384 MiB: the VM restarts (shutdown, then start), in rollout order, by its NixOS deployment before it switches (deploy.rollout)");
         }
         // Only workers change: their domains and (the worker system follows the VM size) deployments.
         expect(stepList(changed(p), (st) => st.kind !== "Domain" && st.kind !== "NixosDeployment")).toEqual([]);
         expect(stepList(changed(p), (st) => st.kind === "NixosDeployment").every((x) => /worker-\d-nixos$/.test(x))).toBe(true);
 
         const u = await timed("up (memory, restarts)", () => cli.up());
-        // The provider's own account, in order: each restart finished before the next began.
-        const lines = u.diagnostics.map((d) => d.message).filter((m) => /: restarting for|: running again with/.test(m)).map((m) => m.replace(/^.*libvirt domain "([^"]+)": (restarting|running again).*$/s, "$1 $2"));
-        expect(lines).toHaveLength(4);
-        for (let i = 0; i < 4; i += 2) {
-            expect(lines[i]).toMatch(/ restarting$/);
-            expect(lines[i + 1]).toBe(lines[i].replace(/restarting$/, "running again"));
-        }
-        expect(new Set(lines.map((l) => l.split(" ")[0]))).toEqual(new Set([dom("worker-1"), dom("worker-2")]));
+        // The deployments' own account, in order: the canary's VM restarts and
+        // its node switches (verified) before the next batch's VM restarts.
+        const lines = u.diagnostics
+            .map((d) => d.message)
+            .filter((m) => /: restarting for|: running again with|^\[worker-\d\] now running /.test(m))
+            .map((m) => m.replace(/^.*libvirt domain "([^"]+)": (restarting|running again).*$/s, "$1 $2").replace(/^\[(worker-\d)\] now running .*$/s, "$1 switched"));
+        expect(lines).toEqual([
+            `${dom("worker-1")} restarting`,
+            `${dom("worker-1")} running again`,
+            "worker-1 switched",
+            `${dom("worker-2")} restarting`,
+            `${dom("worker-2")} running again`,
+            "worker-2 switched",
+        ]);
 
         expect(await virshOut(["domid", dom("master")])).toBe(masterId);
         expect([await virshOut(["domid", dom("worker-1")]), await virshOut(["domid", dom("worker-2")])]).not.toEqual(workerIds);

@@ -8,7 +8,7 @@
 //   network updated in place (same UUID) -> a Spark setting: the four
 //   deployments update, nothing is replaced, no VM is touched -> a VM removed
 //   behind the stack's back: refresh notices, up brings it back and deploys
-//   it -> an invalid config in a fresh stack fails with the schema's own
+//   it (its deployment replaced, delete first) -> an invalid config in a fresh stack fails with the schema's own
 //   messages and leaves the stack empty -> destroy leaves no libvirt object
 //   and no GC root.
 //
@@ -346,9 +346,10 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
 
     // A new VM boots the base image: nothing of the role is on it. Its
     // deployment must notice (the domain's UUID is its machineId, unknown in
-    // preview, new after up) and switch it, as a first contact; the other
-    // nodes' deployments stay as they are.
-    test("5b. the re-created VM is deployed again: only its NixosDeployment updates, and it switches the new VM", async () => {
+    // preview, new after up) and is replaced, delete first (a worker that
+    // still ran would be decommissioned by the delete), then switches the new
+    // VM as a first contact; the other nodes' deployments stay as they are.
+    test("5b. the re-created VM is deployed again: only its NixosDeployment is replaced, and it switches the new VM", async () => {
         expect(upAfterRefresh).toBeDefined();
         const facts = {
             plan: stepList(changed(previewAfterRefresh!)),
@@ -358,8 +359,8 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
         };
         // One comparison with all the facts, so a failure explains itself.
         expect(facts).toEqual({
-            plan: [`create ${names.domain(lost)}`, `update ${names.deployment(lost)}`],
-            applied: [`create ${names.domain(lost)}`, `update ${names.deployment(lost)}`],
+            plan: [`create ${names.domain(lost)}`, `replace ${names.deployment(lost)}`],
+            applied: [`create ${names.domain(lost)}`, `create-replacement ${names.deployment(lost)}`, `delete-replaced ${names.deployment(lost)}`, `replace ${names.deployment(lost)}`],
             switched: [`root@${ipOf(lost)}`],
             running: systems.worker,
         });

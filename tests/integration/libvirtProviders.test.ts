@@ -19,6 +19,7 @@ import * as path from "node:path";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology, NodeSpec, Topology } from "../../cluster/topology";
 import { domainProvider, DomainOutputs } from "../../providers/domain";
+import { restartForSize } from "../../providers/vmPower";
 import { readNetwork } from "../../providers/libvirtXml";
 import { networkProvider, NetworkOutputs } from "../../providers/network";
 import { poolProvider, PoolOutputs } from "../../providers/pool";
@@ -239,6 +240,35 @@ describe("libvirt providers on a real libvirtd", () => {
         const seen = await P.dom.read!(n.domainName, r.outs);
         expect(seen.props).toMatchObject({ hostname: `${n.hostname}-b`, uuid: olds.uuid });
         expect(await P.dom.diff!(n.domainName, seen.props, news)).toMatchObject({ changes: false });
+    });
+
+    test("resize with restartBy deployment: the update only saves the size (same run); the deployment's restartForSize restarts it in its turn, once", async () => {
+        const t = topo(1);
+        const n = t.workers[0];
+        const olds = created.domains.get(n.domainName)!;
+        const news = { ...domInputs(n, olds.diskPath, t), memoryMiB: 352, hostname: `${n.hostname}-b`, restartBy: "deployment" as const, stateDir: path.join(bench!.dir, "state") };
+        const checked = await P.dom.check!(olds, news);
+        expect(checked.inputs.restartRequired).toBe("memory 320 -> 352 MiB: the VM restarts (shutdown, then start), in rollout order, by its NixOS deployment before it switches (deploy.rollout)");
+        const idBefore = (await bench!.virsh(["domid", n.domainName])).stdout.trim();
+        const r = await P.dom.update!(n.domainName, olds, news);
+        expect(r.outs).toMatchObject({ memoryMiB: 352, pendingRestart: true, state: "running", uuid: olds.uuid });
+        created.domains.set(n.domainName, r.outs as DomainOutputs);
+        expect((await bench!.virsh(["domid", n.domainName])).stdout.trim()).toBe(idBefore);
+        expect((await bench!.virsh(["dumpxml", n.domainName])).stdout).toMatch(/<memory unit='KiB'>327680<\/memory>/); // still the old size, live
+        const vm = { uri: news.uri, domain: n.domainName, vcpus: news.vcpus, memoryMiB: 352, shutdownTimeoutSeconds: 30 };
+        const said: string[] = [];
+        expect(await restartForSize(vm, (m) => said.push(m))).toBe(true);
+        expect(said).toEqual([
+            `libvirt domain "${n.domainName}": restarting for 352 MiB / ${news.vcpus} vCPUs (runs 320 MiB / ${news.vcpus} vCPUs; shutdown, up to 30 s, then start)`,
+            `libvirt domain "${n.domainName}": running again with 352 MiB / ${news.vcpus} vCPUs`,
+        ]);
+        expect((await bench!.virsh(["domid", n.domainName])).stdout.trim()).not.toBe(idBefore);
+        expect((await bench!.virsh(["dumpxml", n.domainName])).stdout).toMatch(/<memory unit='KiB'>360448<\/memory>/);
+        expect((await bench!.virsh(["domuuid", n.domainName])).stdout.trim()).toBe(olds.uuid);
+        // Already at its size: nothing to do.
+        expect(await restartForSize(vm, (m) => said.push(m))).toBe(false);
+        expect(said).toHaveLength(2);
+        await expectReservedAddress(n);
     });
 
     test("refresh: a shut-off domain is reported and brought back; a destroyed one disappears", async () => {

@@ -83,6 +83,21 @@ describe("diff", () => {
         expect(deploymentDiff(outs, { ...inputs, machineId: "uuid-2" })).toMatchObject({ changes: true, replaces: [], deleteBeforeReplace: false });
     });
 
+    test("a new VM size is an update (the VM restarts in its rollout turn, before the switch); a VM recorded before `vm` existed is not", () => {
+        const vm = { uri: "qemu:///system", domain: "dev-worker-1", vcpus: 2, memoryMiB: 2048, shutdownTimeoutSeconds: 60 };
+        expect(deploymentDiff({ ...outs, vm }, { ...inputs, vm }).changes).toBe(false);
+        expect(deploymentDiff({ ...outs, vm }, { ...inputs, vm: { ...vm, shutdownTimeoutSeconds: 10 } }).changes).toBe(false);
+        expect(deploymentDiff({ ...outs, vm }, { ...inputs, vm: { ...vm, memoryMiB: 4096 } })).toMatchObject({
+            changes: true,
+            replaces: [],
+            reasons: ["the VM's size changed (2048 -> 4096 MiB, 2 -> 2 vCPUs): it restarts before the switch"],
+        });
+        expect(deploymentDiff({ ...outs, vm }, { ...inputs, vm: { ...vm, vcpus: 4 } }).changes).toBe(true);
+        expect(deploymentDiff(outs, { ...inputs, vm: { ...vm, vcpus: 4 } }).changes).toBe(false);
+        expect(checkInputs(withDefaults({ ...inputs, vm }))).toEqual([]);
+        expect(checkInputs(withDefaults({ ...inputs, vm: { ...vm, memoryMiB: -1 } })).map((f) => f.property)).toEqual(["vm"]);
+    });
+
     test("preview says a replaced worker is decommissioned first", async () => {
         const said: string[] = [];
         const spy = jest.spyOn(console, "error").mockImplementation((m: unknown) => void said.push(String(m)));

@@ -162,6 +162,16 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
         expect(registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment").map((d) => d.inputs.spark?.role).sort()).toEqual(["master", "worker", "worker"]);
     });
 
+    test("with deployments, a VM's resize restart is its deployment's (in rollout order): each domain says so, each deployment knows its VM and size", async () => {
+        const { domains, deployments } = await buildFull();
+        expect(domains.map((d) => d.inputs.restartBy)).toEqual(["deployment", "deployment", "deployment"]);
+        for (const d of deployments) {
+            const dom = domains.find((x) => x.name === d.inputs.vm.domain)!;
+            expect(d.inputs.vm).toEqual({ uri: dom.inputs.uri, domain: dom.inputs.name, vcpus: dom.inputs.vcpus, memoryMiB: dom.inputs.memoryMiB, shutdownTimeoutSeconds: dom.inputs.shutdownTimeoutSeconds });
+        }
+        expect(new Set(deployments.map((d) => d.inputs.vm.domain)).size).toBe(3);
+    });
+
     test("host keys: checked against each VM's console log when asked (the default for the stack's own image), trusted on first use for an image of the user's", async () => {
         const { SparkCluster } = await import("../../cluster/sparkCluster");
         const base = devConfig(); // image.path: an image of the user's
