@@ -250,6 +250,9 @@ export class SparkCluster extends pulumi.ComponentResource {
                         // its image is not known to print it (nixspark:ssh.hostKeys).
                         consoleLog: (cfg.ssh.hostKeys ?? (cfg.image.path ? "first-use" : "console")) === "console" ? `${logDir}/${node.spec.domainName}-console.log` : undefined,
                         packages: role.packages,
+                        // What moved, by package, after the build: once per role, from
+                        // the first node of the role to switch (the master, the canary).
+                        closureDiff: node === this.nodes[0] || node === this.nodes[1] ? true : undefined,
                         vm: { uri, domain: node.spec.domainName, vcpus: node.spec.vcpus, memoryMiB: node.spec.memoryMiB, shutdownTimeoutSeconds: args.shutdownTimeoutSeconds ?? 60 },
                         secretProperties: secretProps,
                         secretUnits: secretProps ? ["nixspark-spark-conf.service", node.spec.role === "master" ? "spark-master.service" : "spark-worker.service"] : undefined,

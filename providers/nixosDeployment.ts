@@ -81,6 +81,12 @@ export interface NixosDeploymentInputs {
     /** Versions of what the expected system runs (from the evaluation that gave it): what preview shows moving. */
     packages?: Record<string, unknown>;
     /**
+     * Print `nix store diff-closures` of the node's previous and new system
+     * after its switch. SparkCluster sets it on the first node of each role
+     * in the rollout (the master, the canary): once per role, not per node.
+     */
+    closureDiff?: boolean;
+    /**
      * The VM behind the node and the size its Domain defines. When the size
      * changes, the update restarts the VM (its Domain only saved the new
      * definition) before it switches: VM restarts follow the rollout order
@@ -153,6 +159,8 @@ export interface NixosDeploymentArgs {
     packages?: pulumi.Input<Record<string, unknown>>;
     /** The VM and its defined size: a new size restarts it, in rollout order, before the switch. */
     vm?: pulumi.Input<VmRef>;
+    /** Print `nix store diff-closures` of the old and new system after the switch (one node per role). */
+    closureDiff?: pulumi.Input<boolean>;
 }
 
 
@@ -338,7 +346,7 @@ function logger(node: string): (m: string) => void {
 function inputsOf(props: Record<string, unknown>): NixosDeploymentInputs {
     const p = withDefaults(props) as Record<string, unknown>;
     const out: Record<string, unknown> = {};
-    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark", "consoleLog", "packages", "vm"]) {
+    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark", "consoleLog", "packages", "vm", "closureDiff"]) {
         if (p[k] !== undefined && p[k] !== null && p[k] !== "") out[k] = p[k];
     }
     return out as unknown as NixosDeploymentInputs;
@@ -606,7 +614,33 @@ export async function decommissionWorker(inp: NixosDeploymentInputs, spark: Spar
  * the deployment to another address (record an unknown key, refuse a changed
  * one), "known" otherwise (the key must be recorded and match).
  */
-export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new-address" | "known", previousSecret?: string): Promise<NixosDeploymentOutputs> {
+/**
+ * `nix store diff-closures BEFORE AFTER` on this host, one line per package
+ * whose version or size moved ("python3.11-numpy: 1.26.4 → 2.0.2, +1.2 MiB").
+ * Both systems must be in this host's store (the old one from the last
+ * deploy, unless collected; the new one from the build). Throws with Nix's
+ * last words otherwise.
+ */
+export async function closureDiff(before: string, after: string, env?: Record<string, string | undefined>): Promise<string[]> {
+    const r = await run(["nix", "--extra-experimental-features", "nix-command", "store", "diff-closures", before, after], { env, timeoutMs: 120_000, allowFailure: true });
+    // eslint-disable-next-line no-control-regex
+    const plain = (t: string) => t.replace(/\x1b\[[0-9;]*m/g, "");
+    if (r.code !== 0) throw new Error(plain(lastLines(r.stderr, 3)).trim() || `exit code ${r.code}`);
+    return plain(r.stdout).split("\n").map((l) => l.trimEnd()).filter((l) => l.trim() !== "");
+}
+
+/** Logs what moved between two systems of a role, or why that cannot be said here. Never throws. */
+async function logClosureDiff(inp: NixosDeploymentInputs, before: string, after: string, log: (m: string) => void): Promise<void> {
+    try {
+        const lines = await closureDiff(before, after);
+        log(`what moved in ${inp.configuration} (nix store diff-closures ${before} ${after}; shown once per role):`);
+        for (const l of lines.length > 0 ? lines : ["(no package changed version or size)"]) log(`  ${l}`);
+    } catch (e) {
+        log(`no closure diff for ${inp.configuration}: ${(e as Error).message.split("\n").pop()} (the previous system is not in this host's store, or was built elsewhere)`);
+    }
+}
+
+export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new-address" | "known", previousSecret?: string, previousSystem?: string): Promise<NixosDeploymentOutputs> {
     const log = logger(inp.node);
     const t = targetOf(inp);
     const where = `${inp.node} (${destination(t)})`;
@@ -717,6 +751,7 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
         }
         log(`Spark agrees: ${verdict.said}`);
     }
+    if (inp.closureDiff && previousSystem && previousSystem !== UNKNOWN && previousSystem !== current) await logClosureDiff(inp, previousSystem, current, log);
     log(`now running ${current}`);
     return { ...inp, currentSystem: current, flavourUsed: flavour };
 }
@@ -768,7 +803,8 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
         // stack created it, so its new host key replaces the recorded one.
         const contact = olds.machineId !== undefined && olds.machineId !== inp.machineId ? "first" : olds.host !== inp.host ? "new-address" : "known";
         const previousSecret = typeof olds.secretProperties === "string" ? olds.secretProperties : undefined;
-        return { outs: await deploy(inp, contact, previousSecret) };
+        const previousSystem = typeof olds.currentSystem === "string" && olds.currentSystem !== "" ? olds.currentSystem : undefined;
+        return { outs: await deploy(inp, contact, previousSecret, previousSystem) };
     },
 
     async read(id: string, props: Record<string, unknown>) {

@@ -172,6 +172,11 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
         expect(new Set(deployments.map((d) => d.inputs.vm.domain)).size).toBe(3);
     });
 
+    test("the closure diff is printed once per role: by the master and by the first worker to switch (the canary), no other node", async () => {
+        const { deployments } = await buildFull();
+        expect(Object.fromEntries(deployments.map((d) => [d.inputs.node, d.inputs.closureDiff ?? false]))).toEqual({ master: true, "worker-1": true, "worker-2": false });
+    });
+
     test("host keys: checked against each VM's console log when asked (the default for the stack's own image), trusted on first use for an image of the user's", async () => {
         const { SparkCluster } = await import("../../cluster/sparkCluster");
         const base = devConfig(); // image.path: an image of the user's
