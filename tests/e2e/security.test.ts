@@ -10,6 +10,9 @@
 //   3. a job Python package added to the stack: `pulumi preview` says, per
 //      node, what the switch will move (+ scipy 1.14.1), before anything is
 //      built; `up` applies it;
+//   3b. a nixpkgs bump (a copy of the stand-in nixpkgs with Spark 3.5.3 and
+//      scipy 1.15.0, locked as the flake's input): preview names each
+//      version change on each node (spark 3.5.1 → 3.5.3); then undone;
 //   4. another machine (a second guest with a host key of its own) claims the
 //      address of a new worker, whose own network is cut once it printed its
 //      key: the deployment refuses, naming both fingerprints, pins nothing.
@@ -19,7 +22,7 @@ import * as path from "node:path";
 import { run } from "../../providers/run";
 import { Bench, startBench, waitFor } from "../helpers/libvirtBench";
 import { installPulumi, OperationResult, PulumiCli } from "../helpers/pulumiCli";
-import { createE2eProject, E2eProject, randomCidr, randomStackName, tinyStackConfig } from "../fixtures/e2e-project";
+import { createE2eProject, E2eProject, randomCidr, randomStackName, STUB_NIXPKGS, tinyStackConfig } from "../fixtures/e2e-project";
 
 jest.setTimeout(10 * 60_000);
 
@@ -161,6 +164,37 @@ describe(`security on the libvirt bench (stack ${stack})`, () => {
         await plain(["up", "--yes", "--skip-preview"]);
         expect(printed.join("\n")).not.toContain(secret);
         expect(printed.join("\n")).not.toContain(SETTING_SECRET);
+    });
+
+    test("3b. a nixpkgs bump that moves Spark and scipy: preview names each version change on each node, before anything is built", async () => {
+        // The bump: a copy of the stand-in nixpkgs with new versions, locked as the flake's nixpkgs.
+        const bumped = path.join(project.root, "nixpkgs-bumped");
+        fs.cpSync(STUB_NIXPKGS, bumped, { recursive: true });
+        const pkgsFile = path.join(bumped, "pkgs", "default.nix");
+        const before = fs.readFileSync(pkgsFile, "utf8");
+        const after = before.replace('scipy = pythonPackage "scipy" "1.14.1";', 'scipy = pythonPackage "scipy" "1.15.0";').replace(/(pname = "spark";\s*version = )"3\.5\.1";/, '$1"3.5.3";');
+        expect(after.match(/1\.15\.0|3\.5\.3/g)?.length).toBeGreaterThanOrEqual(2);
+        fs.writeFileSync(pkgsFile, after);
+        const flakeNix = path.join(project.flakeDir, "flake.nix");
+        const lockFile = path.join(project.flakeDir, "flake.lock");
+        const saved = { flake: fs.readFileSync(flakeNix, "utf8"), lock: fs.readFileSync(lockFile, "utf8") };
+        try {
+            fs.writeFileSync(flakeNix, saved.flake.replace(`path:${STUB_NIXPKGS}`, `path:${bumped}`));
+            await run(["nix", "flake", "lock", `path:${project.flakeDir}`], { env: { ...process.env, NIX_CONFIG: project.nixConfig }, timeoutMs: 120_000 });
+            const preview = await cli.preview({ timeoutMs: 5 * 60_000 });
+            expect(preview.code).toBe(0);
+            const text = textOf(preview);
+            printed.push(text);
+            for (const node of ["master", "worker-1"]) {
+                expect(text).toContain(`[${node}] will switch: spark 3.5.1 → 3.5.3`);
+                expect(text).toContain(`[${node}] will switch: scipy 1.14.1 → 1.15.0`);
+            }
+            expect(preview.steps.filter((s) => s.op !== "same").map((s) => `${s.op} ${s.kind}`).sort()).toEqual(["update NixosDeployment", "update NixosDeployment"]);
+        } finally {
+            // Back to the nixpkgs the stack runs: the next step must not apply the bump.
+            fs.writeFileSync(flakeNix, saved.flake);
+            fs.writeFileSync(lockFile, saved.lock);
+        }
     });
 
     test("4. a second guest answering at a new worker's address with another key is refused with both fingerprints", async () => {
