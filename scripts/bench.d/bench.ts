@@ -18,6 +18,7 @@ import { run } from "../../providers/run";
 import { Bench, natNetworkXml, startBench, testGuestDomainXml, waitFor } from "../../tests/helpers/libvirtBench";
 import { installPulumi, PulumiCli, REPO, SDK_BIN, TOOLS_BIN } from "../../tests/helpers/pulumiCli";
 import { createE2eProject, E2E_REBUILD, E2eProject, randomCidr, tinyStackConfig } from "../../tests/fixtures/e2e-project";
+import { rolloutOnly } from "./rollout";
 import { precompileProject, tracedPreview, TraceResult, traceReport } from "./trace";
 
 interface Options {
@@ -26,8 +27,15 @@ interface Options {
     repeat: number;
     updateSeconds: number;
     out?: string;
-    /** Run one part alone: "preview" = the program's preview cost, no libvirt (previewOnly). */
-    only?: "preview";
+    /**
+     * Run one part alone: "preview" = the program's preview cost, no libvirt
+     * (previewOnly); "rollout" = a rolling update of 1+N fake nodes with
+     * several maxParallel, with and without Spark's verification (rollout.ts).
+     */
+    only?: "preview" | "rollout";
+    /** With --only rollout: the maxParallel values compared (the last is the ratios' reference) and the workers. */
+    maxParallel: number[];
+    rolloutWorkers: number;
     /** Workers of the preview-only stack. */
     previewWorkers: number;
     /** A git revision whose program (index.ts, cluster/, providers/) is measured too, as "before". */
@@ -41,7 +49,7 @@ interface Options {
 }
 
 function parseArgs(argv: string[]): Options {
-    const o: Options = { sizes: [1, 2, 4, 8], big: 32, repeat: 3, updateSeconds: 2, previewWorkers: 16 };
+    const o: Options = { sizes: [1, 2, 4, 8], big: 32, repeat: 3, updateSeconds: 2, previewWorkers: 16, maxParallel: [1, 4, 8], rolloutWorkers: 8 };
     for (let i = 0; i < argv.length; i++) {
         const a = argv[i];
         const next = () => {
@@ -56,15 +64,19 @@ function parseArgs(argv: string[]): Options {
         else if (a === "--out") o.out = next();
         else if (a === "--only") {
             const part = next();
-            if (part !== "preview") throw new Error(`--only ${part}: the only part that runs alone is "preview"`);
+            if (part !== "preview" && part !== "rollout") throw new Error(`--only ${part}: the parts that run alone are "preview" and "rollout"`);
             o.only = part;
         } else if (a === "--preview-workers") o.previewWorkers = Number(next());
+        else if (a === "--max-parallel") o.maxParallel = next().split(",").map(Number);
+        else if (a === "--rollout-workers") o.rolloutWorkers = Number(next());
         else if (a === "--before-rev") o.beforeRev = next();
         else if (a === "--trace") o.trace = true;
         else throw new Error(`unknown option ${a} (see scripts/bench)`);
     }
     if (o.sizes.some((n) => !Number.isInteger(n) || n < 0) || !(o.repeat >= 1)) throw new Error("bad --sizes or --repeat");
     if (!Number.isInteger(o.previewWorkers) || o.previewWorkers < 0) throw new Error("bad --preview-workers");
+    if (o.maxParallel.length === 0 || o.maxParallel.some((n) => !Number.isInteger(n) || n < 1)) throw new Error("bad --max-parallel (e.g. 1,4,8)");
+    if (!Number.isInteger(o.rolloutWorkers) || o.rolloutWorkers < 1 || o.rolloutWorkers > 60) throw new Error("bad --rollout-workers (1 to 60: one loopback address 127.0.0.N each)");
     return o;
 }
 
@@ -701,6 +713,7 @@ function report(r: any, o: Options): string {
 async function main(): Promise<void> {
     const o = parseArgs(process.argv.slice(2));
     if (o.only === "preview") return previewOnly(o);
+    if (o.only === "rollout") return rolloutOnly({ repeat: o.repeat, updateSeconds: o.updateSeconds, maxParallel: o.maxParallel, workers: o.rolloutWorkers, out: o.out });
     await installPulumi();
     bench = await startBench({ log });
     project = createE2eProject("nxs-benchp-");
