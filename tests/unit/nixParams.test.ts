@@ -196,7 +196,10 @@ describe("nix/flake.nix at the attributes the program asks for (stub nixpkgs)", 
         const dir = copyDir(NIX_DIR, "nixspark-flake-");
         const { cfg, topo } = setup("dev", { image: { path: "/images/base.qcow2" }, deploy: { flake: `path:${dir}` } });
         const sys = (await prepareNix("dev", cfg, topo, { cwd: proj, extraArgs: STUB })).systems!;
-        expect(sys.flake).toBe(`path:${dir}`);
+        expect(sys.evaluatedFlake).toBe(`path:${dir}`);
+        // Deployments switch from the store copy of the flake this evaluation read (the real flake.nix gives it).
+        expect(sys.flake).toMatch(/^path:\/nix\/store\/[0-9a-z]{32}-source$/);
+        expect(fs.readFileSync(path.join(sys.flake.slice("path:".length), "stacks", "dev.json"), "utf8")).toBe(fs.readFileSync(path.join(dir, "stacks", "dev.json"), "utf8"));
         expect(sys.master.configuration).toBe("dev-master");
         expect(sys.worker.configuration).toBe("dev-worker");
         expect(sys.master.expectedSystem).toMatch(STORE_PATH);
