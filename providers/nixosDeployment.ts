@@ -607,14 +607,6 @@ export async function decommissionWorker(inp: NixosDeploymentInputs, spark: Spar
 }
 
 /**
- * create/update: wait for SSH, switch, verify, and on failure roll back and
- * throw an error naming the node with the last lines of nixos-rebuild's output.
- * `contact` says how to treat the host key: "first" for a VM this stack just
- * created (replace any stale entry), "new-address" for an update that moved
- * the deployment to another address (record an unknown key, refuse a changed
- * one), "known" otherwise (the key must be recorded and match).
- */
-/**
  * `nix store diff-closures BEFORE AFTER` on this host, one line per package
  * whose version or size moved ("python3.11-numpy: 1.26.4 → 2.0.2, +1.2 MiB").
  * Both systems must be in this host's store (the old one from the last
@@ -640,6 +632,17 @@ async function logClosureDiff(inp: NixosDeploymentInputs, before: string, after:
     }
 }
 
+/**
+ * create/update: wait for SSH, switch, verify, and on failure roll back and
+ * throw an error naming the node with the last lines of nixos-rebuild's output.
+ * `contact` says how to treat the host key: "first" for a VM this stack just
+ * created (replace any stale entry), "new-address" for an update that moved
+ * the deployment to another address (record an unknown key, refuse a changed
+ * one), "known" otherwise (the key must be recorded and match).
+ * An update first restarts the VM when its size changed (inp.vm), and after a
+ * verified switch prints the closure diff from previousSystem when asked
+ * (inp.closureDiff).
+ */
 export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new-address" | "known", previousSecret?: string, previousSystem?: string): Promise<NixosDeploymentOutputs> {
     const log = logger(inp.node);
     const t = targetOf(inp);

@@ -218,7 +218,6 @@ export async function waitForHealthy(inputs: SparkHealthInputs, log: (line: stri
     }
 }
 
-/** True when the gate must run again: an input changed (or is unknown), or a refresh found the cluster degraded. */
 /** Workers of the old expectation that the new one no longer has (by name and address): a scale-down's. */
 export function removedWorkers(olds: unknown, news: unknown): { name: string; ip: string }[] {
     if (!Array.isArray(olds) || !Array.isArray(news) || isUnknown(news)) return [];
@@ -229,6 +228,7 @@ export function removedWorkers(olds: unknown, news: unknown): { name: string; ip
         .map((w) => ({ name: w.name, ip: w.ip }));
 }
 
+/** True when the gate must run again: an input changed (or is unknown), or a refresh found the cluster degraded. */
 function needsCheck(olds: any, news: any): boolean {
     for (const k of INPUT_KEYS) {
         if (isUnknown(news[k]) || canonical(olds[k]) !== canonical(news[k])) return true;
