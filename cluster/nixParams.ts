@@ -311,9 +311,15 @@ export interface NixEvalValues {
 /** Versions of what a node runs: Spark, its JDK, the job Python and each of its packages, the kernel. */
 export type PackageSummary = Record<string, string | Record<string, string>>;
 
-function packagesAt(answer: unknown, keys: string[]): { master: PackageSummary; worker: PackageSummary } | undefined {
+/** The value at `keys` inside a JSON answer; undefined when a step is missing. */
+function valueAt(answer: unknown, keys: string[]): unknown {
     let v: unknown = answer;
     for (const k of keys) v = v !== null && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined;
+    return v;
+}
+
+function packagesAt(answer: unknown, keys: string[]): { master: PackageSummary; worker: PackageSummary } | undefined {
+    const v = valueAt(answer, keys);
     const o = v as { master?: unknown; worker?: unknown } | undefined;
     if (!o || typeof o !== "object" || typeof o.master !== "object" || typeof o.worker !== "object" || !o.master || !o.worker) return undefined;
     return { master: o.master as PackageSummary, worker: o.worker as PackageSummary };
@@ -334,8 +340,7 @@ export async function nixEvalJson(flakeRef: string, attrPath: string, opts: NixE
 
 /** The store path at `keys` inside an answer; a NixParamsError naming the attribute when it is not one. */
 function storePathAt(answer: unknown, keys: string[], e: PlannedEval): string {
-    let v: unknown = answer;
-    for (const k of keys) v = v !== null && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined;
+    const v = valueAt(answer, keys);
     if (typeof v !== "string" || !v.startsWith("/")) {
         const where = [e.attrPath, ...keys].join(".");
         throw new NixParamsError(`nix eval ${e.flake}#${where} gave ${JSON.stringify(v)}, not a store path`);
@@ -357,8 +362,7 @@ async function evaluatePlan(plan: PlannedEval[], opts: NixEvalOptions): Promise<
             if (p) values.packages = p;
         }
         if (e.sourceAt) {
-            let v: unknown = answers[i];
-            for (const k of e.sourceAt) v = v !== null && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined;
+            const v = valueAt(answers[i], e.sourceAt);
             if (typeof v === "string" && /^\/nix\/store\/[^/]+$/.test(v)) values.source = v;
         }
     });
