@@ -21,13 +21,13 @@ import { run } from "../../providers/run";
 import { defaultCidr } from "../../cluster/subnet";
 import { Bench, startBench, waitFor } from "../helpers/libvirtBench";
 import { installPulumi, OperationResult, PulumiCli, Step, stepList } from "../helpers/pulumiCli";
+import { storyLog, tearDownStory } from "../helpers/e2eStory";
 import { createE2eProject, E2eProject, randomStackName, tinyStackConfig } from "../fixtures/e2e-project";
 
 jest.setTimeout(10 * 60_000);
 
 const stack = randomStackName("day");
 const other = `${stack}b`;
-const timings: Record<string, string> = {};
 const GiB = 1024 ** 3;
 
 let bench: Bench;
@@ -38,19 +38,8 @@ let imageA: string;
 let imageB: string;
 const live = new Set<PulumiCli>();
 
-function say(line: string): void {
-    process.stderr.write(`[e2e ${stack}] ${line}\n`);
-}
-
-async function timed<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    const t = Date.now();
-    try {
-        return await fn();
-    } finally {
-        timings[what] = `${((Date.now() - t) / 1000).toFixed(1)} s`;
-        say(`${what}: ${timings[what]}`);
-    }
-}
+const storyLogged = storyLog(stack);
+const { say, timed } = storyLogged;
 
 /** A qcow2 image whose first bytes are `marker` (what a guest reads from the start of its disk). */
 async function markedImage(file: string, marker: string): Promise<void> {
@@ -86,21 +75,7 @@ beforeAll(async () => {
     say(`project ${project.dir}, netns ${bench.netns}, subnet ${defaultCidr(stack)}`);
 }, 30 * 60_000);
 
-afterAll(async () => {
-    try {
-        for (const c of live) {
-            const d = await c.destroy({ allowFailure: true, timeoutMs: 5 * 60_000 }).catch((e: Error) => e);
-            if (d instanceof Error || d.code !== 0) say(`cleanup: pulumi destroy of ${c.opts.stack} failed (the bench removes the rest): ${d instanceof Error ? d.message : d.stderr.slice(-2000)}`);
-        }
-    } finally {
-        try {
-            await bench?.stop();
-        } finally {
-            project?.remove();
-            say(`timings: ${JSON.stringify(timings)}`);
-        }
-    }
-}, 10 * 60_000);
+afterAll(() => tearDownStory({ clis: live, bench, project, log: storyLogged }), 10 * 60_000);
 
 // ------------------------------------------------------------------ helpers
 

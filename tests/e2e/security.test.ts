@@ -22,6 +22,7 @@ import * as path from "node:path";
 import { run } from "../../providers/run";
 import { Bench, startBench, waitFor } from "../helpers/libvirtBench";
 import { installPulumi, OperationResult, PulumiCli } from "../helpers/pulumiCli";
+import { storyLog, tearDownStory } from "../helpers/e2eStory";
 import { createE2eProject, E2eProject, randomCidr, randomStackName, STUB_NIXPKGS, tinyStackConfig } from "../fixtures/e2e-project";
 
 jest.setTimeout(10 * 60_000);
@@ -38,9 +39,8 @@ let mayHaveResources = false;
 /** Everything the CLI printed in this story. */
 const printed: string[] = [];
 
-function say(line: string): void {
-    process.stderr.write(`[e2e ${stack}] ${line}\n`);
-}
+const storyLogged = storyLog(stack);
+const { say } = storyLogged;
 
 /**
  * What a user reads of a --json operation: the diagnostics (the providers'
@@ -78,20 +78,7 @@ beforeAll(async () => {
     await cli.run(["config", "set", "--secret", "--path", `nixspark:sparkSecrets["spark.ssl.keyPassword"]`, SETTING_SECRET], { timeoutMs: 60_000 });
 }, 30 * 60_000);
 
-afterAll(async () => {
-    try {
-        if (cli && mayHaveResources) {
-            const d = await cli.destroy({ allowFailure: true, timeoutMs: 5 * 60_000 }).catch((e: Error) => e);
-            if (d instanceof Error || d.code !== 0) say(`cleanup: pulumi destroy failed (the bench removes the rest): ${d instanceof Error ? d.message : d.stderr.slice(-2000)}`);
-        }
-    } finally {
-        try {
-            await bench?.stop();
-        } finally {
-            project?.remove();
-        }
-    }
-}, 10 * 60_000);
+afterAll(() => tearDownStory({ clis: cli && mayHaveResources ? [cli] : [], bench, project, log: storyLogged }), 10 * 60_000);
 
 const ipOf = (node: "master" | "worker-1") => `${net}.${node === "master" ? 10 : 11}`;
 

@@ -29,6 +29,7 @@ import * as path from "node:path";
 import { run } from "../../providers/run";
 import { Bench, startBench, tailFile, waitFor } from "../helpers/libvirtBench";
 import { installPulumi, opKinds, OperationResult, PulumiCli, Step, stepList } from "../helpers/pulumiCli";
+import { storyLog, tearDownStory } from "../helpers/e2eStory";
 import { createE2eProject, E2eProject, randomCidr, randomStackName, tinyStackConfig } from "../fixtures/e2e-project";
 
 jest.setTimeout(10 * 60_000);
@@ -36,7 +37,6 @@ jest.setTimeout(10 * 60_000);
 const stack = randomStackName("e2e");
 const cidr = randomCidr();
 const net = cidr.replace(/\.0\/24$/, "");
-const timings: Record<string, string> = {};
 
 let bench: Bench;
 let project: E2eProject;
@@ -46,19 +46,8 @@ let rebuildLog: string;
 let mayHaveResources = false;
 let destroyed = false;
 
-function say(line: string): void {
-    process.stderr.write(`[e2e ${stack}] ${line}\n`);
-}
-
-async function timed<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    const t = Date.now();
-    try {
-        return await fn();
-    } finally {
-        timings[what] = `${((Date.now() - t) / 1000).toFixed(1)} s`;
-        say(`${what}: ${timings[what]}`);
-    }
-}
+const storyLogged = storyLog(stack);
+const { say, timed } = storyLogged;
 
 beforeAll(async () => {
     await timed("install-pulumi", () => installPulumi());
@@ -77,21 +66,7 @@ beforeAll(async () => {
     say(`project ${project.dir}, netns ${bench.netns}, ${bench.uri}, subnet ${cidr}`);
 }, 30 * 60_000);
 
-afterAll(async () => {
-    try {
-        if (cli && mayHaveResources && !destroyed) {
-            const d = await cli.destroy({ allowFailure: true, timeoutMs: 5 * 60_000 }).catch((e: Error) => e);
-            if (d instanceof Error || d.code !== 0) say(`cleanup: pulumi destroy failed (the bench removes the rest): ${d instanceof Error ? d.message : d.stderr.slice(-2000)}`);
-        }
-    } finally {
-        try {
-            await bench?.stop();
-        } finally {
-            project?.remove();
-            say(`timings: ${JSON.stringify(timings)}`);
-        }
-    }
-}, 10 * 60_000);
+afterAll(() => tearDownStory({ clis: cli && mayHaveResources && !destroyed ? [cli] : [], bench, project, log: storyLogged }), 10 * 60_000);
 
 // ------------------------------------------------------------------ helpers
 
