@@ -86,6 +86,11 @@ in
     users.users = lib.genAttrs cfg.users (_: {
       extraGroups = [ "libvirtd" ];
     });
+    # This module only adds them to libvirtd: the accounts are the machine's.
+    assertions = map (u: {
+      assertion = config.users.users.${u}.isNormalUser || config.users.users.${u}.isSystemUser;
+      message = "nixspark.host.users names ${u}, who is not a user of this machine: define users.users.${u} (isNormalUser = true) in its configuration";
+    }) cfg.users;
 
     environment.systemPackages = [
       pkgs.nodejs_20
@@ -97,28 +102,44 @@ in
     # prints on its serial console. libvirt's console logs are root's (0600);
     # the fingerprints are public, so their latest line per VM is copied to a
     # world-readable place (providers/ssh.ts reads it when the log is not
-    # readable).
+    # readable). A loop, not a path unit: a path unit watching the log
+    # directory fires on every console write, and its oneshot service then
+    # hits systemd's start limit and the path unit gives up for good. The
+    # loop only reads a log that changed since its line was published, reads
+    # at most its last 8 MiB, and keeps the published line when no newer one
+    # is found.
     systemd.services.nixspark-host-keys = {
       description = "Publish the nixspark host key lines of the VMs' console logs";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "libvirtd.service" ];
       path = [
         pkgs.coreutils
         pkgs.gnugrep
       ];
-      serviceConfig.Type = "oneshot";
+      serviceConfig = {
+        Restart = "always";
+        RestartSec = 5;
+      };
       script = ''
-        install -d -m 0755 /run/nixspark/host-keys
-        for f in ${cfg.consoleLogDir}/*-console.log; do
-          [ -e "$f" ] || continue
-          out=/run/nixspark/host-keys/$(basename "$f")
-          grep -a 'nixspark-host-keys:' "$f" | tail -n 1 > "$out.tmp" || true
-          chmod 0644 "$out.tmp"
-          mv "$out.tmp" "$out"
+        out=/run/nixspark/host-keys
+        install -d -m 0755 "$out"
+        while true; do
+          for f in ${cfg.consoleLogDir}/*-console.log; do
+            [ -e "$f" ] || continue
+            pub="$out/$(basename "$f")"
+            [ -e "$pub" ] && [ ! "$f" -nt "$pub" ] && continue
+            line=$(tail -c 8388608 "$f" | grep -a 'nixspark-host-keys:' | tail -n 1 || true)
+            if [ -n "$line" ]; then
+              printf '%s\n' "$line" > "$pub.tmp"
+              chmod 0644 "$pub.tmp"
+              mv "$pub.tmp" "$pub"
+            else
+              touch "$pub"
+            fi
+          done
+          sleep ''${NIXSPARK_HOST_KEYS_INTERVAL:-2}
         done
       '';
-    };
-    systemd.paths.nixspark-host-keys = {
-      wantedBy = [ "multi-user.target" ];
-      pathConfig.PathModified = cfg.consoleLogDir;
     };
   };
 }

@@ -157,12 +157,32 @@ in
       secretFile = mkOption {
         type = types.str;
         default = "/var/lib/nixspark/spark-secret";
-        description = "The cluster secret on the node (root only, mode 0400); never in /nix/store.";
+        description = ''
+          The cluster secret on the node (root only, mode 0400); never in
+          /nix/store. Its format, the one place it is written down: a
+          fragment of spark-defaults.conf, one `spark.<key> <value>` line
+          per property and a newline after each, with
+          `spark.authenticate.secret <secret>` among them (the secret Spark
+          settings follow it). The deployment writes it
+          (providers/clusterSecret.ts, secretProperties); the
+          nixspark-spark-conf unit appends it unchanged to the configuration.
+        '';
       };
       confDir = mkOption {
         type = types.str;
         default = "/run/nixspark/spark-conf";
-        description = "Where the Spark configuration with the secret is assembled at boot (root:spark, 0750; files 0440).";
+        description = "Where the Spark configuration with the secret is assembled at boot (root:<usersGroup>, 0750; files 0440).";
+      };
+      usersGroup = mkOption {
+        type = types.str;
+        default = "spark-users";
+        description = "The group that may read the cluster's Spark configuration (and so submit jobs): the daemons' user, the deploy user and sparkUsers.";
+      };
+      sparkUsers = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "alice" ];
+        description = "Further users (defined elsewhere) who may run spark-submit with the cluster's configuration: members of usersGroup.";
       };
     };
 

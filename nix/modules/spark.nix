@@ -64,8 +64,10 @@ let
   # secret must be in spark-defaults.conf (a standalone driver accepts it from
   # spark.authenticate.secret only), and nothing secret may enter the
   # world-readable store: the files are assembled at boot under /run, readable
-  # by root and the spark group only.
+  # by root and the Spark users' group only (the daemons' user and whoever
+  # may submit jobs: the deploy user and nixspark.security.sparkUsers).
   auth = cfg.security.authenticate;
+  usersGroup = cfg.security.usersGroup;
   confDir = if auth then cfg.security.confDir else storeConfDir;
   daemonUnits =
     lib.optional config.services.spark.master.enable "spark-master.service"
@@ -115,6 +117,15 @@ in
     python
   ];
 
+  # Who may run spark-submit with the cluster's configuration (and secret):
+  # the daemons' user, the deploy user and the users named in
+  # nixspark.security.sparkUsers. Everyone else gets Spark without the
+  # cluster's settings.
+  users.groups.${usersGroup}.members = [
+    "spark"
+    cfg.deployUser
+  ] ++ cfg.security.sparkUsers;
+
   networking.hosts = lib.mkIf (cfg.master.hostname != null) { ${cfg.master.address} = [ cfg.master.hostname ]; };
 
   networking.firewall.extraCommands = firewallRules;
@@ -139,17 +150,24 @@ in
       RemainAfterExit = true;
       UMask = "0077";
     };
+    # The secret file is a fragment of spark-defaults.conf, appended as it
+    # is (its format: nixspark.security.secretFile in options.nix).
     script = ''
       set -eu
-      if [ ! -s ${cfg.security.secretFile} ]; then
-        echo "no cluster secret in ${cfg.security.secretFile}; \`pulumi up\` delivers it" >&2
+      secret=${cfg.security.secretFile}
+      if [ ! -s "$secret" ]; then
+        echo "no cluster secret in $secret; \`pulumi up\` delivers it" >&2
+        exit 1
+      fi
+      if grep -qvE '^(spark\.[A-Za-z0-9._-]+ [^[:space:]].*)?$' "$secret" || ! grep -q '^spark\.authenticate\.secret ' "$secret"; then
+        echo "$secret is not a Spark properties fragment with spark.authenticate.secret (one 'spark.<key> <value>' line each); \`pulumi up\` writes it again" >&2
         exit 1
       fi
       tmp=$(mktemp -d)
       cp ${storeConfDir}/spark-env.sh "$tmp/spark-env.sh"
-      { cat ${storeConfDir}/spark-defaults.conf; printf 'spark.authenticate.secret %s\n' "$(cat ${cfg.security.secretFile})"; } > "$tmp/spark-defaults.conf"
-      install -d -m 0750 -o root -g spark ${cfg.security.confDir}
-      install -m 0440 -o root -g spark "$tmp/spark-env.sh" "$tmp/spark-defaults.conf" ${cfg.security.confDir}/
+      cat ${storeConfDir}/spark-defaults.conf "$secret" > "$tmp/spark-defaults.conf"
+      install -d -m 0750 -o root -g ${usersGroup} ${cfg.security.confDir}
+      install -m 0440 -o root -g ${usersGroup} "$tmp/spark-env.sh" "$tmp/spark-defaults.conf" ${cfg.security.confDir}/
       rm -rf "$tmp"
     '';
   };

@@ -33,6 +33,9 @@ let
   # Each node gets its host name the way a libvirt VM does (modules/guest.nix):
   # no configured name, and the systemd credential `system.hostname` as an
   # SMBIOS OEM string, which libvirt's <sysinfo> passes to QEMU as this.
+  # With no host name, system.name would be "unnamed" for every node, and the
+  # test driver names its machines after system.name (nixos/lib/testing/
+  # driver.nix): each node's is set to its name in the test script.
   node =
     role: name:
     { nodes, ... }:
@@ -41,10 +44,18 @@ let
     in
     {
       imports = [
+        ../modules/common.nix
         roles.${role}
         (import ../lib/params-module.nix params)
       ];
       networking.hostName = lib.mkForce "";
+      system.name = name;
+      # A user who is no deployer but may submit jobs (nixspark.security.sparkUsers).
+      users.users.analyst = {
+        isNormalUser = true;
+        description = "a Spark user";
+      };
+      nixspark.security.sparkUsers = [ "analyst" ];
       # The test network has no DHCP pool: the node block is the three Spark
       # nodes (.1 to .3; the test framework numbers nodes in name order), and
       # `zoutsider` (.4) stands for an address outside it.
@@ -59,7 +70,8 @@ let
         before = [ "nixspark-spark-conf.service" ];
         requiredBy = [ "nixspark-spark-conf.service" ];
         serviceConfig.Type = "oneshot";
-        script = "install -D -m 0400 ${pkgs.writeText "test-secret" "not-a-real-secret"} ${params.security.secretFile or "/var/lib/nixspark/spark-secret"}";
+        # In the format the deployment writes (providers/clusterSecret.ts).
+        script = "install -D -m 0400 ${pkgs.writeText "test-secret" "spark.authenticate.secret not-a-real-secret\n"} ${params.security.secretFile or "/var/lib/nixspark/spark-secret"}";
       };
       virtualisation.qemu.options = [
         "-smbios"
@@ -143,6 +155,18 @@ pkgs.testers.runNixOSTest {
           assert report["result"] == 333338333350000, f"wrong sum: {report['result']}"
           assert report["hosts"] == ["worker1", "worker2"], f"tasks ran on {report['hosts']}"
 
+      with subtest("a user in the Spark users' group submits a job with the cluster's configuration"):
+          master.succeed("cp /tmp/sum_of_squares.py /tmp/analyst-job.py && chmod 0644 /tmp/analyst-job.py")
+          out = master.succeed(
+              "su -l analyst -c 'spark-submit --executor-memory 512m --conf spark.cores.max=2"
+              " /tmp/analyst-job.py 2>/tmp/analyst.log'"
+          )
+          report = json.loads(out.strip().splitlines()[-1])
+          assert report["result"] == 333338333350000, f"wrong sum: {report['result']}"
+          # The deploy user is a member too; nobody else can read the secret.
+          master.succeed("id -nG deploy | grep -qw spark-users")
+          master.fail("su -s /bin/sh nobody -c 'cat /run/nixspark/spark-conf/spark-defaults.conf'")
+
       with subtest("workers register again after the master restarts"):
           master.systemctl("restart spark-master.service")
           master.wait_for_unit("spark-master.service")
@@ -158,10 +182,13 @@ pkgs.testers.runNixOSTest {
           assert "--src-range 192.168.1.1-192.168.1.3" in rules, rules
           assert "-s ${params.network.cidr}" not in rules, rules
 
-      with subtest("the secret is outside the store, readable by root and spark only; without it Spark refuses"):
+      with subtest("the secret is outside the store, readable by root and the Spark users only; without it Spark refuses"):
           for machine in (master, worker1):
               mode = machine.succeed("stat -c '%a %U %G' /run/nixspark/spark-conf/spark-defaults.conf").strip()
-              assert mode == "440 root spark", mode
+              assert mode == "440 root spark-users", mode
+              # The daemons read the secret as the deployment wrote it, once.
+              machine.succeed("grep -qx 'spark.authenticate.secret not-a-real-secret' /run/nixspark/spark-conf/spark-defaults.conf")
+              machine.fail("grep -q 'spark.authenticate.secret spark.authenticate.secret' /run/nixspark/spark-conf/spark-defaults.conf")
               machine.succeed("test $(stat -c '%a %U' /var/lib/nixspark/spark-secret) = '400 root'")
               machine.fail("grep -Rqs not-a-real-secret /etc/")
           # The same configuration with another secret: the master refuses the driver.

@@ -63,6 +63,12 @@ export interface LocalSparkOptions {
      * { "spark.decommission.enabled": "true" }.
      */
     sparkDefaults?: Record<string, string>;
+    /**
+     * A configuration directory to start every daemon from as it is (a
+     * node's, assembled by its own unit in a contract test), instead of one
+     * written here; sparkDefaults and the quiet log4j2 settings then do not apply.
+     */
+    confDir?: string;
 }
 
 /** Runs scripts/install-spark (idempotent; installs into .tools/spark-venv when missing) and returns SPARK_HOME. */
@@ -168,18 +174,18 @@ export async function startLocalSpark(opts: LocalSparkOptions = {}): Promise<Loc
         SPARK_HOME: sparkHome,
         JAVA_HOME: javaHome,
         SPARK_LOG_DIR: path.join(dir, "logs"),
-        SPARK_CONF_DIR: path.join(dir, "conf"),
+        SPARK_CONF_DIR: opts.confDir ?? path.join(dir, "conf"),
         // Small daemons: the machine has 2 cores and runs other tests too.
         SPARK_DAEMON_MEMORY: "256m",
         PYSPARK_PYTHON: path.join(VENV, "bin/python"),
     };
-    fs.mkdirSync(baseEnv.SPARK_CONF_DIR, { recursive: true });
     fs.mkdirSync(baseEnv.SPARK_LOG_DIR, { recursive: true });
-    if (opts.sparkDefaults) {
+    if (!opts.confDir) fs.mkdirSync(baseEnv.SPARK_CONF_DIR, { recursive: true });
+    if (opts.sparkDefaults && !opts.confDir) {
         fs.writeFileSync(path.join(baseEnv.SPARK_CONF_DIR, "spark-defaults.conf"), Object.entries(opts.sparkDefaults).map(([k, v]) => `${k} ${v}\n`).join(""));
     }
     // Spark logs INFO to stderr by default; WARN keeps the logs readable.
-    fs.writeFileSync(
+    if (!opts.confDir) fs.writeFileSync(
         path.join(baseEnv.SPARK_CONF_DIR, "log4j2.properties"),
         ["rootLogger.level = warn", "rootLogger.appenderRef.stdout.ref = console", "appender.console.type = Console", "appender.console.name = console",
             "appender.console.target = SYSTEM_ERR", "appender.console.layout.type = PatternLayout", "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n", ""].join("\n"),

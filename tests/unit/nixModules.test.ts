@@ -284,6 +284,17 @@ describe("authentication, the cluster secret and the firewall", () => {
 describe("the NixOS test (checks.x86_64-linux.spark-cluster) on the stand-in test framework", () => {
     const check = "checks.x86_64-linux.spark-cluster";
 
+    test("the driver names the machines master, worker1, worker2 and zoutsider, as the script does (system.name, not the empty host name)", () => {
+        expect(evalFlake<string[]>(NIX_DIR, `${check}.machineNames`)).toEqual(["master", "worker1", "worker2", "zoutsider"]);
+    });
+
+    test("a node left with an empty host name and no system.name is 'unnamed' to the driver, and a script naming it fails", () => {
+        const dir = flakeCopy();
+        edit(path.join(dir, "tests/spark-cluster.nix"), /\n\s*system\.name = name;/, "");
+        expect(evalFlake<string[]>(dir, `${check}.machineNames`)).toEqual(["unnamed", "unnamed", "unnamed", "zoutsider"]);
+        expect(evalError(dir, `${check}.drvPath`)).toMatch(/the test script uses 'master', 'worker1', 'worker2', but the driver's machines are 'unnamed', 'unnamed', 'unnamed', 'zoutsider'/);
+    });
+
     test("each node gets its name as libvirt gives it: no configured name, the system.hostname credential", () => {
         for (const node of ["master", "worker1", "worker2"]) {
             expect(evalFlake(NIX_DIR, `${check}.nodes.${node}.networking.hostName`)).toBe("");
@@ -303,7 +314,13 @@ describe("the NixOS test (checks.x86_64-linux.spark-cluster) on the stand-in tes
         expect(script).toContain('zoutsider.fail("');
         expect(script).toMatch(/zoutsider\.fail\("\S+\/bin\/nc -z -w 5 192\.168\.1\.1 7077"\)/);
         expect(script).toContain('assert "--src-range 192.168.1.1-192.168.1.3" in rules');
-        expect(script).toContain("assert mode == \"440 root spark\"");
+        expect(script).toContain("assert mode == \"440 root spark-users\"");
+        expect(script).toContain("grep -qx 'spark.authenticate.secret not-a-real-secret' /run/nixspark/spark-conf/spark-defaults.conf");
+        // A job as a user who is only in the Spark users' group; port 22 is open because the nodes run sshd.
+        expect(script).toContain("su -l analyst -c 'spark-submit");
+        expect(script).toMatch(/zoutsider\.succeed\("\S+\/bin\/nc -z -w 5 192\.168\.1\.1 22"\)/);
+        expect(evalFlake(NIX_DIR, `${check}.nodes.master.services.openssh.enable`)).toBe(true);
+        expect(evalFlake<string[]>(NIX_DIR, `${check}.nodes.master.users.groups.spark-users.members`)).toEqual(expect.arrayContaining(["spark", "deploy", "analyst"]));
         expect(evalFlake(NIX_DIR, `${check}.nodes.master.services.spark.confDir`)).toBe("/run/nixspark/spark-conf");
         expect(evalFlake(NIX_DIR, `${check}.nodes.zoutsider.networking.primaryIPAddress`)).toBe("192.168.1.4");
     });
@@ -311,7 +328,7 @@ describe("the NixOS test (checks.x86_64-linux.spark-cluster) on the stand-in tes
 
 describe("nixosModules.host: the machine that runs the VMs", () => {
     const host = (extra: string) =>
-        `(stub.lib.nixosSystem { modules = [ ${path.join(NIX_DIR, "modules/host.nix")} ({ ... }: { nixspark.host.users = [ "alice" ]; ${extra} }) ]; }).config`;
+        `(stub.lib.nixosSystem { modules = [ ${path.join(NIX_DIR, "modules/host.nix")} ({ ... }: { nixspark.host.users = [ "alice" ]; users.users.alice.isNormalUser = true; ${extra} }) ]; }).config`;
 
     test("libvirtd with KVM, flakes and the kvm feature, the user in libvirtd; an iptables host lets the bridges reach dnsmasq", () => {
         const c = evalExpr(
@@ -327,10 +344,11 @@ describe("nixosModules.host: the machine that runs the VMs", () => {
         expect(c.nft).toBe("");
         expect(c.system).toMatch(/\.drv$/);
         // The VMs' host key lines, from root-only console logs to where the deployer can read them.
-        const keys = evalExpr(`let c = ${host("")}; in { path = c.systemd.paths.nixspark-host-keys.pathConfig; script = c.systemd.services.nixspark-host-keys.script; }`);
-        expect(keys.path).toEqual({ PathModified: "/var/log/libvirt/qemu" });
-        expect(keys.script).toContain("grep -a 'nixspark-host-keys:'");
-        expect(keys.script).toContain("/run/nixspark/host-keys/");
+        // (run for real in tests/integration/hostKeysContract.test.ts): a service that keeps running, no path unit.
+        const keys = evalExpr(`let c = ${host("")}; in { paths = c.systemd.paths; unit = { inherit (c.systemd.services.nixspark-host-keys) wantedBy serviceConfig; }; }`);
+        expect(keys.paths).not.toHaveProperty("nixspark-host-keys");
+        expect(keys.unit.wantedBy).toEqual(["multi-user.target"]);
+        expect(keys.unit.serviceConfig.Restart).toBe("always");
     });
 
     test("an nftables host gets the same openings as nftables rules (and no iptables commands)", () => {
@@ -341,9 +359,73 @@ describe("nixosModules.host: the machine that runs the VMs", () => {
         expect(c.system).toMatch(/\.drv$/);
     });
 
+    test("a user named in nixspark.host.users must be a user of the machine (24.11's users assertions)", () => {
+        const err = (() => {
+            try {
+                evalExpr(`(stub.lib.nixosSystem { modules = [ ${path.join(NIX_DIR, "modules/host.nix")} ({ ... }: { nixspark.host.users = [ "bob" ]; }) ]; }).config.system.build.toplevel.drvPath`);
+            } catch (e) {
+                return (e as Error).message;
+            }
+            throw new Error("expected the evaluation to fail");
+        })();
+        expect(err).toContain("Exactly one of users.users.bob.isSystemUser and users.users.bob.isNormalUser must be set.");
+        expect(err).toContain("nixspark.host.users names bob, who is not a user of this machine: define users.users.bob (isNormalUser = true)");
+    });
+
     test("is a flake output", () => {
         expect(evalFlake<string[]>(NIX_DIR, "nixosModules")).toBeDefined();
         const names = JSON.parse(nix([...NIX, "eval", "--json", ...STUB, `path:${NIX_DIR}#nixosModules`, "--apply", "builtins.attrNames"]));
         expect(names).toContain("host");
     });
 });
+
+describe("the stand-in follows nixos-24.11 where the modules depend on it", () => {
+    const system = (module: string) => `(stub.lib.nixosSystem { modules = [ (${module}) ]; }).config`;
+
+    test("system.name comes from the host name, and is 'unnamed' for an empty one (system/activation/top-level.nix)", () => {
+        const c = evalExpr(`{ named = ${system(`{ networking.hostName = "node7"; }`)}.system.name; empty = ${system(`{ networking.hostName = ""; }`)}.system.name; set = ${system(`{ networking.hostName = ""; system.name = "master"; }`)}.system.name; }`);
+        expect(c).toEqual({ named: "node7", empty: "unnamed", set: "master" });
+        // The system derivation is named after system.name, whatever the host name.
+        const drv = evalExpr<string>(`${system(`{ networking.hostName = "node7"; system.name = "other"; }`)}.system.build.toplevel.name`);
+        expect(drv).toBe("nixos-system-other-24.11");
+    });
+
+    test("an iptables host may set nftables rules: the iptables backend makes no assertion about them (firewall-iptables.nix)", () => {
+        const drv = evalExpr<string>(`${system(`{ networking.firewall.extraInputRules = "tcp dport 1 accept"; }`)}.system.build.toplevel.drvPath`);
+        expect(drv).toMatch(/\.drv$/);
+        // The nftables backend's assertion about iptables commands stays.
+        expect(() => evalExpr(`${system(`{ networking.nftables.enable = true; networking.firewall.extraCommands = "iptables -A x"; }`)}.system.build.toplevel.drvPath`)).toThrow(
+            /incompatible with the nftables based firewall/,
+        );
+    });
+
+    test("a user is exactly one of normal and system user, and has a group (config/users-groups.nix)", () => {
+        expect(() => evalExpr(`${system(`{ users.users.ghost.extraGroups = [ "wheel" ]; }`)}.system.build.toplevel.drvPath`)).toThrow(/Exactly one of users\.users\.ghost\.isSystemUser and users\.users\.ghost\.isNormalUser must be set\./);
+        expect(() => evalExpr(`${system(`{ users.users.svc.isSystemUser = true; }`)}.system.build.toplevel.drvPath`)).toThrow(/users\.users\.svc\.group is unset/);
+        const normal = evalExpr(`${system(`{ users.users.alice.isNormalUser = true; }`)}.users.users.alice`);
+        expect(normal).toMatchObject({ group: "users", home: "/home/alice" });
+    });
+
+    test("a service's script runs as ExecStart: a bash job script with set -e, and PATH from `path` plus nixpkgs' defaults (systemd-lib.nix, systemd.nix)", () => {
+        const u = evalExpr(
+            `let s = ${system(`{ pkgs, ... }: { systemd.services.demo = { script = "echo hi"; path = [ pkgs.iproute2 ]; }; }`)}.systemd.services.demo; in { exec = builtins.unsafeDiscardStringContext s.serviceConfig.ExecStart; path = builtins.unsafeDiscardStringContext s.environment.PATH; }`,
+        );
+        expect(u.exec).toMatch(/^\/nix\/store\/[a-z0-9]{32}-unit-script-demo-start\/bin\/demo-start $/);
+        expect(u.path.split(":").map((p: string) => p.replace(/^\/nix\/store\/[a-z0-9]{32}-/, ""))).toEqual([
+            ...["iproute2-6.11.0", "coreutils-9.5", "findutils-4.10.0", "gnugrep-3.11", "gnused-4.9", "systemd-256.10"].map((p) => `${p}/bin`),
+            ...["iproute2-6.11.0", "coreutils-9.5", "findutils-4.10.0", "gnugrep-3.11", "gnused-4.9", "systemd-256.10"].map((p) => `${p}/sbin`),
+        ]);
+    });
+
+    test("every assertion the stand-in makes names the nixpkgs file it comes from", () => {
+        for (const file of filesUnderDir(STUB_DIR)) {
+            const text = fs.readFileSync(file, "utf8");
+            if (!/\bassertion\s*=/.test(text)) continue;
+            expect({ file: path.relative(STUB_DIR, file), cites: /nixos\/modules\/[\w/.-]+\.nix/.test(text.split("\n{")[0]) }).toEqual({ file: path.relative(STUB_DIR, file), cites: true });
+        }
+    });
+});
+
+function filesUnderDir(dir: string): string[] {
+    return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? filesUnderDir(path.join(dir, e.name)) : e.name.endsWith(".nix") ? [path.join(dir, e.name)] : []));
+}

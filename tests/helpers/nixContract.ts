@@ -1,0 +1,208 @@
+// Contracts between the program and the NixOS roles, executed: "evaluate,
+// extract, run". Nothing here can boot NixOS, so a script that a role's
+// evaluation generates (a unit's ExecStart, what it reads and writes) is
+// taken from the real evaluation of nix/ against the stand-in nixpkgs and
+// run on this machine, in a scratch root, with the program's real output as
+// its input (the file ClusterSecret writes, a console log the guest's own
+// unit wrote).
+//
+//   const flake = stackFlake(nixStackParams(cfg, topo));      // nix/ + stacks/<stack>.json
+//   const unit = evalUnit(flake, "<stack>-master", "nixspark-spark-conf");
+//   const root = new ScratchRoot();                          // tmp dir, removed by root.remove()
+//   root.realise(unit.drvs);                                 // the derivations its ExecStart needs
+//   await root.runUnit(unit);                                // ExecStart, with the unit's environment
+//
+// Realising a stand-in derivation in the scratch root: a text file
+// (writeTextFile: the `text` attribute) is written as Nix would; a runCommand
+// with a build command of ours is run by sh with $out set, inside the scratch
+// root so that its /nix/store references resolve; a package (the stand-in's
+// packages are never built) becomes a directory whose bin/ and sbin/ are
+// this machine's /usr/bin and /usr/sbin, or a directory the test names.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { run, RunResult } from "../../providers/run";
+import { FIXTURES, nix, NIX_DIR, nixEnv } from "../fixtures/nix-env";
+
+export const STUB_DIR = path.join(FIXTURES, "nix-stub-nixpkgs");
+const NIX = ["nix", "--extra-experimental-features", "nix-command flakes"];
+const STUB = ["--no-write-lock-file", "--override-input", "nixpkgs", `path:${STUB_DIR}`];
+const SCRATCH_ROOT = path.join(__dirname, "scratch-root");
+
+const made: string[] = [];
+/** Removes every flake copy and scratch root this module made (call from afterAll). */
+export function removeContractDirs(): void {
+    for (const d of made.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+}
+
+function tmpDir(prefix: string): string {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    made.push(d);
+    return d;
+}
+
+/** A copy of nix/ whose stacks/<stack>.json is the settings file the program writes for these parameters. */
+export function stackFlake(params: { stack: string }): string {
+    const dir = tmpDir("nixspark-contract-flake-");
+    fs.cpSync(NIX_DIR, dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, "stacks", `${params.stack}.json`), JSON.stringify(params, null, 2));
+    return dir;
+}
+
+/**
+ * `nix eval --json` of <flake>#<attr> against the stand-in, with `apply`
+ * (a Nix function) applied. Strings that name unbuilt derivations must have
+ * their context discarded in `apply` (Nix 2.8 cannot print them otherwise).
+ */
+export function evalAttr<T = unknown>(flakeDir: string, attr: string, apply?: string): T {
+    nixEnv();
+    return JSON.parse(nix([...NIX, "eval", "--no-eval-cache", "--json", ...STUB, `path:${flakeDir}#${attr}`, ...(apply ? ["--apply", apply] : [])])) as T;
+}
+
+export interface EvaluatedUnit {
+    name: string;
+    /** ExecStart as systemd gets it (the job script's store path, then its arguments). */
+    execStart: string;
+    /** The unit's Environment= (PATH from `path`, as nixpkgs makes it). */
+    environment: Record<string, string>;
+    serviceConfig: Record<string, unknown>;
+    /** The derivations ExecStart and the environment refer to. */
+    drvs: string[];
+}
+
+/** A systemd service of nixosConfigurations.<configuration>, as the evaluation made it. */
+export function evalUnit(flakeDir: string, configuration: string, unit: string): EvaluatedUnit {
+    return evalUnitAt(flakeDir, `nixosConfigurations.${configuration}.config.systemd.services.${unit}`, unit);
+}
+
+/** The same for a unit at any attribute path (e.g. a host system built from nixosModules.host). */
+export function evalUnitAt(flakeDir: string, attr: string, name: string): EvaluatedUnit {
+    const apply = `u: let
+        plain = s: builtins.unsafeDiscardStringContext s;
+        ctx = s: builtins.attrNames (builtins.getContext s);
+        env = builtins.mapAttrs (_: v: toString v) (builtins.removeAttrs u.environment [ ]);
+        exec = toString u.serviceConfig.ExecStart;
+      in {
+        execStart = plain exec;
+        environment = builtins.mapAttrs (_: plain) env;
+        serviceConfig = builtins.mapAttrs (_: v: if builtins.isString v then plain v else if builtins.isList v then map (x: if builtins.isString x then plain x else x) v else v) u.serviceConfig;
+        drvs = ctx exec ++ builtins.concatLists (map ctx (builtins.attrValues env));
+      }`;
+    const u = evalAttr<Omit<EvaluatedUnit, "name">>(flakeDir, attr, apply);
+    return { name, ...u, drvs: [...new Set(u.drvs)] };
+}
+
+interface Derivation {
+    outputs: { out: { path: string } };
+    inputDrvs: Record<string, string[]>;
+    env: Record<string, string>;
+}
+
+/** A directory standing in for a node's /nix/store, /run, /var/lib, /var/log and /etc/{passwd,group}. */
+export class ScratchRoot {
+    readonly dir = tmpDir("nixspark-scratch-root-");
+    private realised = new Set<string>();
+
+    /** Packages (by derivation name prefix, e.g. "spark-") realised as a given directory instead of the host's bin/. */
+    constructor(private packages: Record<string, string> = {}) {
+        for (const d of ["nix/store", "run", "var/lib", "var/log", "etc"]) fs.mkdirSync(path.join(this.dir, d), { recursive: true });
+    }
+
+    /** ROOT + an absolute path on the node. */
+    at(p: string): string {
+        return path.join(this.dir, p);
+    }
+
+    /** /etc/passwd and /etc/group of this machine plus the node's users and groups (name → members). */
+    withAccounts(users: string[], groups: Record<string, string[]>): void {
+        let passwd = fs.readFileSync("/etc/passwd", "utf8");
+        let group = fs.readFileSync("/etc/group", "utf8");
+        let id = 64000;
+        for (const u of users) if (!new RegExp(`^${u}:`, "m").test(passwd)) passwd += `${u}:x:${id++}:65534::/var/empty:/bin/false\n`;
+        for (const [g, members] of Object.entries(groups)) if (!new RegExp(`^${g}:`, "m").test(group)) group += `${g}:x:${id++}:${members.join(",")}\n`;
+        fs.writeFileSync(this.at("/etc/passwd"), passwd);
+        fs.writeFileSync(this.at("/etc/group"), group);
+    }
+
+    /** The numeric id the scratch root's /etc/group gives a group. */
+    gid(name: string): number {
+        const line = fs.readFileSync(this.at("/etc/group"), "utf8").split("\n").find((l) => l.startsWith(`${name}:`));
+        if (!line) throw new Error(`no group ${name} in the scratch root`);
+        return Number(line.split(":")[2]);
+    }
+
+    /** Realises the derivations (and everything they need) in the scratch root. */
+    async realise(drvPaths: string[]): Promise<void> {
+        nixEnv();
+        const pending = drvPaths.filter((d) => !this.realised.has(d));
+        if (pending.length === 0) return;
+        const all = JSON.parse(nix([...NIX, "show-derivation", "-r", ...pending])) as Record<string, Derivation>;
+        // Dependencies first.
+        const order: string[] = [];
+        const visit = (d: string, seen: Set<string>) => {
+            if (seen.has(d) || this.realised.has(d)) return;
+            seen.add(d);
+            for (const input of Object.keys(all[d]?.inputDrvs ?? {})) visit(input, seen);
+            order.push(d);
+        };
+        const seen = new Set<string>();
+        for (const d of pending) visit(d, seen);
+        for (const d of order) {
+            await this.realiseOne(all[d]);
+            this.realised.add(d);
+        }
+    }
+
+    private async realiseOne(drv: Derivation): Promise<void> {
+        const out = drv.outputs.out.path;
+        const target = this.at(out);
+        const env = drv.env;
+        if (fs.existsSync(target)) return;
+        if (env.text !== undefined && env.buildCommand?.includes('printf %s "$text"')) {
+            // writeTextFile
+            const file = target + (env.destination ?? "");
+            fs.mkdirSync(path.dirname(file), { recursive: true });
+            fs.writeFileSync(file, env.text, { mode: env.executable === "1" ? 0o755 : 0o644 });
+            return;
+        }
+        if (env.buildCommand && env.buildCommand.trim() !== "exit 1") {
+            // runCommand: our own build command, run as Nix runs it (sh, $out, the attributes as variables).
+            const vars = Object.entries({ ...env, out, PATH: "/usr/bin:/bin" }).map(([k, v]) => `${k}=${v}`);
+            await this.run(["env", "-i", ...vars, "sh", "-c", env.buildCommand], { timeoutMs: 60_000 });
+            return;
+        }
+        // A package: never built by the stand-in. This machine's programs stand in for it.
+        const name = path.basename(out).slice(33);
+        const own = Object.keys(this.packages).find((p) => name.startsWith(p));
+        if (own) {
+            fs.mkdirSync(path.dirname(target), { recursive: true });
+            fs.symlinkSync(this.packages[own], target);
+            return;
+        }
+        fs.mkdirSync(target, { recursive: true });
+        fs.symlinkSync("/usr/bin", path.join(target, "bin"));
+        fs.symlinkSync("/usr/sbin", path.join(target, "sbin"));
+    }
+
+    /** Runs a command inside the scratch root (tests/helpers/scratch-root in a private mount namespace). */
+    run(argv: string[], opts: { env?: Record<string, string>; timeoutMs?: number; allowFailure?: boolean; input?: string } = {}): Promise<RunResult> {
+        return run(["unshare", "--mount", "--propagation", "private", "bash", SCRATCH_ROOT, this.dir, ...argv], {
+            timeoutMs: opts.timeoutMs ?? 60_000,
+            allowFailure: opts.allowFailure,
+            input: opts.input,
+            env: opts.env,
+        });
+    }
+
+    /** Realises a unit's derivations and runs its ExecStart with its environment, as systemd would (as root). */
+    async runUnit(unit: EvaluatedUnit, opts: { extraEnv?: Record<string, string>; timeoutMs?: number; allowFailure?: boolean } = {}): Promise<RunResult> {
+        await this.realise(unit.drvs);
+        const argv = unit.execStart.trim().split(/\s+/);
+        const env = { ...unit.environment, ...(opts.extraEnv ?? {}) };
+        return this.run(["env", "-i", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], { timeoutMs: opts.timeoutMs, allowFailure: opts.allowFailure });
+    }
+
+    remove(): void {
+        fs.rmSync(this.dir, { recursive: true, force: true });
+    }
+}
