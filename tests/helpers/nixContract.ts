@@ -75,8 +75,18 @@ export function evalUnit(flakeDir: string, configuration: string, unit: string):
     return evalUnitAt(flakeDir, `nixosConfigurations.${configuration}.config.systemd.services.${unit}`, unit);
 }
 
-/** The same for a unit at any attribute path (e.g. a host system built from nixosModules.host). */
-export function evalUnitAt(flakeDir: string, attr: string, name: string): EvaluatedUnit {
+/**
+ * A systemd service of a system built by the stand-in's lib.nixosSystem from
+ * the given modules (Nix expressions; `flake` is bound to the flake copy's
+ * path), e.g. a host that imports nixosModules.host.
+ */
+export function evalModuleUnit(flakeDir: string, modules: string[], unit: string): EvaluatedUnit {
+    const expr = `let stub = builtins.getFlake "path:${STUB_DIR}"; flake = ${flakeDir}; in (stub.lib.nixosSystem { modules = [ ${modules.map((m) => `(${m})`).join(" ")} ]; }).config.systemd.services.${unit}`;
+    return evalUnitAt(flakeDir, expr, unit, true);
+}
+
+/** The same for a unit at any attribute path of the flake (or, with isExpr, any expression). */
+export function evalUnitAt(flakeDir: string, attr: string, name: string, isExpr = false): EvaluatedUnit {
     const apply = `u: let
         plain = s: builtins.unsafeDiscardStringContext s;
         ctx = s: builtins.attrNames (builtins.getContext s);
@@ -88,7 +98,9 @@ export function evalUnitAt(flakeDir: string, attr: string, name: string): Evalua
         serviceConfig = builtins.mapAttrs (_: v: if builtins.isString v then plain v else if builtins.isList v then map (x: if builtins.isString x then plain x else x) v else v) u.serviceConfig;
         drvs = ctx exec ++ builtins.concatLists (map ctx (builtins.attrValues env));
       }`;
-    const u = evalAttr<Omit<EvaluatedUnit, "name">>(flakeDir, attr, apply);
+    const u = isExpr
+        ? (JSON.parse(nix([...NIX, "eval", "--impure", "--json", "--expr", attr, "--apply", apply])) as Omit<EvaluatedUnit, "name">)
+        : evalAttr<Omit<EvaluatedUnit, "name">>(flakeDir, attr, apply);
     return { name, ...u, drvs: [...new Set(u.drvs)] };
 }
 
@@ -195,11 +207,16 @@ export class ScratchRoot {
     }
 
     /** Realises a unit's derivations and runs its ExecStart with its environment, as systemd would (as root). */
-    async runUnit(unit: EvaluatedUnit, opts: { extraEnv?: Record<string, string>; timeoutMs?: number; allowFailure?: boolean } = {}): Promise<RunResult> {
+    async runUnit(
+        unit: EvaluatedUnit,
+        opts: { extraEnv?: Record<string, string>; timeoutMs?: number; allowFailure?: boolean; stopAfterSeconds?: number } = {},
+    ): Promise<RunResult> {
         await this.realise(unit.drvs);
         const argv = unit.execStart.trim().split(/\s+/);
         const env = { ...unit.environment, ...(opts.extraEnv ?? {}) };
-        return this.run(["env", "-i", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], { timeoutMs: opts.timeoutMs, allowFailure: opts.allowFailure });
+        // A unit that keeps running (a loop) is stopped with SIGTERM after stopAfterSeconds, as `systemctl stop` would.
+        const stop = opts.stopAfterSeconds ? ["timeout", String(opts.stopAfterSeconds)] : [];
+        return this.run([...stop, "env", "-i", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], { timeoutMs: opts.timeoutMs, allowFailure: opts.allowFailure || Boolean(opts.stopAfterSeconds) });
     }
 
     remove(): void {
