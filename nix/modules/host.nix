@@ -27,14 +27,18 @@ let
     53
     67
   ];
-  nftablesRules = ''
-    iifname "${cfg.bridgePrefix}*" udp dport { ${udp} } accept
-    iifname "${cfg.bridgePrefix}*" tcp dport 53 accept
-  '';
-  iptablesRules = ''
-    iptables -A nixos-fw -i ${cfg.bridgePrefix}+ -p udp -m multiport --dports ${toString 53},${toString 67} -j nixos-fw-accept
-    iptables -A nixos-fw -i ${cfg.bridgePrefix}+ -p tcp --dport 53 -j nixos-fw-accept
-  '';
+  # The default bridges by prefix, and bridges a stack names itself
+  # (nixspark:network.bridge) one by one.
+  nftIfaces = [ "${cfg.bridgePrefix}*" ] ++ cfg.bridges;
+  iptIfaces = [ "${cfg.bridgePrefix}+" ] ++ cfg.bridges;
+  nftablesRules = lib.concatMapStrings (i: ''
+    iifname "${i}" udp dport { ${udp} } accept
+    iifname "${i}" tcp dport 53 accept
+  '') nftIfaces;
+  iptablesRules = lib.concatMapStrings (i: ''
+    iptables -A nixos-fw -i ${i} -p udp -m multiport --dports ${toString 53},${toString 67} -j nixos-fw-accept
+    iptables -A nixos-fw -i ${i} -p tcp --dport 53 -j nixos-fw-accept
+  '') iptIfaces;
 in
 {
   options.nixspark.host = {
@@ -52,7 +56,13 @@ in
     bridgePrefix = mkOption {
       type = types.strMatching "[A-Za-z0-9_-]{1,14}";
       default = "nxs-";
-      description = "Name prefix of the stacks' bridges (nixspark:network.bridge; the default is nxs-<stack>).";
+      description = "Name prefix of the stacks' default bridges (nxs-<stack>).";
+    };
+    bridges = mkOption {
+      type = types.listOf (types.strMatching "[A-Za-z0-9_-]{1,15}");
+      default = [ ];
+      example = [ "sparkbr0" ];
+      description = "Bridges that stacks name themselves (nixspark:network.bridge) without the prefix: they get the same DHCP and DNS openings.";
     };
   };
 

@@ -359,6 +359,15 @@ describe("nixosModules.host: the machine that runs the VMs", () => {
         expect(c.system).toMatch(/\.drv$/);
     });
 
+    test("a bridge a stack names itself (nixspark:network.bridge) gets the same openings, on either firewall", () => {
+        const c = evalExpr(
+            `{ ipt = ${host(`nixspark.host.bridges = [ "sparkbr0" ];`)}.networking.firewall.extraCommands; nft = ${host(`nixspark.host.bridges = [ "sparkbr0" ]; networking.nftables.enable = true;`)}.networking.firewall.extraInputRules; }`,
+        );
+        expect(c.ipt).toContain("iptables -A nixos-fw -i sparkbr0 -p udp -m multiport --dports 53,67 -j nixos-fw-accept");
+        expect(c.ipt).toContain("iptables -A nixos-fw -i nxs-+ -p udp -m multiport --dports 53,67 -j nixos-fw-accept");
+        expect(c.nft).toContain('iifname "sparkbr0" tcp dport 53 accept');
+    });
+
     test("a user named in nixspark.host.users must be a user of the machine (24.11's users assertions)", () => {
         const err = (() => {
             try {
