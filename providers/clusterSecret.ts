@@ -8,8 +8,11 @@
 // Delivery (deliverSecretProperties) writes the Spark properties that must
 // not enter /nix/store (the secret, and Spark settings set with
 // `pulumi config set --secret`) to a root-only file on the node over SSH,
-// on stdin, never on a command line; nix/modules/spark.nix assembles the
-// daemons' configuration from it at boot (root:spark, 0440, under /run).
+// on stdin, never on a command line; nix/modules/spark.nix appends it
+// unchanged to the daemons' configuration at boot (root:spark-users, 0440,
+// under /run). The file's format is written down once, in
+// nix/modules/options.nix (nixspark.security.secretFile), and
+// tests/integration/secretContract.test.ts runs the node's unit on it.
 import * as pulumi from "@pulumi/pulumi";
 import { run } from "./run";
 import { destination, sshArgv, SshTarget } from "./ssh";
