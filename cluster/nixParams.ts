@@ -649,6 +649,31 @@ async function evaluateWithCache(stack: string, plan: PlannedEval[], opts: Prepa
 }
 
 /**
+ * Keeps the flake snapshot that deployments switch from (a store path the
+ * evaluation made) from a garbage collection between this run's evaluation
+ * and its switches: an indirect GC root `<gcroots>/flake-source`, moved to
+ * each new snapshot. No process when the root already points there (every
+ * unchanged preview). Like everything under .nixspark/, a cache: without
+ * it, a collected snapshot is evaluated again (readEvalCache).
+ */
+export async function pinFlakeSnapshot(source: string, rootDir: string, log: (m: string) => void = () => undefined): Promise<void> {
+    const root = path.join(rootDir, "flake-source");
+    try {
+        if (fs.readlinkSync(root) === source) return;
+    } catch {
+        /* no root yet */
+    }
+    try {
+        fs.mkdirSync(rootDir, { recursive: true, mode: 0o700 });
+        fs.rmSync(root, { force: true });
+        await run(["nix-store", "--add-root", root, "--indirect", "--realise", source], { timeoutMs: 60_000 });
+    } catch (e) {
+        // Only a guard against a collection in the next minutes: never fail the program for it.
+        log(`nix: could not register a GC root for the flake snapshot ${source}: ${(e as Error).message}`);
+    }
+}
+
+/**
  * Writes the stack's settings file(s) and gets, with at most one `nix eval`
  * per flake (and none when nothing changed since the last run), the image's
  * derivation path and the role systems' out paths. Call it in the program
@@ -660,6 +685,7 @@ export async function prepareNix(stack: string, cfg: ClusterConfig, topo: Topolo
     const plan = planNixEvaluations(stack, cfg, cwd);
     if (plan.length === 0) return { cached: false, evaluations: 0 };
     const { values, cached } = await evaluateWithCache(stack, plan, opts, cwd);
+    if (cfg.deploy.enabled && values.source) await pinFlakeSnapshot(values.source, gcRootDir(stack, cwd), opts.log);
     const result: PreparedNix = { cached, evaluations: cached ? 0 : plan.length };
     if (!cfg.image.path) {
         result.image = {

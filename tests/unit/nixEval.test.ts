@@ -16,6 +16,7 @@ import { buildTopology } from "../../cluster/topology";
 import {
     evalDrvPath,
     evalSystemPath,
+    gcRootDir,
     imageAttribute,
     nixEvalCacheFile,
     nixEvalCacheKey,
@@ -209,6 +210,26 @@ describe("what is applied is what was evaluated (the flake snapshot)", () => {
         // The snapshot still evaluates to what the program previewed.
         expect(await evalSystemPath(ref, "dev-worker", raw)).toBe(first.systems!.worker.expectedSystem);
         expect(fs.readFileSync(path.join(snapshot, "stacks/dev.json"), "utf8")).toContain('"1g"');
+    });
+
+    test("the snapshot has a GC root in the stack's cache directory, moved to each new snapshot, and none is made when it is already there", async () => {
+        const p = project();
+        const first = await prepare(p, config("dev", { spark: { settings: { "spark.executor.memory": "1g" } } }));
+        const snapshot = first.systems!.flake.slice("path:".length);
+        const root = path.join(gcRootDir("dev", p.proj), "flake-source");
+        expect(fs.readlinkSync(root)).toBe(snapshot);
+        const roots = execFileSync("nix-store", ["--query", "--roots", snapshot], { encoding: "utf8", env: nixEnv() });
+        expect(roots).toContain(root);
+        const before = fs.lstatSync(root).mtimeMs;
+        await prepare(p, config("dev", { spark: { settings: { "spark.executor.memory": "1g" } } }));
+        expect(fs.lstatSync(root).mtimeMs).toBe(before);
+        const second = await prepare(p, config("dev", { spark: { settings: { "spark.executor.memory": "2g" } } }));
+        expect(second.systems!.flake).not.toBe(first.systems!.flake);
+        expect(fs.readlinkSync(root)).toBe(second.systems!.flake.slice("path:".length));
+        // The cache directory may go: the next run pins the snapshot again.
+        fs.rmSync(path.join(p.proj, ".nixspark"), { recursive: true, force: true });
+        await prepare(p, config("dev", { spark: { settings: { "spark.executor.memory": "2g" } } }));
+        expect(fs.readlinkSync(root)).toBe(second.systems!.flake.slice("path:".length));
     });
 
     test("a cached evaluation whose snapshot is gone from the store is evaluated again", async () => {
