@@ -25,7 +25,7 @@ import {
     stackParamsPath,
     writeNixStackParams,
 } from "../../cluster/nixParams";
-import { copyDir, evalJson, FIXTURES, NIX_DIR, nixEnv } from "../fixtures/nix-env";
+import { copyDir, evalJson, FIXTURES, NIX_DIR, nixEnv, tempDir } from "../fixtures/nix-env";
 
 jest.setTimeout(120_000);
 
@@ -38,7 +38,7 @@ const STUB = ["--no-write-lock-file", "--override-input", "nixpkgs", `path:${pat
 
 /** A project directory holding a copy of nix/ (the tests write stacks/ files into it). */
 function project(): { proj: string; dir: string } {
-    const proj = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-proj-"));
+    const proj = tempDir("nixspark-proj-");
     fs.cpSync(NIX_DIR, path.join(proj, "nix"), { recursive: true });
     return { proj, dir: path.join(proj, "nix") };
 }
