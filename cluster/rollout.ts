@@ -42,7 +42,18 @@ export function rolloutOrder<T>(master: T, workers: readonly T[], opts: RolloutO
  * (tests/unit/rollout.test.ts evaluates params.nix to keep the two equal).
  */
 export function workerOffer(vcpus: number, vmMemoryMiB: number): { cores: number; memoryMiB: number } {
+    const b = workerMemoryBudget(vmMemoryMiB);
+    return { cores: vcpus, memoryMiB: Math.max(b.minOfferMiB, b.leftMiB) };
+}
+
+/**
+ * How a worker VM's memory is shared, by the same rule: the OS reserve, the
+ * worker daemon's heap, and what is left for executors. Below `minOfferMiB`
+ * the worker offers that floor anyway, memory the VM does not have (the
+ * config checks refuse such a worker, cluster/config.ts).
+ */
+export function workerMemoryBudget(vmMemoryMiB: number): { osReserveMiB: number; daemonMemoryMiB: number; leftMiB: number; minOfferMiB: number } {
     const daemonMemoryMiB = 512;
     const osReserveMiB = Math.max(512, Math.trunc(vmMemoryMiB / 10));
-    return { cores: vcpus, memoryMiB: Math.max(256, vmMemoryMiB - osReserveMiB - daemonMemoryMiB) };
+    return { osReserveMiB, daemonMemoryMiB, leftMiB: vmMemoryMiB - osReserveMiB - daemonMemoryMiB, minOfferMiB: 256 };
 }

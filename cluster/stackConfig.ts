@@ -2,16 +2,16 @@
 // registered, so a bad config stops `pulumi preview` with one clear line per
 // problem and leaves the stack empty.
 import * as pulumi from "@pulumi/pulumi";
-import { ClusterConfig, ConfigError, parseConfig, rawFromPulumiConfig } from "./config";
-import { buildTopology, Topology, TopologyError } from "./topology";
-import { conflictingRoutes, HostRoute, hostRoutes } from "./subnet";
+import { checkConfig, ClusterConfig, ConfigError, rawFromPulumiConfig, workerMemoryProblems } from "./config";
+import { buildTopology, capacity, defaultBridge, Topology, TopologyError } from "./topology";
+import { conflictingRoutes, defaultCidr, HostRoute, hostRoutes } from "./subnet";
 
 /**
  * Refuses a cluster subnet that a host route other than the stack's own
  * bridge already covers: the network would fail to start after the pool and
  * volumes were created, or the VMs would shadow part of the host's network.
  */
-export function checkSubnetFree(config: ClusterConfig, topology: Topology, routes: HostRoute[]): void {
+export function checkSubnetFree(config: Pick<ClusterConfig, "network">, topology: Pick<Topology, "stack" | "cidr" | "bridge">, routes: HostRoute[]): void {
     const clash = conflictingRoutes(topology.cidr, topology.bridge, routes);
     if (clash.length === 0) return;
     const which = config.network.cidr ? "nixspark:network.cidr" : `nixspark:network.cidr (not set: the default for stack "${topology.stack}")`;
@@ -22,24 +22,61 @@ export function checkSubnetFree(config: ClusterConfig, topology: Topology, route
     );
 }
 
+/**
+ * The whole config, checked in one round: the schema and its cross-section
+ * rules, whether Spark can place an executor on a worker, the topology and
+ * the subnet against the host's routes. Every problem is collected (a check
+ * is left out only when a section it reads is itself invalid) and the program
+ * stops once, listing them all.
+ */
 export function loadStackConfig(
     stack: string,
     all: Record<string, string>,
     routes: HostRoute[] = hostRoutes(),
 ): { config: ClusterConfig; topology: Topology } {
-    try {
-        const config = parseConfig(rawFromPulumiConfig(all));
-        const topology = buildTopology(stack, config);
-        checkSubnetFree(config, topology, routes);
-        return { config, topology };
-    } catch (e) {
-        if (e instanceof ConfigError || e instanceof TopologyError) {
-            const message = e instanceof TopologyError ? `invalid stack configuration:\n  ${e.message}` : e.message;
-            // RunError: Pulumi prints the message alone, without a stack trace.
-            throw new pulumi.RunError(message);
+    // No fix command prints the value of a key Pulumi holds as a secret.
+    // (runtime.isConfigSecret is in the SDK's JavaScript but not its typings.)
+    const isConfigSecret = (pulumi.runtime as unknown as { isConfigSecret?: (k: string) => boolean }).isConfigSecret;
+    const { config, problems, invalid } = checkConfig(rawFromPulumiConfig(all), { isSecret: (k) => isConfigSecret?.(`nixspark:${k}`) ?? false });
+    const valid = (...sections: string[]) => sections.every((s) => !invalid.has(s));
+    if (valid("workers", "spark", "health")) problems.push(...workerMemoryProblems(config));
+    const topologyError = (e: unknown) => {
+        if (!(e instanceof TopologyError)) throw e;
+        problems.push(e.message);
+    };
+    let topology: Topology | undefined;
+    if (valid("network", "master", "workers", "storage")) {
+        try {
+            topology = buildTopology(stack, config);
+        } catch (e) {
+            topologyError(e);
         }
-        throw e;
     }
+    // The subnet depends on the stack and nixspark:network alone: checked even
+    // when another section (or the topology) has a problem of its own.
+    const subnet = topology ?? (valid("network") ? clusterSubnet(stack, config) : undefined);
+    if (subnet) {
+        try {
+            checkSubnetFree(config, subnet, routes);
+        } catch (e) {
+            topologyError(e);
+        }
+    }
+    const lines = [...new Set(problems)];
+    // RunError: Pulumi prints the message alone, without a stack trace.
+    if (lines.length > 0 || !topology) throw new pulumi.RunError(new ConfigError(lines).message);
+    return { config, topology };
+}
+
+/** The stack's subnet and bridge without the rest of the topology; undefined when nixspark:network.cidr is no subnet (its own error says so). */
+function clusterSubnet(stack: string, config: ClusterConfig): Pick<Topology, "stack" | "cidr" | "bridge"> | undefined {
+    const cidr = config.network.cidr ?? defaultCidr(stack);
+    try {
+        capacity(cidr);
+    } catch {
+        return undefined;
+    }
+    return { stack, cidr, bridge: config.network.bridge ?? defaultBridge(stack) };
 }
 
 /** Where the program keeps per-stack files (known hosts, GC roots): <project>/.nixspark/<stack>. */

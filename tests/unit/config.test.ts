@@ -69,7 +69,7 @@ describe("config schema", () => {
         ["nixspark:spark.pythonPackages.0", { spark: { pythonPackages: ["numpy; rm -rf /"] } }, /attribute names/],
         ["nixspark:spark.pythonPackages", { spark: { pythonPackages: ["numpy", "pyspark"] } }, /remove pyspark: every job already gets PySpark from the cluster's own Spark package/],
         ["nixspark:spark.settings.spark.authenticate", { spark: { settings: { "spark.authenticate": "false" } } }, /set by nixspark:security/],
-        ["nixspark:sparkSecrets", { security: { authenticate: false }, sparkSecrets: { "spark.ssl.keyPassword": "pw" } }, /need nixspark:security.authenticate/],
+        ["nixspark:sparkSecrets", { security: { authenticate: false }, health: { enabled: false }, sparkSecrets: { "spark.ssl.keyPassword": "pw" } }, /need nixspark:security.authenticate/],
         ["nixspark:sparkSecrets.spark.x", { spark: { settings: { "spark.x": "1" } }, sparkSecrets: { "spark.x": "2" } }, /keep it in one place/],
         ["nixspark:sparkSecrets.spark.y", { sparkSecrets: { "spark.y": "two\nlines" } }, /one-line value/],
         ["nixspark:security.secretGeneration", { security: { secretGeneration: 0 } }, /generation/],
