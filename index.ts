@@ -1,9 +1,13 @@
-// The nixspark program: read and validate the stack config, ask Nix what the
-// image and the role systems will be (before anything is registered, so that
-// preview knows and a bad setting stops early), build the cluster, and export
-// what a user (and `npm run status` / `npm run smoke`) needs to reach it.
+// The nixspark program: read and validate the stack config, settle the
+// stack's deploy key with its state (the image and the role systems carry its
+// public half), ask Nix what the image and the role systems will be (before
+// the cluster is registered, so that preview knows and a bad setting stops
+// early), build the cluster, and export what a user (and `npm run status` /
+// `npm run smoke`) needs to reach it.
 import * as pulumi from "@pulumi/pulumi";
-import { loadStackConfig, resolveSsh, stackStateDir } from "./cluster/stackConfig";
+import { loadStackConfig, resolveSsh, settleDeployKey, stackStateDir } from "./cluster/stackConfig";
+import type { ResolvedSsh } from "./cluster/stackConfig";
+import { markRetiredBases } from "./providers/baseVolume";
 import { NixParamsError, prepareNix } from "./cluster/nixParams";
 import { SparkCluster } from "./cluster/sparkCluster";
 
@@ -20,11 +24,29 @@ async function main() {
         );
     }
     const loaded = loadStackConfig(stack, pulumi.runtime.allConfig());
-    let ssh;
+    const stateDir = stackStateDir(stack);
+    let ssh: ResolvedSsh;
     try {
-        ssh = resolveSsh(loaded.config, stackStateDir(stack), stack);
+        ssh = resolveSsh(loaded.config, stateDir, stack);
     } catch (e) {
         throw new pulumi.RunError(`invalid stack configuration:\n  ${(e as Error).message}`);
+    }
+    // The stack's own key (or its record of deploying with ~/.ssh/id_ed25519)
+    // is in its state: the DeployKey resource, registered and awaited before
+    // the Nix evaluation. .nixspark/<stack>/ is only a cache of it.
+    let privateKey: pulumi.Output<string> | undefined;
+    if (ssh.keySource !== "configured") {
+        try {
+            const settled = await settleDeployKey(stack, ssh, loaded.config, {
+                stateDir,
+                dryRun: pulumi.runtime.isDryRun(),
+                log: { info: (m) => void pulumi.log.info(m), warn: (m) => void pulumi.log.warn(m) },
+            });
+            ssh = settled;
+            privateKey = settled.privateKey;
+        } catch (e) {
+            throw new pulumi.RunError(`the stack's deploy key: ${(e as Error).message}`);
+        }
     }
     if (ssh.keySource === "legacy-default") {
         void pulumi.log.warn(
@@ -50,15 +72,43 @@ async function main() {
     const image = config.image.path ? { path: config.image.path } : { nix: prepared.image! };
     const systems = prepared.systems;
 
-    const cluster = new SparkCluster("nixspark", {
-        stack,
-        config,
-        baseImage: image,
-        systems,
-        ssh: { identityFile: ssh.identityFile, knownHostsFile: ssh.knownHostsFile },
-        consoleLogDir: config.consoleLogDir,
-        // Always a Pulumi secret, whether or not the user set it with --secret.
-        sparkSecrets: pulumi.secret(config.sparkSecrets),
+    // The stack's own files are named relative to the project directory, where
+    // the engine runs the program and the providers: what the state records
+    // then means the same files in any checkout (a second clone, a CI runner).
+    const inProject = (p: string) => {
+        const rel = require("node:path").relative(process.cwd(), p) as string;
+        return rel !== "" && !rel.startsWith("..") && !require("node:path").isAbsolute(rel) ? rel : p;
+    };
+    const cluster = new SparkCluster(
+        "nixspark",
+        {
+            stack,
+            config,
+            baseImage: image,
+            systems,
+            ssh: { identityFile: ssh.keySource === "stack" ? inProject(ssh.identityFile) : ssh.identityFile, knownHostsFile: inProject(ssh.knownHostsFile) },
+            consoleLogDir: config.consoleLogDir,
+            // Always a Pulumi secret, whether or not the user set it with --secret.
+            sparkSecrets: pulumi.secret(config.sparkSecrets),
+            stateDir: inProject(stateDir),
+        },
+        // Each deployment also holds the deploy key itself (a secret), so that a
+        // refresh or destroy reaches the nodes from the state alone, before any
+        // program run could write the cache file. (SparkCluster passes the
+        // identity file only; the key is added here.)
+        privateKey
+            ? {
+                  transforms: [
+                      ({ type, props, opts }) => (type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment" ? { props: { ...props, privateKey }, opts } : undefined),
+                  ],
+              }
+            : undefined,
+    );
+    // Retired base volumes are in the state (the BaseVolume's retiredBases);
+    // the markers the overlays' deletes look for are this checkout's cache.
+    pulumi.all([cluster.baseVolume.retiredBases, cluster.baseVolume.name]).apply(([retired, current]) => {
+        const marked = markRetiredBases(stateDir, retired, current);
+        if (marked.length > 0) void pulumi.log.debug(`retired base volumes noted again from the state: ${marked.join(", ")}`);
     });
 
     return {

@@ -79,83 +79,20 @@ function clusterSubnet(stack: string, config: ClusterConfig): Pick<Topology, "st
     return { stack, cidr, bridge: config.network.bridge ?? defaultBridge(stack) };
 }
 
-/** Where the program keeps per-stack files (known hosts, GC roots): <project>/.nixspark/<stack>. */
+/**
+ * Where the program keeps per-stack files: <project>/.nixspark/<stack>. A
+ * cache, which a second checkout, a CI runner or `git clean -xdf` may lose
+ * without harm (DESIGN.md, "the state is the truth"): the deploy key
+ * (deploy_ed25519, from the DeployKey resource's state), the known-hosts file
+ * (the deployments' pinned host keys), retired-base markers (the BaseVolume's
+ * retiredBases), the Nix evaluation cache and GC roots; and the locks that
+ * order this host's processes during a run, which only matter while it runs.
+ */
 export function stackStateDir(stack: string, base: string = process.cwd()): string {
     const path = require("node:path") as typeof import("node:path");
     return path.resolve(base, ".nixspark", stack);
 }
 
-function expandHome(p: string): string {
-    const os = require("node:os") as typeof import("node:os");
-    return p === "~" ? os.homedir() : p.startsWith("~/") ? `${os.homedir()}/${p.slice(2)}` : p;
-}
-
-/** The stack's own deploy key, used when nixspark:ssh.privateKeyPath names none. */
-export function stackDeployKey(stateDir: string): string {
-    const path = require("node:path") as typeof import("node:path");
-    return path.join(stateDir, "deploy_ed25519");
-}
-
-/**
- * Makes the stack's deploy key if it is missing: ed25519, no passphrase
- * (deployments run unattended, BatchMode), private half 0600 in a 0700
- * directory. ssh-keygen writes both halves; nothing else of the user's is
- * touched.
- */
-export function ensureDeployKey(file: string, comment: string): void {
-    const fs = require("node:fs") as typeof import("node:fs");
-    const path = require("node:path") as typeof import("node:path");
-    const { execFileSync } = require("node:child_process") as typeof import("node:child_process");
-    if (fs.existsSync(file) && fs.existsSync(`${file}.pub`)) return;
-    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-    fs.rmSync(file, { force: true });
-    fs.rmSync(`${file}.pub`, { force: true });
-    try {
-        execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", file], { timeout: 30_000, stdio: ["ignore", "ignore", "pipe"] });
-    } catch (e) {
-        const err = e as { stderr?: Buffer; message: string };
-        throw new Error(`could not make the stack's deploy key ${file} with ssh-keygen (install OpenSSH, or set nixspark:ssh.privateKeyPath): ${err.stderr?.toString().trim() || err.message}`);
-    }
-    fs.chmodSync(file, 0o600);
-}
-
-/**
- * The SSH material of a stack: the private key (absolute), its public key
- * (nixspark:ssh.publicKey, else the key file's .pub next to it; needed only
- * to build the image) and the stack's known-hosts file.
- *
- * Without nixspark:ssh.privateKeyPath the stack uses its own deploy key
- * (.nixspark/<stack>/deploy_ed25519, made here on first use), so a fresh
- * stack needs no key of the user's and the nodes trust nothing else. A stack
- * deployed before there were per-stack keys (it has a known-hosts file but
- * no deploy key) keeps the old default ~/.ssh/id_ed25519 while that exists:
- * its running nodes only let that key in. `keySource` says which it is.
- */
-export function resolveSsh(
-    cfg: ClusterConfig,
-    stateDir: string,
-    stack = "nixspark",
-    home: string = (require("node:os") as typeof import("node:os")).homedir(),
-): { identityFile: string; publicKey?: string; knownHostsFile: string; keySource: "configured" | "stack" | "legacy-default" } {
-    const fs = require("node:fs") as typeof import("node:fs");
-    const path = require("node:path") as typeof import("node:path");
-    const knownHostsFile = path.join(stateDir, "known_hosts");
-    let identityFile: string;
-    let keySource: "configured" | "stack" | "legacy-default";
-    const legacy = path.join(home, ".ssh", "id_ed25519");
-    const stackKey = stackDeployKey(stateDir);
-    if (cfg.ssh.privateKeyPath) {
-        identityFile = path.resolve(expandHome(cfg.ssh.privateKeyPath));
-        keySource = "configured";
-    } else if (!fs.existsSync(stackKey) && fs.existsSync(knownHostsFile) && fs.statSync(knownHostsFile).size > 0 && fs.existsSync(legacy)) {
-        identityFile = legacy;
-        keySource = "legacy-default";
-    } else {
-        ensureDeployKey(stackKey, `nixspark-${stack}`);
-        identityFile = stackKey;
-        keySource = "stack";
-    }
-    let publicKey = cfg.ssh.publicKey;
-    if (!publicKey && fs.existsSync(`${identityFile}.pub`)) publicKey = fs.readFileSync(`${identityFile}.pub`, "utf8").trim();
-    return { identityFile, publicKey, knownHostsFile, keySource };
-}
+// The deploy key: cluster/deployKey.ts.
+export { generateDeployKey, readKeyFile, resolveSsh, settleDeployKey, stackDeployKey } from "./deployKey";
+export type { ResolvedSsh, SettledSsh } from "./deployKey";

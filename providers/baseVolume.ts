@@ -12,6 +12,13 @@
 // pool: every file in a pool directory is a volume); the overlay delete that
 // leaves it unused removes it, and so does the next BaseVolume create, which
 // sweeps every unused base of the stack other than itself.
+//
+// The markers are a cache (.nixspark/ may be lost at any time): what is
+// retired is in the state, as the current BaseVolume's `retiredBases` (every
+// other base of the stack still in the pool when it was created or last
+// refreshed), from which the program writes missing markers
+// (markRetiredBases). A destroy needs no marker at all: once no overlay of
+// the stack is left, nothing is current and every unused base goes.
 import * as pulumi from "@pulumi/pulumi";
 import { readVolume } from "./libvirtXml";
 import { keptOutputs } from "./unknown";
@@ -26,7 +33,7 @@ export interface BaseVolumeInputs {
     namePrefix: string;
     /** The built image (NixImage's imagePath or nixspark:image.path); read once, at create. */
     sourcePath: string;
-    /** The stack's state directory (absolute), where retired bases are noted. */
+    /** The stack's state directory (absolute, or relative to the project directory the engine runs providers in), where retired bases are noted. */
     stateDir: string;
 }
 
@@ -35,12 +42,41 @@ export interface BaseVolumeOutputs extends BaseVolumeInputs {
     path: string;
     /** The image's virtual size. */
     capacityBytes: number;
+    /** The stack's other base volumes in the pool (retired: only overlays made before this image use them), at create or the last refresh. */
+    retiredBases?: string[];
 }
 
 /** The file that says a base volume is retired (its resource deleted, its file kept for overlays). */
 export function retiredMarker(stateDir: string, name: string): string {
     const path = require("node:path") as typeof import("node:path");
     return path.join(stateDir, "retired-base-volumes", name);
+}
+
+/** Marks a base volume retired (its resource deleted or replaced, its file kept while overlays use it): a file under stateDir/retired-base-volumes. */
+export function markRetired(stateDir: string, name: string, content = `${name}\n`): void {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const path = require("node:path") as typeof import("node:path");
+    const marker = retiredMarker(stateDir, name);
+    fs.mkdirSync(path.dirname(marker), { recursive: true, mode: 0o700 });
+    fs.writeFileSync(marker, content);
+}
+
+/**
+ * The program's side of the cache: writes the marker of every base the
+ * state calls retired (the current BaseVolume's retiredBases) that this
+ * checkout lacks, never one for the current base. Returns the names marked.
+ */
+export function markRetiredBases(stateDir: string, retired: unknown, current: string): string[] {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const names = (Array.isArray(retired) ? retired : []).filter((n): n is string => typeof n === "string" && /^[A-Za-z0-9._-]+$/.test(n) && n !== current);
+    const marked = names.filter((n) => !fs.existsSync(retiredMarker(stateDir, n)));
+    for (const n of marked) markRetired(stateDir, n);
+    return marked;
+}
+
+/** The names of the stack's base volumes (namePrefix, .qcow2) among a pool's volumes. */
+export function stackBases(names: Iterable<string>, namePrefix: string): string[] {
+    return [...names].filter((n) => n.startsWith(namePrefix) && n.endsWith(".qcow2")).sort();
 }
 
 /** Every volume of the pool: name -> its facts (path, backing path). Starts an inactive pool. */
@@ -143,10 +179,9 @@ async function importImage(inp: BaseVolumeInputs): Promise<void> {
 export const baseVolumeProvider: pulumi.dynamic.ResourceProvider = {
     async check(_olds: any, news: any) {
         const failures = [];
-        for (const k of ["sourcePath", "stateDir"]) {
-            const v = news[k];
-            if (typeof v === "string" && !v.startsWith("/") && v !== "04da6b54-80e4-46f7-96ec-b56ff0331ba9") failures.push({ property: k, reason: `${k} must be an absolute path` });
-        }
+        const v = news.sourcePath;
+        if (typeof v === "string" && !v.startsWith("/") && v !== "04da6b54-80e4-46f7-96ec-b56ff0331ba9") failures.push({ property: "sourcePath", reason: "sourcePath must be an absolute path" });
+        if (news.stateDir === "") failures.push({ property: "stateDir", reason: "stateDir must be a directory" });
         if (typeof news.name === "string" && typeof news.namePrefix === "string" && !news.name.startsWith(news.namePrefix)) {
             failures.push({ property: "name", reason: `name must start with ${news.namePrefix}` });
         }
@@ -163,10 +198,11 @@ export const baseVolumeProvider: pulumi.dynamic.ResourceProvider = {
     async create(inputs: BaseVolumeInputs) {
         const fs = require("node:fs") as typeof import("node:fs");
         const volumes = await poolVolumes(inputs.uri, inputs.pool);
+        // Current now, whatever a marker (maybe a stale one) said.
+        fs.rmSync(retiredMarker(inputs.stateDir, inputs.name), { force: true });
         if (volumes.has(inputs.name)) {
             // The same image imported before (a retired base that is current again, or a lost state file): adopt it.
             console.error(`${label("volume", `${inputs.pool}/${inputs.name}`)}: this image is in the pool already; using it`);
-            fs.rmSync(retiredMarker(inputs.stateDir, inputs.name), { force: true });
         } else {
             if (!fs.existsSync(inputs.sourcePath)) {
                 throw new Error(`base image ${inputs.sourcePath} does not exist; build it (see README) or set nixspark:image.path`);
@@ -179,7 +215,10 @@ export const baseVolumeProvider: pulumi.dynamic.ResourceProvider = {
             if (name !== inputs.name && name.startsWith(inputs.namePrefix) && name.endsWith(".qcow2")) await removeBaseIfUnused(inputs.uri, inputs.pool, name, after, inputs.stateDir);
         }
         const f = await importedFacts(inputs.uri, inputs.pool, inputs.name);
-        const outs: BaseVolumeOutputs = { ...inputs, path: f.path, capacityBytes: f.capacityBytes };
+        // What the sweep kept is retired (overlays use it): noted in the state, and in this checkout's cache.
+        const retiredBases = stackBases(after.keys(), inputs.namePrefix).filter((n) => n !== inputs.name);
+        for (const n of retiredBases) markRetired(inputs.stateDir, n, `${after.get(n)?.path ?? n}\n`);
+        const outs: BaseVolumeOutputs = { ...inputs, path: f.path, capacityBytes: f.capacityBytes, retiredBases };
         return { id: `${inputs.pool}/${inputs.name}`, outs };
     },
 
@@ -193,7 +232,11 @@ export const baseVolumeProvider: pulumi.dynamic.ResourceProvider = {
         const r = await virsh(props.uri, ["vol-dumpxml", "--pool", props.pool, props.name], { allowFailure: true, what });
         if (r.code === 0) {
             const f = readVolume(r.stdout);
-            return { id, props: { ...props, path: f.path ?? props.path, capacityBytes: f.capacityBytes ?? props.capacityBytes } };
+            // The stack's other bases still in the pool (a listing only: a stopped pool keeps the recorded list).
+            const list = await virsh(props.uri, ["vol-list", "--pool", props.pool], { allowFailure: true, what: label("pool", props.pool) });
+            const names = list.code === 0 ? list.stdout.split("\n").slice(2).map((l) => l.trim().split(/\s+/)[0]).filter(Boolean) : undefined;
+            const retired = names ? { retiredBases: stackBases(names, props.namePrefix).filter((n) => n !== props.name) } : {};
+            return { id, props: { ...props, path: f.path ?? props.path, capacityBytes: f.capacityBytes ?? props.capacityBytes, ...retired } };
         }
         if (isNotFound("volume", r.stderr)) return { id: undefined as unknown as string, props: {} };
         if (isPoolInactive(r.stderr)) {
@@ -207,13 +250,10 @@ export const baseVolumeProvider: pulumi.dynamic.ResourceProvider = {
     // retired, for the overlay delete that leaves it unused.
     async delete(_id: string, props: BaseVolumeOutputs) {
         const fs = require("node:fs") as typeof import("node:fs");
-        const path = require("node:path") as typeof import("node:path");
         const volumes = await poolVolumes(props.uri, props.pool);
         const users = await removeBaseIfUnused(props.uri, props.pool, props.name, volumes, props.stateDir);
         if (users.length > 0) {
-            const marker = retiredMarker(props.stateDir, props.name);
-            fs.mkdirSync(path.dirname(marker), { recursive: true, mode: 0o700 });
-            fs.writeFileSync(marker, `${props.path}\n`);
+            markRetired(props.stateDir, props.name, `${props.path}\n`);
             console.error(
                 `${label("volume", `${props.pool}/${props.name}`)}: kept, ${users.length} overlay(s) still back onto it (${users.join(", ")}); ` +
                     `it is removed when the last of them is`,
@@ -221,10 +261,22 @@ export const baseVolumeProvider: pulumi.dynamic.ResourceProvider = {
             return;
         }
         // Nothing is current any more (a destroy): other retired bases nobody uses go too.
-        for (const name of [...volumes.keys()]) {
-            if (name.startsWith(props.namePrefix) && name.endsWith(".qcow2") && fs.existsSync(retiredMarker(props.stateDir, name))) {
+        // When no overlay of the stack is left in the pool, no base is current
+        // (every node has its overlay, and a replacing base is only made while
+        // they exist), so each unused base goes, marked or not: the markers are
+        // a cache this checkout may lack. Otherwise only the marked ones.
+        const bases = stackBases(volumes.keys(), props.namePrefix);
+        const basePaths = new Set(bases.map((n) => volumes.get(n)?.path).filter((p): p is string => !!p));
+        const overlays = [...volumes.values()].filter((v) => v.backingPath !== undefined && basePaths.has(v.backingPath));
+        for (const name of bases) {
+            if (overlays.length === 0 || fs.existsSync(retiredMarker(props.stateDir, name))) {
                 await removeBaseIfUnused(props.uri, props.pool, name, volumes, props.stateDir);
             }
+        }
+        // The stack is gone: so are its markers, stale ones (a base already removed) too.
+        if (overlays.length === 0) {
+            const dir = require("node:path").dirname(retiredMarker(props.stateDir, props.name)) as string;
+            for (const m of fs.existsSync(dir) ? fs.readdirSync(dir) : []) if (m.startsWith(props.namePrefix)) fs.rmSync(retiredMarker(props.stateDir, m), { force: true });
         }
     },
 };
@@ -233,7 +285,9 @@ export class BaseVolume extends pulumi.dynamic.Resource {
     declare readonly name: pulumi.Output<string>;
     declare readonly path: pulumi.Output<string>;
     declare readonly capacityBytes: pulumi.Output<number>;
+    /** The stack's retired base volumes (see markRetiredBases). */
+    declare readonly retiredBases: pulumi.Output<string[] | undefined>;
     constructor(name: string, args: { [K in keyof BaseVolumeInputs]: pulumi.Input<BaseVolumeInputs[K]> }, opts?: pulumi.CustomResourceOptions) {
-        super(baseVolumeProvider, name, { ...args, path: undefined, capacityBytes: undefined }, opts, "nixspark", "BaseVolume");
+        super(baseVolumeProvider, name, { ...args, path: undefined, capacityBytes: undefined, retiredBases: undefined }, opts, "nixspark", "BaseVolume");
     }
 }

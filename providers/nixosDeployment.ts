@@ -14,7 +14,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import { lastLines, run } from "./run";
 import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
-import { destination, ensureKnownHostsFile, firstContact, nixSshOpts, remoteCommand, SshTarget, verifiedFirstContact, waitForSsh } from "./ssh";
+import { destination, ensureKeyFile, ensureKnownHostsFile, firstContact, hostKeyLines, localPath, nixSshOpts, remoteCommand, restoreHostKeys, SshTarget, verifiedFirstContact, waitForSsh, withFileLock } from "./ssh";
 import { fetchMasterState } from "./sparkHealth";
 import { describeMaster, matchWorkers } from "../cluster/sparkStatus";
 import type { MasterState, MasterWorker } from "../cluster/sparkStatus";
@@ -49,8 +49,14 @@ export interface NixosDeploymentInputs {
     sshUser: string;
     sshPort: number;
     identityFile: string;
-    /** The stack's known-hosts file. */
+    /** The stack's known-hosts file (a cache: the keys pinned for this node are `hostKeys` in the outputs). */
     knownHostsFile: string;
+    /**
+     * The stack's own deploy key, when it deploys with one (a Pulumi secret,
+     * from the DeployKey resource): written to identityFile when that file is
+     * missing, so read, update and delete reach the node from the state alone.
+     */
+    privateKey?: string;
     /** The toplevel OUT path the program evaluated (`nix eval --raw ...toplevel.outPath`). */
     expectedSystem: string;
     /** Optional `--build-host`; it gets the same NIX_SSHOPTS as the target. */
@@ -121,6 +127,13 @@ export interface NixosDeploymentOutputs extends NixosDeploymentInputs {
     currentSystem: string;
     /** The nixos-rebuild generation used at the last deploy. */
     flavourUsed: "legacy" | "ng";
+    /**
+     * The node's SSH host keys as known_hosts lines: what first contact pinned
+     * (verified against the VM's console, or first use), then what the
+     * known-hosts file held when the node last answered. Put back into the
+     * known-hosts file when a checkout's file has no entry for the node.
+     */
+    hostKeys?: string[];
 }
 
 /** The resource's arguments (what SparkCluster passes per node). */
@@ -136,6 +149,8 @@ export interface NixosDeploymentArgs {
     sshPort?: pulumi.Input<number>;
     identityFile: pulumi.Input<string>;
     knownHostsFile: pulumi.Input<string>;
+    /** The stack's own deploy key (pass a Pulumi secret): the deployment reaches its node from the state alone. */
+    privateKey?: pulumi.Input<string>;
     expectedSystem: pulumi.Input<string>;
     buildHost?: pulumi.Input<string>;
     /** Default true. */
@@ -294,6 +309,47 @@ export function targetOf(inp: NixosDeploymentInputs): SshTarget {
 }
 
 /**
+ * What this checkout needs to reach the node, from the state when its cache
+ * (.nixspark/<stack>/) lacks it: the deploy key (inp.privateKey) written to
+ * identityFile when missing, and the host keys the state pinned (`pinned`,
+ * the outputs' hostKeys) put into the known-hosts file when it has no entry
+ * for the node. A refresh or destroy runs before any program could write
+ * them, so read and delete need this as much as update.
+ */
+export async function prepareContact(inp: NixosDeploymentInputs, pinned: unknown, log: (m: string) => void): Promise<void> {
+    if (typeof inp.privateKey === "string" && inp.privateKey !== "") {
+        const fs = require("node:fs") as typeof import("node:fs");
+        const path = require("node:path") as typeof import("node:path");
+        const file = localPath(inp.identityFile);
+        fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+        const key = inp.privateKey;
+        const r = await withFileLock(file, async () => ensureKeyFile(file, key));
+        if (r.action === "written") log(`wrote the stack's deploy key from the Pulumi state to ${inp.identityFile}`);
+        if (r.action === "moved-aside") log(`${inp.identityFile} held another key than the stack's state; it now holds the state's key, the other was kept as ${r.movedTo}`);
+    }
+    if (await restoreHostKeys(inp.knownHostsFile, inp.host, inp.sshPort, pinned)) log(`put its pinned host key from the Pulumi state back into ${inp.knownHostsFile}`);
+}
+
+/** The hostKeys output after the node answered: the known-hosts file's entries for it, else what the state had. */
+export function recordedHostKeys(inp: NixosDeploymentInputs, previous: unknown): { hostKeys?: string[] } {
+    const lines = hostKeyLines(inp.knownHostsFile, inp.host, inp.sshPort);
+    if (lines.length > 0) return { hostKeys: lines };
+    return Array.isArray(previous) ? { hostKeys: previous as string[] } : {};
+}
+
+/**
+ * An update for new provider code keeps the outputs, but takes how to reach
+ * the node from the new inputs (the key, the stack's files): what a later
+ * refresh or delete uses. (A state from before hostKeys gets them at the
+ * node's next refresh or deploy, from the known-hosts file that worked.)
+ */
+export function reachOf(news: Record<string, unknown>): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const k of ["identityFile", "knownHostsFile", "privateKey"]) if (typeof news[k] === "string" && news[k] !== UNKNOWN) out[k] = news[k];
+    return out;
+}
+
+/**
  * argv of nixos-rebuild for a switch (or its rollback). The privilege flag is
  * the one each generation documents: the shell script knows only
  * --use-remote-sudo (it rejects --sudo as an unknown option); nixos-rebuild-ng
@@ -346,7 +402,7 @@ function logger(node: string): (m: string) => void {
 function inputsOf(props: Record<string, unknown>): NixosDeploymentInputs {
     const p = withDefaults(props) as Record<string, unknown>;
     const out: Record<string, unknown> = {};
-    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark", "consoleLog", "packages", "vm", "closureDiff"]) {
+    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "privateKey", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark", "consoleLog", "packages", "vm", "closureDiff"]) {
         if (p[k] !== undefined && p[k] !== null && p[k] !== "") out[k] = p[k];
     }
     return out as unknown as NixosDeploymentInputs;
@@ -643,11 +699,17 @@ async function logClosureDiff(inp: NixosDeploymentInputs, before: string, after:
  * verified switch prints the closure diff from previousSystem when asked
  * (inp.closureDiff).
  */
-export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new-address" | "known", previousSecret?: string, previousSystem?: string): Promise<NixosDeploymentOutputs> {
+export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new-address" | "known", previousSecret?: string, previousSystem?: string, pinned?: unknown): Promise<NixosDeploymentOutputs> {
     const log = logger(inp.node);
     const t = targetOf(inp);
     const where = `${inp.node} (${destination(t)})`;
     ensureKnownHostsFile(inp.knownHostsFile);
+    // The key and, for a node it knows, the host keys the state pinned (`pinned`: the old outputs' hostKeys).
+    try {
+        await prepareContact(inp, contact === "first" ? undefined : pinned, log);
+    } catch (e) {
+        throw new Error(`NixosDeployment ${where}: ${(e as Error).message}`);
+    }
 
     try {
         // A resize: the VM restarts now, in this node's turn of the rollout,
@@ -756,7 +818,7 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
     }
     if (inp.closureDiff && previousSystem && previousSystem !== UNKNOWN && previousSystem !== current) await logClosureDiff(inp, previousSystem, current, log);
     log(`now running ${current}`);
-    return { ...inp, currentSystem: current, flavourUsed: flavour };
+    return { ...inp, currentSystem: current, flavourUsed: flavour, ...recordedHostKeys(inp, pinned) };
 }
 
 /**
@@ -800,21 +862,24 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
     async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
         // Only the provider code changed: no switch, keep the outputs.
         // The `spark` input is taken over though: a delete decommissions with what the state holds.
-        if (!deploymentDiff(olds, withDefaults(news)).changes) return { outs: { ...keptOutputs(olds), ...(news.spark ? { spark: news.spark } : {}) } };
+        if (!deploymentDiff(olds, withDefaults(news)).changes) return { outs: { ...keptOutputs(olds), ...(news.spark ? { spark: news.spark } : {}), ...reachOf(news) } };
         const inp = inputsOf(news);
         // A different VM (same address, new machine) is a first contact: this
         // stack created it, so its new host key replaces the recorded one.
         const contact = olds.machineId !== undefined && olds.machineId !== inp.machineId ? "first" : olds.host !== inp.host ? "new-address" : "known";
         const previousSecret = typeof olds.secretProperties === "string" ? olds.secretProperties : undefined;
         const previousSystem = typeof olds.currentSystem === "string" && olds.currentSystem !== "" ? olds.currentSystem : undefined;
-        return { outs: await deploy(inp, contact, previousSecret, previousSystem) };
+        return { outs: await deploy(inp, contact, previousSecret, previousSystem, olds.hostKeys) };
     },
 
     async read(id: string, props: Record<string, unknown>) {
         const inp = inputsOf(props);
         const log = logger(inp.node ?? id);
         try {
+            // From the state when this checkout lacks them: a refresh runs before the program.
+            await prepareContact(inp, props.hostKeys, log);
             const current = await readCurrentSystem(targetOf(inp));
+            props = { ...props, ...recordedHostKeys(inp, props.hostKeys) };
             if (current !== inp.expectedSystem) log(`refresh: the node runs ${current}, not the recorded ${inp.expectedSystem}; the next \`pulumi up\` switches it back`);
             return { id, props: { ...props, currentSystem: current } };
         } catch (e) {
@@ -829,6 +894,7 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
         // depends on the domain, so this runs before the domain's delete).
         const spark = props.spark as SparkCheck | undefined;
         if (spark && spark.role === "worker") {
+            await prepareContact(inputsOf(props), props.hostKeys, logger(node)).catch((e: Error) => console.error(`[${node}] ${e.message.split("\n")[0]}`));
             await decommissionWorker(inputsOf(props), spark, logger(node));
             return;
         }
@@ -843,6 +909,8 @@ export class NixosDeployment extends pulumi.dynamic.Resource {
     /** What the node ran at the last deploy or refresh. */
     declare readonly currentSystem: pulumi.Output<string>;
     declare readonly flavourUsed: pulumi.Output<string>;
+    /** The node's pinned SSH host keys (known_hosts lines). */
+    declare readonly hostKeys: pulumi.Output<string[] | undefined>;
 
     constructor(name: string, args: NixosDeploymentArgs, opts?: pulumi.CustomResourceOptions) {
         super(
@@ -858,8 +926,9 @@ export class NixosDeployment extends pulumi.dynamic.Resource {
                 switchTimeoutSeconds: args.switchTimeoutSeconds ?? DEFAULTS.switchTimeoutSeconds,
                 currentSystem: undefined,
                 flavourUsed: undefined,
+                hostKeys: undefined,
             },
-            opts,
+            { ...opts, additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "privateKey"] },
             "nixspark",
             "NixosDeployment",
         );

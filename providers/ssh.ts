@@ -12,15 +12,21 @@
 // key: it connects with accept-new into a private temporary file, then, under
 // a lock, removes any stale entry for the address (a replaced domain comes
 // back at the same IP with a new key) and appends the new one.
+//
+// The known-hosts file and the deploy key file are caches (.nixspark/<stack>/
+// may be lost at any time): the keys a deployment pinned are its outputs in
+// the Pulumi state, and the stack's deploy key is a secret there
+// (providers/deployKey.ts). restoreHostKeys and ensureKeyFile put them back
+// into the files when a checkout lacks them.
 import { run } from "./run";
 
 export interface SshTarget {
     host: string;
     user: string;
     port: number;
-    /** Private key; "~/" is expanded. */
+    /** Private key; "~/" is expanded, a relative path is the project directory's (the program's and the providers' working directory). */
     identityFile: string;
-    /** The stack's known-hosts file; "~/" is expanded. */
+    /** The stack's known-hosts file; "~/" is expanded, relative as identityFile. */
     knownHostsFile: string;
 }
 
@@ -37,6 +43,18 @@ export function expandHome(path: string): string {
 }
 
 /**
+ * A key or known-hosts path as ssh is given it: "~/" expanded, and a relative
+ * path made absolute against the working directory. The engine starts the
+ * program and the dynamic providers in the project directory, so the stack's
+ * own files are named relative to it (".nixspark/<stack>/known_hosts"): what
+ * the state records then means this checkout in every checkout.
+ */
+export function localPath(file: string): string {
+    const path = require("node:path") as typeof import("node:path");
+    return path.resolve(expandHome(file));
+}
+
+/**
  * The ssh options for a target, as argv words. They are also what goes into
  * NIX_SSHOPTS, which both nixos-rebuild generations split on whitespace (the
  * shell script by unquoted expansion, nixos-rebuild-ng with shlex.split and
@@ -44,8 +62,8 @@ export function expandHome(path: string): string {
  * quotes or glob characters: those are rejected with the offending key named.
  */
 export function sshOptions(t: SshTarget, policy: HostKeyPolicy, connectTimeoutSeconds = 10): string[] {
-    const identity = expandHome(t.identityFile);
-    const knownHosts = expandHome(t.knownHostsFile);
+    const identity = localPath(t.identityFile);
+    const knownHosts = localPath(t.knownHostsFile);
     checkOptionWord("ssh port", String(t.port));
     checkOptionWord("identity file", identity);
     checkOptionWord("known-hosts file", knownHosts);
@@ -114,17 +132,21 @@ export function knownHostNames(host: string, port: number): string[] {
 
 /** Explains a host-key failure and tells the user the fix. */
 export function hostKeyError(t: SshTarget, kind: "host-key-changed" | "host-key-unknown", context: string, stderr: string): Error {
-    const file = expandHome(t.knownHostsFile);
+    const file = localPath(t.knownHostsFile);
     const name = knownHostNames(t.host, t.port)[0];
+    // The file's entry for an address wins over the key the state pinned
+    // (restoreHostKeys only fills a missing one), so editing the file is how
+    // a user accepts a machine's new key; the next deploy records it.
     const why =
         kind === "host-key-changed"
             ? `the SSH host key of ${t.host}:${t.port} has CHANGED since this stack recorded it in ${file}. ` +
               `It is refused, never accepted silently: someone may be intercepting the connection, or the machine was re-installed outside Pulumi. ` +
-              `If you know why the key changed, remove the old entry with \`ssh-keygen -R '${name}' -f ${file}\` and run again ` +
+              `If you know why the key changed, replace the old entry with the machine's new key after verifying its fingerprint ` +
+              `(\`ssh-keygen -R '${name}' -f ${file} && ssh-keyscan -p ${t.port} ${t.host} >> ${file}\`) and run again: the deployment then records that key in the stack's state ` +
               `(or replace the node's domain, whose create records the new key)`
-            : `no SSH host key for ${t.host}:${t.port} is recorded in this stack's known-hosts file ${file}. ` +
+            : `no SSH host key for ${t.host}:${t.port} is recorded in this stack's known-hosts file ${file}, nor pinned in the stack's state. ` +
               `Keys are recorded only on first contact with a VM this stack creates; ` +
-              `if the file was lost, check the machine's key out of band and add it (e.g. \`ssh-keyscan -p ${t.port} ${t.host} >> ${file}\` after verifying the fingerprint)`;
+              `check the machine's key out of band and add it (e.g. \`ssh-keyscan -p ${t.port} ${t.host} >> ${file}\` after verifying the fingerprint)`;
     return new Error(`${context}: ${why}\nssh said: ${lastLine(stderr)}`);
 }
 
@@ -137,7 +159,7 @@ function lastLine(s: string): string {
 export function ensureKnownHostsFile(file: string): string {
     const fs = require("node:fs") as typeof import("node:fs");
     const path = require("node:path") as typeof import("node:path");
-    const f = expandHome(file);
+    const f = localPath(file);
     fs.mkdirSync(path.dirname(f), { recursive: true, mode: 0o700 });
     if (!fs.existsSync(f)) fs.writeFileSync(f, "", { mode: 0o600 });
     return f;
@@ -147,6 +169,11 @@ export function ensureKnownHostsFile(file: string): string {
  * Runs fn while holding a lock next to `file` (a directory made with mkdir,
  * which is atomic across processes). The per-stack known-hosts file is shared
  * by every node, and nodes are deployed in parallel.
+ *
+ * A lock is the one thing under .nixspark/ that is not a cache of the state,
+ * and it may stay a local file: it only orders processes on this host during
+ * one run, means nothing once they are gone (a stale one is taken over), and
+ * two checkouts never share the file it guards.
  */
 export async function withFileLock<T>(file: string, fn: () => Promise<T>, timeoutMs = 60_000): Promise<T> {
     const fs = require("node:fs") as typeof import("node:fs");
@@ -177,7 +204,7 @@ export async function withFileLock<T>(file: string, fn: () => Promise<T>, timeou
 
 /** Removes every entry for host:port from the known-hosts file (ssh-keygen -R). Call with the file lock held. */
 export async function forgetHostKeys(file: string, host: string, port: number): Promise<void> {
-    const f = expandHome(file);
+    const f = localPath(file);
     for (const name of knownHostNames(host, port)) {
         // Exit 0 whether or not the name was present; non-zero only for real errors.
         await run(["ssh-keygen", "-R", name, "-f", f], { timeoutMs: 30_000 });
@@ -201,6 +228,92 @@ export async function replaceHostKeys(file: string, host: string, port: number, 
             fs.appendFileSync(f, `${current === "" || current.endsWith("\n") ? "" : "\n"}${text}\n`);
         }
     });
+}
+
+/** Whether a known_hosts line is filed under one of host:port's names (its first field, comma-separated). */
+function namesHost(line: string, host: string, port: number): boolean {
+    const names = line.trim().split(/\s+/)[0]?.split(",") ?? [];
+    const want = knownHostNames(host, port);
+    return names.some((n) => want.includes(n));
+}
+
+/**
+ * The entries the known-hosts file holds for host:port, as written (what a
+ * deployment records as its pinned host keys). Empty when the file is missing.
+ */
+export function hostKeyLines(file: string, host: string, port: number): string[] {
+    const fs = require("node:fs") as typeof import("node:fs");
+    let text = "";
+    try {
+        text = fs.readFileSync(localPath(file), "utf8");
+    } catch {
+        return [];
+    }
+    return text.split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#") && !l.startsWith("@") && namesHost(l, host, port));
+}
+
+/**
+ * Puts the host keys the stack's state pinned for host:port back into the
+ * known-hosts file when the file has no entry for that address (a new
+ * checkout, `git clean`, rm -rf .nixspark). An entry the file has is kept as
+ * it is, even another key: editing the file is how a user accepts a machine's
+ * new key (see hostKeyError). Only lines naming host:port are written.
+ * Returns true when it wrote some.
+ */
+export async function restoreHostKeys(file: string, host: string, port: number, pinned: unknown): Promise<boolean> {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const lines = (Array.isArray(pinned) ? pinned : []).filter((l): l is string => typeof l === "string").map((l) => l.trim()).filter((l) => l !== "" && namesHost(l, host, port));
+    if (lines.length === 0) return false;
+    const f = ensureKnownHostsFile(file);
+    if (hostKeyLines(f, host, port).length > 0) return false;
+    return withFileLock(f, async () => {
+        if (hostKeyLines(f, host, port).length > 0) return false;
+        const current = fs.readFileSync(f, "utf8");
+        fs.appendFileSync(f, `${current === "" || current.endsWith("\n") ? "" : "\n"}${lines.join("\n")}\n`);
+        return true;
+    });
+}
+
+/**
+ * Makes `file` hold `privateKey` (the stack's deploy key, from the Pulumi
+ * state) for `ssh -i`: written 0600 in a 0700 directory when missing, with
+ * `publicKey` as its .pub; left alone when it holds that key already. A file
+ * holding another key is never overwritten or deleted: it is renamed to
+ * FILE.not-in-state-<time> (its .pub with it) and the state's key written.
+ */
+export function ensureKeyFile(file: string, privateKey: string, publicKey?: string): { action: "kept" | "written" | "moved-aside"; file: string; movedTo?: string } {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const path = require("node:path") as typeof import("node:path");
+    const f = localPath(file);
+    const want = privateKey.endsWith("\n") ? privateKey : `${privateKey}\n`;
+    let action: "kept" | "written" | "moved-aside" = "written";
+    let movedTo: string | undefined;
+    let current: string | undefined;
+    try {
+        current = fs.readFileSync(f, "utf8");
+    } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+    }
+    if (current !== undefined && current.trim() === want.trim()) {
+        action = "kept";
+    } else {
+        fs.mkdirSync(path.dirname(f), { recursive: true, mode: 0o700 });
+        if (current !== undefined) {
+            movedTo = `${f}.not-in-state-${new Date().toISOString().replace(/[:.]/g, "-")}`;
+            fs.renameSync(f, movedTo);
+            if (fs.existsSync(`${f}.pub`)) fs.renameSync(`${f}.pub`, `${movedTo}.pub`);
+            action = "moved-aside";
+        }
+        try {
+            // wx: never over a file another process wrote meanwhile (parallel deployments restore the same key).
+            fs.writeFileSync(f, want, { mode: 0o600, flag: "wx" });
+        } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== "EEXIST" || fs.readFileSync(f, "utf8").trim() !== want.trim()) throw e;
+        }
+    }
+    const pub = `${f}.pub`;
+    if (publicKey && (action !== "kept" || !fs.existsSync(pub))) fs.writeFileSync(pub, `${publicKey.trim()}\n`, { mode: 0o644 });
+    return { action, file: f, movedTo };
 }
 
 export interface WaitOptions {
@@ -246,7 +359,7 @@ export async function waitForSsh(t: SshTarget, opts: WaitOptions): Promise<void>
         if (kind === "host-key-changed" || kind === "host-key-unknown") throw hostKeyError(t, kind, `SSH to ${where}`, stderr);
         if (kind === "auth") {
             throw new Error(
-                `SSH to ${where}: authentication failed with the key ${expandHome(t.identityFile)}; ` +
+                `SSH to ${where}: authentication failed with the key ${localPath(t.identityFile)}; ` +
                     `check ssh.privateKeyPath and that the image authorizes its public key for user ${t.user}\nssh said: ${lastLine(stderr)}`,
             );
         }

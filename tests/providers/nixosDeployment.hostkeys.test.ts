@@ -1,7 +1,9 @@
 // NixosDeployment and SSH reachability: waiting for a VM that is still
 // booting (bounded), the per-stack known-hosts file (first contact records the
 // key, a replaced VM's new key replaces the stale entry on create, a changed
-// key is refused on update), and refresh when the node cannot be reached.
+// key is refused on update), the pinned host keys and the deploy key kept in
+// the state (hostKeys, privateKey) and put back into a checkout that lost
+// its .nixspark/, and refresh when the node cannot be reached.
 // A real sshd in a private network namespace plays the node.
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -125,12 +127,12 @@ describe("host keys", () => {
         await expect(nixosDeploymentProvider.update!("id", asRecord(r.outs as NixosDeploymentOutputs), asRecord(inputs({ machineId: "uuid-new", expectedSystem: SYS_B })))).rejects.toThrow(/has CHANGED/);
     });
 
-    test("update refuses a host whose key this stack never recorded", async () => {
+    test("update refuses a host whose key this stack never recorded (neither its known-hosts file nor its state)", async () => {
         await env.startSshd();
         const outs = await create(inputs());
-        fs.writeFileSync(env.knownHostsFile, ""); // the file was lost
-        await expect(nixosDeploymentProvider.update!("id", asRecord(outs), asRecord(inputs({ expectedSystem: SYS_B })))).rejects.toThrow(
-            /no SSH host key for [\d.]+:\d+ is recorded in this stack's known-hosts file/,
+        fs.writeFileSync(env.knownHostsFile, ""); // the file was lost, and the state is from before hostKeys
+        await expect(nixosDeploymentProvider.update!("id", asRecord({ ...outs, hostKeys: undefined }), asRecord(inputs({ expectedSystem: SYS_B })))).rejects.toThrow(
+            /no SSH host key for [\d.]+:\d+ is recorded in this stack's known-hosts file .*, nor pinned in the stack's state/,
         );
         expect(knownHosts()).toEqual([]);
     });
@@ -143,6 +145,80 @@ describe("host keys", () => {
         const r = await nixosDeploymentProvider.update!("id", asRecord({ ...outs, host: "10.255.255.254" }), asRecord(inputs()));
         expect(r.outs).toMatchObject({ host: env.host, currentSystem: SYS_A });
         expect(knownHosts()).toEqual([`[${env.host}]:${env.port} ${hostPub()}`]);
+    });
+});
+
+describe("the state is the truth: .nixspark/ is a cache", () => {
+    /** A checkout without .nixspark/: the stack's files named where nothing exists yet. */
+    function freshCheckout() {
+        const dir = fs.mkdtempSync(path.join(env.dir, "checkout-"));
+        return { identityFile: path.join(dir, ".nixspark", "dev", "deploy_ed25519"), knownHostsFile: path.join(dir, ".nixspark", "dev", "known_hosts") };
+    }
+    const deployKey = () => fs.readFileSync(env.identityFile, "utf8");
+
+    test("create records the pinned host key as an output", async () => {
+        await env.startSshd();
+        const outs = await create(inputs());
+        expect(outs.hostKeys).toEqual([`[${env.host}]:${env.port} ${hostPub()}`]);
+        expect(outs.hostKeys).toEqual(knownHosts());
+    });
+
+    test("update after the known-hosts file was lost: the key pinned in the state goes back into the file, and the node switches", async () => {
+        await env.startSshd();
+        const outs = await create(inputs());
+        fs.rmSync(env.knownHostsFile);
+        env.setSystem("dev-worker", SYS_B);
+        const r = await nixosDeploymentProvider.update!("id", asRecord(outs), asRecord(inputs({ expectedSystem: SYS_B })));
+        expect(r.outs).toMatchObject({ currentSystem: SYS_B, hostKeys: outs.hostKeys });
+        expect(knownHosts()).toEqual(outs.hostKeys);
+        expect(logged.some((l) => /put its pinned host key from the Pulumi state back into /.test(l))).toBe(true);
+    });
+
+    test("the state's key never overrides an entry the file has: a key the user accepted by hand is used, and recorded", async () => {
+        await env.startSshd();
+        const outs = await create(inputs());
+        await env.rotateHostKey();
+        fs.writeFileSync(env.knownHostsFile, `[${env.host}]:${env.port} ${hostPub()}\n`); // the user accepted the new key by hand
+        env.setSystem("dev-worker", SYS_B);
+        const r = await nixosDeploymentProvider.update!("id", asRecord(outs), asRecord(inputs({ expectedSystem: SYS_B })));
+        // ... and the deployment records what the file says.
+        expect((r.outs as NixosDeploymentOutputs).hostKeys).toEqual([`[${env.host}]:${env.port} ${hostPub()}`]);
+        expect((r.outs as NixosDeploymentOutputs).hostKeys).not.toEqual(outs.hostKeys);
+    });
+
+    test("refresh in a checkout without .nixspark/ (it runs before any program): the deploy key and the pinned host key come from the state", async () => {
+        await env.startSshd();
+        const outs = await create(inputs({ privateKey: deployKey() }));
+        const elsewhere = freshCheckout();
+        const r = await nixosDeploymentProvider.read!("worker-1@x", asRecord({ ...outs, ...elsewhere }));
+        expect(logged.filter((l) => /could not ask/.test(l))).toEqual([]);
+        expect(r.props).toMatchObject({ currentSystem: SYS_A, hostKeys: outs.hostKeys });
+        expect(fs.readFileSync(elsewhere.identityFile, "utf8")).toBe(deployKey());
+        expect(fs.statSync(elsewhere.identityFile).mode & 0o777).toBe(0o600);
+        expect(fs.statSync(path.dirname(elsewhere.identityFile)).mode & 0o777).toBe(0o700);
+        expect(fs.readFileSync(elsewhere.knownHostsFile, "utf8").trim().split("\n")).toEqual(outs.hostKeys);
+        expect(fs.readdirSync(path.dirname(elsewhere.identityFile)).sort()).toEqual(["deploy_ed25519", "known_hosts"]); // no lock left
+    });
+
+    test("update in a checkout without .nixspark/: the same, then the switch", async () => {
+        await env.startSshd();
+        const outs = await create(inputs({ privateKey: deployKey() }));
+        const elsewhere = freshCheckout();
+        env.setSystem("dev-worker", SYS_B);
+        const r = await nixosDeploymentProvider.update!("id", asRecord(outs), asRecord(inputs({ expectedSystem: SYS_B, privateKey: deployKey(), ...elsewhere })));
+        expect(r.outs).toMatchObject({ currentSystem: SYS_B, hostKeys: outs.hostKeys, ...elsewhere });
+        expect(env.currentSystem()).toBe(SYS_B);
+    });
+
+    test("new provider code: the update keeps the outputs and takes how to reach the node from the inputs; a state from before hostKeys gets them at the next refresh", async () => {
+        await env.startSshd();
+        const outs = await create(inputs());
+        const { hostKeys: _none, ...older } = asRecord(outs);
+        const r = await nixosDeploymentProvider.update!("id", { ...older, __provider: "old code" }, { ...asRecord(inputs({ privateKey: deployKey() })), __provider: "new code" });
+        expect(r.outs).toEqual({ ...older, privateKey: deployKey() });
+        expect(switches()).toHaveLength(1); // the create's only
+        const refreshed = await nixosDeploymentProvider.read!("worker-1@x", r.outs as Record<string, unknown>);
+        expect(refreshed.props).toMatchObject({ currentSystem: SYS_A, hostKeys: outs.hostKeys });
     });
 });
 

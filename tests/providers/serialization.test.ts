@@ -11,9 +11,10 @@ import { poolProvider } from "../../providers/pool";
 import { sparkHealthProvider } from "../../providers/sparkHealth";
 import { volumeProvider } from "../../providers/volume";
 import { baseVolumeProvider } from "../../providers/baseVolume";
+import { deployKeyProvider } from "../../providers/deployKey";
 import { roundTrip } from "../helpers/serialize";
 
-const providers = { baseVolumeProvider, clusterSecretProvider, domainProvider, networkProvider, nixImageProvider, nixosDeploymentProvider, poolProvider, sparkHealthProvider, volumeProvider };
+const providers = { baseVolumeProvider, clusterSecretProvider, deployKeyProvider, domainProvider, networkProvider, nixImageProvider, nixosDeploymentProvider, poolProvider, sparkHealthProvider, volumeProvider };
 
 describe.each(Object.entries(providers))("%s", (_name, provider) => {
     test("serializes without capturing the SDK, zod or grpc, and loads back with every method", async () => {
@@ -41,5 +42,21 @@ describe("libvirt XML readers in a serialized provider", () => {
         const loaded = await roundTrip(readers);
         expect(loaded.readDomain(`<domain type="qemu"><name>a&amp;b</name><memory unit="MiB">512</memory><vcpu>2</vcpu></domain>`)).toEqual({ name: "a&b", domainType: "qemu", vcpus: 2, memoryMiB: 512, uuid: undefined, diskPath: undefined, mac: undefined, network: undefined });
         expect(loaded.readVolume(`<volume><name>v</name><capacity unit="bytes">2147483648</capacity><backingStore><path>/p/base.qcow2</path></backingStore></volume>`)).toMatchObject({ name: "v", capacityBytes: 2147483648, backingPath: "/p/base.qcow2" });
+    });
+});
+
+// The deploy key's provider holds a secret: after loading it still keeps the
+// state's key in place of a candidate, and its create computes the fingerprint.
+describe("the DeployKey provider after serialize -> load", () => {
+    test("check keeps the state's key; create records the fingerprint", async () => {
+        const { generateDeployKey } = require("../../cluster/deployKey");
+        const a = generateDeployKey("a");
+        const b = generateDeployKey("b");
+        const loaded = await roundTrip(deployKeyProvider);
+        const olds = { source: "stack", publicKey: a.publicKey, privateKey: a.privateKey, origin: "new", storedAt: "t1" };
+        const r = await loaded.check!(olds, { ...olds, publicKey: b.publicKey, privateKey: b.privateKey, storedAt: "t2" });
+        expect(r).toEqual({ inputs: olds, failures: [] });
+        const c = await loaded.create!(olds);
+        expect(c.outs.fingerprint).toMatch(/^SHA256:[A-Za-z0-9+/]{43}$/);
     });
 });

@@ -5,9 +5,13 @@ import {
     classifySshFailure,
     expandHome,
     forgetHostKeys,
+    hostKeyError,
+    hostKeyLines,
     knownHostNames,
+    localPath,
     nixSshOpts,
     replaceHostKeys,
+    restoreHostKeys,
     sshArgv,
     sshOptions,
     SshTarget,
@@ -134,6 +138,49 @@ describe("known-hosts file", () => {
         await Promise.all(hosts.map((h, i) => replaceHostKeys(file, h, 22, [`${h} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKEY${String(i).padStart(40, "0")}`])));
         const lines = fs.readFileSync(file, "utf8").split("\n").filter((l) => l.trim() !== "");
         expect(lines.map((l) => l.split(" ")[0]).sort()).toEqual([...hosts].sort());
+    });
+
+    // The file is a cache of the deployments' hostKeys outputs (the state).
+    const K = (host: string, n: string) => `${host} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI${n.padEnd(43, "A")}`;
+
+    test("a host's entries are read back under either name ssh files it under", () => {
+        const file = path.join(dir, "known_hosts");
+        fs.writeFileSync(file, [K("[10.0.0.2]:2222", "ONE"), K("10.0.0.2", "TWO"), K("10.0.0.3", "OTHER"), "# a comment", ""].join("\n"));
+        expect(hostKeyLines(file, "10.0.0.2", 2222)).toEqual([K("[10.0.0.2]:2222", "ONE"), K("10.0.0.2", "TWO")]);
+        expect(hostKeyLines(file, "10.0.0.2", 22)).toEqual([K("10.0.0.2", "TWO")]);
+        expect(hostKeyLines(path.join(dir, "missing"), "10.0.0.2", 22)).toEqual([]);
+    });
+
+    test("restoring from the state fills a missing file or a missing host, and never touches an entry the file has", async () => {
+        const file = path.join(dir, "lost", "known_hosts");
+        const pinned = [K("10.0.0.2", "PINNED")];
+        expect(await restoreHostKeys(file, "10.0.0.2", 22, pinned)).toBe(true);
+        expect(fs.readFileSync(file, "utf8")).toBe(`${pinned[0]}\n`);
+        expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+        expect(fs.statSync(path.dirname(file)).mode & 0o777).toBe(0o700);
+        // Again: it is there, nothing written.
+        expect(await restoreHostKeys(file, "10.0.0.2", 22, pinned)).toBe(false);
+        // Another host is added next to it.
+        expect(await restoreHostKeys(file, "10.0.0.3", 22, [K("10.0.0.3", "THREE")])).toBe(true);
+        // An entry the user changed (a re-installed machine accepted by hand) wins over the state.
+        fs.writeFileSync(file, `${K("10.0.0.2", "BYHAND")}\n`);
+        expect(await restoreHostKeys(file, "10.0.0.2", 22, pinned)).toBe(false);
+        expect(hostKeyLines(file, "10.0.0.2", 22)).toEqual([K("10.0.0.2", "BYHAND")]);
+        // Only lines that name the host, and nothing for a state without keys.
+        expect(await restoreHostKeys(file, "10.0.0.9", 22, [K("10.0.0.8", "EIGHT")])).toBe(false);
+        expect(await restoreHostKeys(file, "10.0.0.9", 22, undefined)).toBe(false);
+        expect(fs.existsSync(`${file}.lock`)).toBe(false);
+    });
+
+    test("a changed key's error tells the user to replace the entry with the verified new key (the state would put a removed one back)", () => {
+        const e = hostKeyError(target, "host-key-changed", "SSH to x", "WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!");
+        expect(e.message).toContain("ssh-keygen -R '[10.77.0.11]:2222' -f /state/dev/known_hosts && ssh-keyscan -p 2222 10.77.0.11 >> /state/dev/known_hosts");
+        expect(e.message).toContain("records that key in the stack's state");
+    });
+
+    test("relative paths are the project directory's (the engine's working directory for programs and providers)", () => {
+        expect(localPath(".nixspark/dev/known_hosts")).toBe(path.join(process.cwd(), ".nixspark/dev/known_hosts"));
+        expect(sshOptions({ ...target, identityFile: ".nixspark/dev/deploy_ed25519" }, "strict")).toContain(path.join(process.cwd(), ".nixspark/dev/deploy_ed25519"));
     });
 
     test("the lock serializes critical sections", async () => {
