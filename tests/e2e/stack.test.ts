@@ -4,7 +4,10 @@
 //   a new stack's preview lists exactly what will be created, and creates
 //   nothing -> up creates it; every tiny guest takes its reserved address and
 //   runs the role system the program expects; an unchanged preview is all
-//   "same" -> one more worker: one volume, one domain, one deployment, the
+//   "same" -> .nixspark/ is a cache: deleted, or in a second clone of the
+//   project, preview shows no change and up --refresh changes nothing and
+//   reaches every node with the deploy key and host keys from the state
+//   -> one more worker: one volume, one domain, one deployment, the
 //   network updated in place (same UUID) -> a Spark setting: the four
 //   deployments update, nothing is replaced, no VM is touched -> a VM removed
 //   behind the stack's back: refresh notices, up brings it back and deploys
@@ -62,7 +65,15 @@ beforeAll(async () => {
         env: { NIX_CONFIG: project.nixConfig, NIXSPARK_E2E_REBUILD_LOG: rebuildLog },
     });
     await cli.stackInit();
-    cli.writeStackConfig(tinyStackConfig(bench, project, { workers: 2, cidr }));
+    // The stack deploys with its own key (no nixspark:ssh.privateKeyPath), a
+    // stack "from before": the key is in the project's cache and is imported
+    // into the state by the first up. It is the test guest's key, the only one
+    // its image lets in. Only the private half: the program derives the .pub.
+    const cfg = tinyStackConfig(bench, project, { workers: 2, cidr });
+    cli.writeStackConfig({ ...cfg, ssh: { user: "root", port: 22 } });
+    fs.mkdirSync(cacheDir(project.dir), { recursive: true, mode: 0o700 });
+    fs.copyFileSync(bench.guest.sshKey, deployKeyFile(project.dir));
+    fs.chmodSync(deployKeyFile(project.dir), 0o600);
     say(`project ${project.dir}, netns ${bench.netns}, ${bench.uri}, subnet ${cidr}`);
 }, 30 * 60_000);
 
@@ -82,8 +93,14 @@ const names = {
 const nodeNames = (workers: number) => ["master", ...Array.from({ length: workers }, (_, i) => `worker-${i + 1}`)];
 const ipOf = (node: string) => `${net}.${node === "master" ? 10 : 10 + Number(node.replace("worker-", ""))}`;
 
-/** Steps other than "same". */
-const changed = (r: OperationResult): Step[] => r.steps.filter((s) => s.op !== "same");
+/** Steps other than "same" (and the refresh steps of an `up --refresh`). */
+const changed = (r: OperationResult): Step[] => r.steps.filter((s) => s.op !== "same" && s.op !== "refresh");
+
+/** The stack's cache directory in a project directory, and its deploy key file there. */
+const cacheDir = (dir: string) => path.join(dir, ".nixspark", stack);
+const deployKeyFile = (dir: string) => path.join(cacheDir(dir), "deploy_ed25519");
+/** Whether a state value is a Pulumi secret (the export shows its ciphertext only). */
+const isSecret = (v: unknown) => typeof v === "object" && v !== null && "ciphertext" in v;
 
 async function virshNames(args: string[]): Promise<string[]> {
     const r = await bench.virsh(args);
@@ -184,6 +201,7 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
                 "create Network",
                 "create BaseVolume",
                 "create ClusterSecret",
+                "create DeployKey",
                 ...Array(3).fill("create Volume"),
                 ...Array(3).fill("create Domain"),
                 ...Array(3).fill("create NixosDeployment"),
@@ -197,10 +215,14 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
                 `create ${names.networkResource}`,
                 `create ${stack}-base-volume`,
                 `create ${stack}-spark-secret`,
+                `create ${stack}-deploy-key`,
                 ...nodeNames(2).flatMap((n) => [`create ${names.volume(n)}`, `create ${names.domain(n)}`, `create ${names.deployment(n)}`]),
             ].sort(),
         );
-        expect(p.summary).toEqual({ create: 15 });
+        expect(p.summary).toEqual({ create: 16 });
+        // The key in the cache is what up will import: the preview says so, and derived its .pub.
+        expect(p.diagnostics.map((d) => d.message).join("\n")).toMatch(/will import the deploy key \.nixspark\/\S+\/deploy_ed25519 \(SHA256:\S+\) into the stack's state, once/);
+        expect(fs.readFileSync(`${deployKeyFile(project.dir)}.pub`, "utf8").split(" ").slice(0, 2)).toEqual(bench.guest.sshPublicKey.split(" ").slice(0, 2));
         expect(await libvirtObjects()).toEqual({ domains: [], networks: [], pools: [], volumes: [] });
         expect(await stateUrns()).toEqual([]);
         expect(rebuilds()).toEqual([]);
@@ -209,7 +231,8 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
     test("2. up creates them; each guest takes its reserved address and runs its role system; a second preview is all same", async () => {
         mayHaveResources = true;
         const u = await timed("up (1+2 nodes)", () => cli.up());
-        expect(u.summary).toEqual({ create: 15 });
+        expect(u.summary).toEqual({ create: 16 });
+        expect(u.diagnostics.map((d) => d.message).join("\n")).toMatch(/imported the deploy key .*deploy_ed25519 \(SHA256:\S+\) into the stack's state, once: from now on the state holds it \(a secret\)/);
         systems = { master: await evalSystem("master"), worker: await evalSystem("worker") };
         expect(systems.master).toMatch(/^\/nix\/store\/[a-z0-9]{32}-/);
 
@@ -242,7 +265,56 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
         const again = await timed("preview (unchanged, 1+2)", () => cli.preview());
         expect(changed(again)).toEqual([]);
         expect(Object.keys(again.summary)).toEqual(["same"]);
-        expect(again.summary.same).toBe(15);
+        expect(again.summary.same).toBe(16);
+    });
+
+    // Issue 16: everything the stack needs is in its state; .nixspark/ is a
+    // cache. The deploy key is a secret of the DeployKey resource, each
+    // deployment holds its node's pinned host key (and the key, a secret, so
+    // that a refresh reaches the node before any program ran). A preview
+    // without the cache must show what the state says (the key is in every
+    // role system: a new key would update every deployment), and an up
+    // --refresh must reach every node: each deployment's read logs in with
+    // strict host keys from the state, or says it could not.
+    test("2b. without .nixspark/ (deleted, then in a second clone of the project) preview shows no change, and up --refresh changes nothing and reaches every node", async () => {
+        const exported = await cli.exportState();
+        const resources = exported.resources ?? [];
+        const key = resources.find((r: { type: string }) => r.type.endsWith(":DeployKey"));
+        expect(isSecret(key?.outputs?.privateKey)).toBe(true);
+        const deployments = resources.filter((r: { type: string }) => r.type.endsWith(":NixosDeployment"));
+        const pinned: Record<string, string[]> = Object.fromEntries(deployments.map((r: { outputs: { node: string; hostKeys: string[] } }) => [r.outputs.node, r.outputs.hostKeys]));
+        expect(Object.keys(pinned).sort()).toEqual(nodeNames(2).sort());
+        for (const n of nodeNames(2)) expect(pinned[n].map((l) => l.split(" ")[0])).toEqual(pinned[n].map(() => ipOf(n)));
+        for (const r of deployments) expect(isSecret(r.outputs.privateKey)).toBe(true);
+        const guestKey = fs.readFileSync(bench.guest.sshKey, "utf8");
+
+        const withoutCache = async (c: PulumiCli, dir: string, what: string) => {
+            fs.rmSync(path.join(dir, ".nixspark"), { recursive: true, force: true });
+            const p = await timed(`preview (${what}, no .nixspark)`, () => c.preview());
+            expect(changed(p)).toEqual([]);
+            expect(p.summary).toEqual({ same: 16 });
+            // Again before the up: its refresh runs before the program, which writes the key file.
+            fs.rmSync(path.join(dir, ".nixspark"), { recursive: true, force: true });
+            const u = await timed(`up --refresh (${what}, no .nixspark)`, () => c.up({ extra: ["--refresh"] }));
+            expect(stepList(changed(u))).toEqual([]);
+            expect(u.summary).toEqual({ same: 16 });
+            expect(stepList(u.steps, (s) => s.op === "refresh" && s.kind === "NixosDeployment")).toEqual(nodeNames(2).map((n) => `refresh ${names.deployment(n)}`).sort());
+            expect(u.diagnostics.map((d) => d.message).filter((m) => /could not ask the node|authentication failed|host key/i.test(m) && !/pinned host key from the Pulumi state/.test(m))).toEqual([]);
+            // What the reads logged in with, written back into this checkout from the state.
+            expect(fs.readFileSync(deployKeyFile(dir), "utf8")).toBe(guestKey);
+            expect(fs.statSync(deployKeyFile(dir)).mode & 0o777).toBe(0o600);
+            const known = fs.readFileSync(path.join(cacheDir(dir), "known_hosts"), "utf8").split("\n").filter(Boolean);
+            expect(known.sort()).toEqual(Object.values(pinned).flat().sort());
+        };
+
+        await withoutCache(cli, project.dir, "deleted");
+        // A second clone: the project without .nixspark/, its own flake copy, the same backend and passphrase.
+        const clone = path.join(project.root, "clone");
+        fs.cpSync(project.dir, clone, { recursive: true, filter: (src) => src !== path.join(project.dir, ".nixspark") });
+        const stackFile = path.join(clone, `Pulumi.${stack}.yaml`);
+        fs.writeFileSync(stackFile, fs.readFileSync(stackFile, "utf8").split(project.flakeRef).join(`path:${path.join(clone, "nix")}`));
+        await withoutCache(new PulumiCli({ ...cli.opts, cwd: clone }), clone, "second clone");
+        await expectNodesRun(2, systems);
     });
 
     test("3. workers 2 -> 3: one volume, one domain, one deployment, the network updated in place", async () => {
