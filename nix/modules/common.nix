@@ -4,6 +4,7 @@
 { config, lib, ... }:
 let
   cfg = config.nixspark;
+  asRoot = cfg.deployUser == "root";
 in
 {
   imports = [ ./options.nix ];
@@ -14,23 +15,31 @@ in
     settings = {
       PasswordAuthentication = false;
       KbdInteractiveAuthentication = false;
-      PermitRootLogin = "no";
+      # Keys only; root only when it is the deploy user.
+      PermitRootLogin = if asRoot then "prohibit-password" else "no";
     };
   };
 
   # Users come from this configuration only; nobody has a password.
+  # Deploying as root (nixspark:ssh.user root) only lets the key in: root is
+  # nixpkgs' own account, and 24.11 refuses a normal user with uid 0
+  # (config/users-groups.nix: exactly one of isSystemUser, isNormalUser).
   users.mutableUsers = false;
-  users.users.${cfg.deployUser} = {
-    isNormalUser = true;
-    description = "nixspark deployments (stack ${cfg.stack})";
-    extraGroups = [ "wheel" ];
-    openssh.authorizedKeys.keys = cfg.sshKeys;
-  };
+  users.users.${cfg.deployUser} =
+    if asRoot then
+      { openssh.authorizedKeys.keys = cfg.sshKeys; }
+    else
+      {
+        isNormalUser = true;
+        description = "nixspark deployments (stack ${cfg.stack})";
+        extraGroups = [ "wheel" ];
+        openssh.authorizedKeys.keys = cfg.sshKeys;
+      };
 
   # nixos-rebuild --use-remote-sudo (--sudo) runs switch-to-configuration
   # through sudo, without a terminal to type a password into.
   security.sudo.enable = true;
-  security.sudo.extraRules = [
+  security.sudo.extraRules = lib.optionals (!asRoot) [
     {
       users = [ cfg.deployUser ];
       commands = [

@@ -275,6 +275,16 @@ describe("authentication, the cluster secret and the firewall", () => {
         expect(auth).not.toContain("-s 10.77.0.1 --dport 7078");
     });
 
+    test("deploying as root (nixspark:ssh.user root) lets the key in to nixpkgs' root account, which stays a system account (24.11's users assertion)", () => {
+        writeStack(dir, "asroot", { sshUser: "root" });
+        expect(evalFlake<string>(dir, "lib.stackEvaluations.asroot.systems.worker")).toMatch(/^\/nix\/store\//);
+        const root = evalFlake<any>(dir, "nixosConfigurations.asroot-worker.config.users.users.root");
+        expect(root).toMatchObject({ uid: 0, isNormalUser: false, group: "root" });
+        expect(root.openssh.authorizedKeys.keys).toHaveLength(1);
+        expect(evalFlake(dir, "nixosConfigurations.asroot-worker.config.services.openssh.settings.PermitRootLogin")).toBe("prohibit-password");
+        expect(evalFlake(dir, "nixosConfigurations.auth-worker.config.services.openssh.settings.PermitRootLogin")).toBe("no");
+    });
+
     test("a Spark setting may not turn authentication off behind the firewall's back", () => {
         writeStack(dir, "sneaky", { security: { authenticate: true }, sparkSettings: { "spark.authenticate": "false" } });
         expect(evalError(dir, "lib.stackEvaluations.sneaky.systems.master")).toMatch(/sparkSettings: spark.authenticate: set by nixspark:security/);
