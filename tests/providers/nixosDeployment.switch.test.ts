@@ -77,7 +77,8 @@ describe("create: exact nixos-rebuild invocation per generation", () => {
         // ... and the provider verified it afterwards.
         expect(remote[remote.length - 1]).toEqual({ words: ["readlink", "-f", "/run/current-system"], sudo: false, env: {} });
 
-        expect(outs).toEqual({ ...inputs(), currentSystem: SYS_A, flavourUsed: "legacy" });
+        // The host key pinned on first contact is recorded in the state (hostKeys).
+        expect(outs).toEqual({ ...inputs(), currentSystem: SYS_A, flavourUsed: "legacy", hostKeys: [expect.stringMatching(/ ssh-ed25519 /)] });
         // Progress reached the user while it ran.
         expect(logged).toContain("[worker-1] building the system configuration...");
         expect(logged).toContain(`[worker-1] Done. The new configuration is ${SYS_A}`);
