@@ -182,9 +182,11 @@ export class SparkCluster extends pulumi.ComponentResource {
                     cmdline: cfg.image.cmdline,
                     hostname: spec.hostname,
                     shutdownTimeoutSeconds: args.shutdownTimeoutSeconds ?? 60,
-                    // Memory and vCPU changes restart VMs one at a time under a lock
-                    // here; with deployments, each node's deployment restarts its
-                    // VM instead, in rollout order, before it switches.
+                    // A change a restart applies (size, domain type, kernel, initrd,
+                    // command line, console log, network, host name) restarts VMs one
+                    // at a time under a lock here; with deployments, each node's
+                    // deployment restarts its VM instead, in rollout order, before it
+                    // switches (its `vm` input carries the same definition).
                     stateDir,
                     restartBy: args.systems && cfg.deploy.enabled ? "deployment" : undefined,
                 },
@@ -253,7 +255,27 @@ export class SparkCluster extends pulumi.ComponentResource {
                         // What moved, by package, after the build: once per role, from
                         // the first node of the role to switch (the master, the canary).
                         closureDiff: node === this.nodes[0] || node === this.nodes[1] ? true : undefined,
-                        vm: { uri, domain: node.spec.domainName, vcpus: node.spec.vcpus, memoryMiB: node.spec.memoryMiB, shutdownTimeoutSeconds: args.shutdownTimeoutSeconds ?? 60 },
+                        // The VM as its Domain defines it, all known in preview: its identity
+                        // (a change replaces it) and what a restart applies (its deployment
+                        // restarts it, in rollout order). The disk and network by their names.
+                        vm: {
+                            uri,
+                            domain: node.spec.domainName,
+                            diskPath: `${t.poolPath}/${node.spec.volumeName}`,
+                            mac: node.spec.mac,
+                            vcpus: node.spec.vcpus,
+                            memoryMiB: node.spec.memoryMiB,
+                            shutdownTimeoutSeconds: args.shutdownTimeoutSeconds ?? 60,
+                            definition: {
+                                domainType: cfg.domainType,
+                                kernel: cfg.image.kernel,
+                                initrd: cfg.image.initrd,
+                                cmdline: cfg.image.cmdline,
+                                consoleLog: `${logDir}/${node.spec.domainName}-console.log`,
+                                network: t.networkName,
+                                hostname: node.spec.hostname,
+                            },
+                        },
                         secretProperties: secretProps,
                         secretUnits: secretProps ? ["nixspark-spark-conf.service", node.spec.role === "master" ? "spark-master.service" : "spark-worker.service"] : undefined,
                     },

@@ -1,10 +1,14 @@
-// Domain: one VM. Memory and vCPUs change by redefining and restarting the
-// VM (graceful shutdown with a timeout, then start), one VM of the stack at a
-// time (a lock file in the stack's state directory), so the deployments that
-// depend on it switch a VM that has the size their system is made for; check
-// says so in preview (`restartRequired`). The host name is saved for the next
-// boot. The disk grows through its Volume (same VM). Everything else
-// replaces the VM, delete-before-replace because libvirt names are fixed.
+// Domain: one VM. Whatever libvirt applies by redefining the domain and
+// restarting it (memory, vCPUs, domain type, kernel, initrd, command line,
+// console log, network, host name) is an update: the definition is saved
+// (same UUID) and the VM restarted (graceful shutdown with a timeout, then
+// start). With deployments the node's NixosDeployment restarts it, in
+// rollout order, right before it switches; without, this provider does, one
+// VM of the stack at a time (a lock file in the stack's state directory).
+// check says so in preview (`restartRequired`). The disk grows through its
+// Volume (same VM). Only a new disk or a new identity (name, MAC, libvirt
+// URI) replaces the VM, delete-before-replace because libvirt names are
+// fixed, and preview warns that the node goes down without a rollout.
 //
 // A VM that is not running (a host reboot, `virsh destroy` or `suspend` by
 // hand) is reported by `read` (its state) and started or resumed by the next
@@ -13,7 +17,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { domainXml, isHostnameLabel, readDomain } from "./libvirtXml";
 import { isUnknown } from "./unknown";
 import { diffByKeys, isGone, label, lookup, sleep, virsh, virshError, withXmlFile } from "./virsh";
-import { bringUp, domState, powerOff } from "./vmPower";
+import { bringUp, definitionChanges, domState, pendingChanges, powerOff, restartKeys } from "./vmPower";
 
 export interface DomainInputs {
     uri: string;
@@ -36,15 +40,15 @@ export interface DomainInputs {
     /** The stack's state directory (absolute): holds the lock that lets one VM restart at a time. */
     stateDir?: string;
     /**
-     * "deployment": a memory or vCPU change is saved in the definition only;
-     * the node's NixosDeployment restarts the VM before it switches, in
-     * rollout order (providers/vmPower.ts restartForSize). Unset: this
+     * "deployment": a change that needs a restart is saved in the definition
+     * only; the node's NixosDeployment restarts the VM before it switches, in
+     * rollout order (providers/vmPower.ts restartForDefinition). Unset: this
      * provider restarts the VM itself, one VM of the stack at a time.
      */
     restartBy?: "deployment";
     /**
-     * Set by check, for preview: what a memory or vCPU change will do to the
-     * running VM ("" when nothing). Not compared by diff.
+     * Set by check, for preview: what a change will do to the running VM
+     * ("" when nothing restarts it). Not compared by diff.
      */
     restartRequired?: string;
 }
@@ -53,21 +57,36 @@ export interface DomainOutputs extends DomainInputs {
     uuid: string;
     /** libvirt's state as last seen: "running", "shut off", "paused", ... */
     state: string;
-    /** Memory, vCPU or host name changes saved in the definition that the running VM has not picked up yet. */
+    /**
+     * The running VM does not run its saved definition, and no step of the
+     * stack has taken the restart on: set by a refresh that finds it so (the
+     * next `up` restarts it). An update never leaves it set: without
+     * deployments it restarts the VM itself; with them it hands the restart to
+     * the node's deployment, which tracks it from then on (its `vmPending`).
+     */
     pendingRestart: boolean;
 }
 
-const REPLACE_KEYS = ["uri", "name", "domainType", "diskPath", "mac", "network", "consoleLog", "kernel", "initrd", "cmdline"];
-const UPDATE_KEYS = ["vcpus", "memoryMiB", "autostart", "hostname"];
+// A new disk or a new identity: a new VM. The MAC is identity too: the
+// network's DHCP reservation and DNS name are keyed on it, and the Network
+// updates every reservation at once, before any VM could restart in rollout
+// order; it is derived from the stack and node names anyway.
+const REPLACE_KEYS = ["uri", "name", "diskPath", "mac"];
+// Saved in the definition and applied by a restart (vmPower.ts restartKeys), or applied at once (autostart).
+const UPDATE_KEYS = [...restartKeys(), "autostart"];
 
-/** What a size change does to the running VM, for preview; "" when the size is unchanged. */
+/** What a change does to the running VM, for preview; "" when nothing restarts it (nothing changed, a new VM, a replaced one). */
 export function restartReason(olds: Record<string, unknown> | undefined, news: Record<string, unknown>): string {
     const how = news.restartBy === "deployment" ? "in rollout order, by its NixOS deployment before it switches (deploy.rollout)" : "one VM of the stack at a time";
     if (!olds || olds.memoryMiB === undefined) return "";
-    const parts: string[] = [];
-    if (isUnknown(news.memoryMiB) || (news.memoryMiB !== undefined && news.memoryMiB !== olds.memoryMiB)) parts.push(`memory ${String(olds.memoryMiB)} -> ${String(news.memoryMiB)} MiB`);
-    if (isUnknown(news.vcpus) || (news.vcpus !== undefined && news.vcpus !== olds.vcpus)) parts.push(`vCPUs ${String(olds.vcpus)} -> ${String(news.vcpus)}`);
-    return parts.length === 0 ? "" : `${parts.join(", ")}: the VM restarts (shutdown, then start), ${how}`;
+    if (replacedBy(olds, news).length > 0) return "";
+    const changes = definitionChanges(olds, news);
+    return changes.length === 0 ? "" : `${changes.map((c) => c.text).join(", ")}: the VM restarts (shutdown, then start), ${how}`;
+}
+
+/** The keys whose change replaces the VM (a new disk or identity); unknown values count. */
+export function replacedBy(olds: Record<string, unknown>, news: Record<string, unknown>): string[] {
+    return REPLACE_KEYS.filter((k) => isUnknown(news[k]) || JSON.stringify(olds[k] ?? null) !== JSON.stringify(news[k] ?? null));
 }
 
 /**
@@ -137,12 +156,23 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
 
     async diff(_id: string, olds: DomainOutputs, news: DomainInputs) {
         const d = diffByKeys(olds as any, news as any, REPLACE_KEYS, UPDATE_KEYS);
+        if (d.replaces.length > 0) {
+            // Say it plainly: a replacement is no rollout. (The engine may ask twice; the line is the same.)
+            console.error(
+                `warning: [${olds.name ?? _id}] its VM is replaced (${d.replaces.join(", ")} changed): the node goes down without a rollout ` +
+                    `(the VM is shut down and deleted, a new one created and deployed from scratch); nodes replaced together go down together, ` +
+                    `and a worker decommissioned first can hand its blocks only to workers that stay up`,
+            );
+            return d;
+        }
         // An update (a restart too) keeps the VM: its UUID, the deployments'
-        // machineId, stays known in preview, so no deployment changes for it.
+        // machineId, stays known in preview, so no deployment is replaced for it.
         const stables = ["uuid", "name", "uri"];
         // Refresh saw the VM shut off or paused: the next `up` starts or resumes it.
         if (olds.state && olds.state !== "running" && !d.changes) return { changes: true, replaces: [], deleteBeforeReplace: true, stables };
-        return d.replaces.length === 0 ? { ...d, stables } : d;
+        // Refresh saw it running an older definition than saved: the next `up` restarts it (or hands that to its deployment).
+        if (olds.pendingRestart && !d.changes) return { changes: true, replaces: [], deleteBeforeReplace: true, stables };
+        return { ...d, stables };
     },
 
     async create(inputs: DomainInputs) {
@@ -180,48 +210,45 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
         return { id: inputs.name, outs };
     },
 
-    // Memory or vCPUs: the whole definition is redefined (same UUID) and the
-    // VM restarted under the stack's restart lock. A host name alone is saved
-    // for the next boot. Also the update that only stores new provider code:
-    // with nothing to change and the VM running it keeps the outputs.
+    // A change a restart applies (size, domain type, kernel, initrd, command
+    // line, console log, network, host name): the whole definition is
+    // redefined (same UUID) and the VM restarted, by its deployment in rollout
+    // order (restartBy "deployment") or here under the stack's restart lock.
+    // Also the update that only stores new provider code: with nothing to
+    // change and the VM running it keeps the outputs.
     async update(id: string, olds: DomainOutputs, news: DomainInputs) {
         const uri = news.uri;
         const what = label("domain", id);
-        let pendingRestart = olds.pendingRestart ?? false;
-        const resize = news.memoryMiB !== olds.memoryMiB || news.vcpus !== olds.vcpus;
-        if (resize || (olds.hostname ?? null) !== (news.hostname ?? null)) {
-            await withXmlFile(domainXml({ ...news, uuid: olds.uuid }), (f) => virsh(uri, ["define", f], { what }));
-            pendingRestart = true;
-        }
+        const changed = definitionChanges(olds as unknown as Record<string, unknown>, news as unknown as Record<string, unknown>);
+        if (changed.length > 0) await withXmlFile(domainXml({ ...news, uuid: olds.uuid }), (f) => virsh(uri, ["define", f], { what }));
         if (news.autostart !== olds.autostart) await virsh(uri, ["autostart", id, ...(news.autostart ? [] : ["--disable"])], { what });
         let state = await domState(uri, id);
         if (state === undefined) throw new Error(`${what} does not exist any more; run \`pulumi refresh\` and then \`pulumi up\` to create it again`);
-        if (resize && news.restartBy === "deployment" && state === "running") {
-            console.error(`${what}: ${news.memoryMiB} MiB / ${news.vcpus} vCPUs saved in the definition; its NixOS deployment restarts the VM in rollout order`);
-        } else if (resize && (state === "running" || state === "paused")) {
+        // What the running VM lacks, as libvirt says (live against saved
+        // definition): this update's changes, or older ones a refresh found.
+        const pending = await pendingChanges(uri, id);
+        const said = pending.map((c) => c.text).join(", ");
+        if (pending.length > 0 && news.restartBy === "deployment" && state === "running") {
+            console.error(`${what}: ${said} saved in the definition; its NixOS deployment restarts the VM in rollout order`);
+        } else if (pending.length > 0) {
             const timeout = news.shutdownTimeoutSeconds ?? 60;
             const restart = async () => {
-                console.error(`${what}: restarting for ${news.memoryMiB} MiB / ${news.vcpus} vCPUs (shutdown, up to ${timeout} s, then start)`);
+                console.error(`${what}: restarting for ${said} (shutdown, up to ${timeout} s, then start)`);
                 await powerOff(uri, id, timeout);
                 const s = await bringUp(uri, id, await domState(uri, id), false);
-                if (s !== "running") throw new Error(`${what} did not start again after its resize: state is "${s}"; see ${news.consoleLog}`);
-                console.error(`${what}: running again with ${news.memoryMiB} MiB / ${news.vcpus} vCPUs`);
+                if (s !== "running") throw new Error(`${what} did not start again after its restart for ${pending.map((c) => c.now).join(", ")}: state is "${s}"; see ${news.consoleLog}`);
+                console.error(`${what}: running again with ${pending.map((c) => c.now).join(", ")}`);
                 return s;
             };
             // One VM of the stack at a time: never the whole cluster down at once.
             state = news.stateDir ? await withRestartLock(news.stateDir, what, 30 * 60_000, restart) : await restart();
-            pendingRestart = false;
         }
         if (state !== "running") {
-            const wasOff = state !== "paused" && state !== "pmsuspended";
+            // (A VM that was off boots the saved definition.)
             state = await bringUp(uri, id, state);
             if (state !== "running") throw new Error(`${what} did not start: state is "${state}"; see ${news.consoleLog}`);
-            if (wasOff) pendingRestart = false; // a fresh boot runs the saved definition
         }
-        if (pendingRestart) {
-            console.error(`${what}: host name ${news.hostname ?? "(none)"} saved in the domain definition; the running VM picks it up at its next boot (virsh shutdown ${id}; virsh start ${id})`);
-        }
-        const outs: DomainOutputs = { ...news, uuid: olds.uuid, state: state ?? "unknown", pendingRestart };
+        const outs: DomainOutputs = { ...news, uuid: olds.uuid, state: state ?? "unknown", pendingRestart: false };
         return { outs };
     },
 
@@ -229,21 +256,33 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
         const xml = await lookup(props.uri, "domain", id, ["dumpxml", "--inactive", id]);
         if (xml === undefined) return { id: undefined as unknown as string, props: {} }; // gone: refresh drops it, `up` recreates it
         const f = readDomain(xml);
+        const what = label("domain", id);
         const state = (await domState(props.uri, id)) ?? "unknown";
-        if (state !== "running") console.error(`${label("domain", id)} is "${state}"; the next \`pulumi up\` ${state === "paused" ? "resumes" : "starts"} it`);
+        if (state !== "running") console.error(`${what} is "${state}"; the next \`pulumi up\` ${state === "paused" ? "resumes" : "starts"} it`);
         const outs: DomainOutputs = {
             ...props,
+            domainType: (f.domainType as DomainOutputs["domainType"]) ?? props.domainType,
             vcpus: f.vcpus ?? props.vcpus,
             memoryMiB: f.memoryMiB ?? props.memoryMiB,
             diskPath: f.diskPath ?? props.diskPath,
             mac: f.mac ?? props.mac,
             network: f.network ?? props.network,
+            consoleLog: f.consoleLog ?? props.consoleLog,
             uuid: f.uuid ?? props.uuid,
             state,
         };
-        // The host name as defined now: a removed or changed credential is drift the next `up` repairs.
-        if (f.hostname !== undefined) outs.hostname = f.hostname;
-        else delete outs.hostname;
+        // What is defined now, present or not: a removed or changed field is drift the next `up` repairs.
+        for (const k of ["hostname", "kernel", "initrd", "cmdline"] as const) {
+            if (f[k] !== undefined) outs[k] = f[k];
+            else if (outs[k]) delete outs[k]; // ("" and absent are the same: none)
+        }
+        // The running VM against its saved definition: what a restart would still apply.
+        const pending = await pendingChanges(props.uri, id);
+        outs.pendingRestart = pending.length > 0;
+        if (pending.length > 0) {
+            const who = props.restartBy === "deployment" ? "through its NixOS deployment, in rollout order" : "one VM of the stack at a time";
+            console.error(`${what} runs an older definition than it has saved (${pending.map((c) => c.text).join(", ")}); the next \`pulumi up\` restarts it, ${who}`);
+        }
         return { id, props: outs };
     },
 

@@ -283,6 +283,12 @@ export interface DomainFacts {
     network?: string;
     /** From the systemd credential in the SMBIOS OEM strings, if any. */
     hostname?: string;
+    /** Direct kernel boot (<os><kernel>, <initrd>, <cmdline>), when defined. */
+    kernel?: string;
+    initrd?: string;
+    cmdline?: string;
+    /** The file the first serial port logs to (<serial><log file=...>), when defined. */
+    consoleLog?: string;
 }
 
 export function readDomain(xml: string): DomainFacts {
@@ -304,6 +310,15 @@ export function readDomain(xml: string): DomainFacts {
     };
     const hostname = hostnameOf(d);
     if (hostname !== undefined) out.hostname = hostname;
+    // Only what is there: a domain that boots from its disk has no kernel.
+    const os = child(d, "os");
+    for (const k of ["kernel", "initrd", "cmdline"] as const) {
+        const v = textOf(child(os, k));
+        if (v !== undefined && v !== "") out[k] = v;
+    }
+    // The serial port's log; libvirt also shows it on the <console> that mirrors serial 0.
+    const log = attr(child(children(devices, "serial")[0], "log"), "file") ?? attr(child(children(devices, "console")[0], "log"), "file");
+    if (log !== undefined) out.consoleLog = log;
     return out;
 }
 

@@ -20,7 +20,7 @@ import { describeMaster, matchWorkers } from "../cluster/sparkStatus";
 import type { MasterState, MasterWorker } from "../cluster/sparkStatus";
 import { deliverSecretProperties } from "./clusterSecret";
 import { describePackageChanges } from "./packageChanges";
-import { restartForSize } from "./vmPower";
+import { definitionChanges, restartForDefinition, vmDrift } from "./vmPower";
 import type { VmRef } from "./vmPower";
 
 export type RebuildFlavour = "auto" | "legacy" | "ng";
@@ -93,10 +93,12 @@ export interface NixosDeploymentInputs {
      */
     closureDiff?: boolean;
     /**
-     * The VM behind the node and the size its Domain defines. When the size
-     * changes, the update restarts the VM (its Domain only saved the new
-     * definition) before it switches: VM restarts follow the rollout order
-     * and each is verified with the switch that follows it.
+     * The VM behind the node and the definition its Domain gives it: size,
+     * and what else a restart applies (domain type, kernel, initrd, command
+     * line, console log, network, host name). When it changes, the update
+     * restarts the VM (its Domain only saved the new definition) before it
+     * switches: VM restarts follow the rollout order and each is verified
+     * with the switch that follows it.
      */
     vm?: VmRef;
 }
@@ -172,7 +174,7 @@ export interface NixosDeploymentArgs {
     consoleLog?: pulumi.Input<string>;
     /** Versions of what the expected system runs, for a package-level preview. */
     packages?: pulumi.Input<Record<string, unknown>>;
-    /** The VM and its defined size: a new size restarts it, in rollout order, before the switch. */
+    /** The VM and its definition: a new one restarts it, in rollout order, before the switch. */
     vm?: pulumi.Input<VmRef>;
     /** Print `nix store diff-closures` of the old and new system after the switch (one node per role). */
     closureDiff?: pulumi.Input<boolean>;
@@ -283,12 +285,22 @@ export function deploymentDiff(olds: Record<string, unknown>, news: Record<strin
     if (typeof current === "string" && current !== "" && news.expectedSystem !== UNKNOWN && current !== news.expectedSystem && current !== UNKNOWN) {
         reasons.push(`the node runs ${current}, not the expected system`);
     }
-    // A new VM size: the update restarts the VM (in rollout order) before it switches.
+    // A new VM size or definition: the update restarts the VM (in rollout order) before it switches.
     const ov = olds.vm as Partial<VmRef> | undefined;
     const nv = news.vm as Partial<VmRef> | typeof UNKNOWN | undefined;
     if (ov && typeof ov === "object" && nv !== undefined && (nv === UNKNOWN || ov.vcpus !== nv.vcpus || ov.memoryMiB !== nv.memoryMiB)) {
         reasons.push(nv === UNKNOWN ? "the VM's size is not known until apply" : `the VM's size changed (${ov.memoryMiB} -> ${nv.memoryMiB} MiB, ${ov.vcpus} -> ${nv.vcpus} vCPUs): it restarts before the switch`);
     }
+    // The rest of what a restart applies; state recorded before `definition` existed compares the size only.
+    if (ov && typeof ov === "object" && ov.definition && nv && nv !== UNKNOWN && typeof nv === "object" && nv.definition !== undefined && nv.definition !== null) {
+        const nd = nv.definition as unknown;
+        const moved = nd === UNKNOWN ? [] : definitionChanges(ov.definition as Record<string, unknown>, nd as Record<string, unknown>, ["domainType", "kernel", "initrd", "cmdline", "consoleLog", "network", "hostname"]);
+        if (nd === UNKNOWN) reasons.push("the VM's definition is not known until apply");
+        else if (moved.length > 0) reasons.push(`the VM's definition changed (${moved.map((c) => c.text).join(", ")}): it restarts before the switch`);
+    }
+    // A refresh found the VM running an older definition than its Domain saved.
+    const drift = olds.vmPending;
+    if (Array.isArray(drift) && drift.length > 0) reasons.push(`refresh found the VM not running its definition (${drift.join(", ")}): it restarts before the switch`);
     // The value is never named: it is a secret.
     if (news.secretProperties === UNKNOWN || (olds.secretProperties ?? undefined) !== (news.secretProperties ?? undefined)) reasons.push("the secret Spark properties changed");
     // A new VM behind the node (its Domain is replaced, delete-before-replace
@@ -298,9 +310,22 @@ export function deploymentDiff(olds: Record<string, unknown>, news: Record<strin
     // (create). The engine asks this diff with machineId unknown when it
     // plans the Domain's replacement, and deletes this resource before it.
     // State written before machineId existed is only updated.
+    // An unknown machineId alone is no proof of a new VM: in preview a Domain
+    // that is only updated (a restart, a new size, new provider code) has its
+    // UUID unknown too, since a dynamic provider cannot mark outputs stable.
+    // So it is a new VM only when the VM's identity, what replaces a Domain
+    // (libvirt URI, name, disk, MAC; `vm`), changed or cannot be compared.
     const oldId = olds.machineId;
-    const newVm = typeof oldId === "string" && oldId !== "" && oldId !== UNKNOWN && (news.machineId === UNKNOWN || news.machineId !== oldId);
+    const newVm = typeof oldId === "string" && oldId !== "" && oldId !== UNKNOWN && (news.machineId === UNKNOWN ? !sameVmIdentity(olds.vm, news.vm) : news.machineId !== oldId);
     return { changes: reasons.length > 0, replaces: newVm ? ["machineId"] : [], deleteBeforeReplace: newVm, reasons: [...new Set(reasons)] };
+}
+
+/** True when both `vm` inputs name the same VM: libvirt URI, domain, disk and MAC all recorded, known and equal. */
+export function sameVmIdentity(olds: unknown, news: unknown): boolean {
+    const o = olds as Partial<VmRef> | undefined;
+    const n = news as Partial<VmRef> | undefined;
+    if (!o || !n || typeof o !== "object" || typeof n !== "object") return false;
+    return (["uri", "domain", "diskPath", "mac"] as const).every((k) => typeof o[k] === "string" && o[k] !== UNKNOWN && o[k] === n[k]);
 }
 
 /** The SSH target of a deployment. */
@@ -689,13 +714,32 @@ async function logClosureDiff(inp: NixosDeploymentInputs, before: string, after:
 }
 
 /**
+ * refresh: what the running VM lacks of the definition `vm` records (libvirt's
+ * live definition against it), as the `vmPending` output; the next diff
+ * restarts it before the switch. Nothing when there is no `vm`; a libvirt
+ * that cannot be asked is logged and keeps the recorded value.
+ */
+export async function vmPendingOf(inp: NixosDeploymentInputs, log: (m: string) => void): Promise<{ vmPending?: string[] }> {
+    if (!inp.vm || typeof inp.vm !== "object") return {};
+    try {
+        const drift = (await vmDrift(inp.vm)).map((c) => c.text);
+        if (drift.length > 0) log(`refresh: its VM runs an older definition (${drift.join(", ")}); the next \`pulumi up\` restarts it before the switch, in rollout order`);
+        return { vmPending: drift };
+    } catch (e) {
+        log(`refresh: could not ask libvirt what its VM runs, keeping the recorded state: ${(e as Error).message.split("\n")[0]}`);
+        return {};
+    }
+}
+
+/**
  * create/update: wait for SSH, switch, verify, and on failure roll back and
  * throw an error naming the node with the last lines of nixos-rebuild's output.
  * `contact` says how to treat the host key: "first" for a VM this stack just
  * created (replace any stale entry), "new-address" for an update that moved
  * the deployment to another address (record an unknown key, refuse a changed
  * one), "known" otherwise (the key must be recorded and match).
- * An update first restarts the VM when its size changed (inp.vm), and after a
+ * An update first restarts the VM when it does not run the definition inp.vm
+ * describes (a new size, console log, kernel command line, ...), and after a
  * verified switch prints the closure diff from previousSystem when asked
  * (inp.closureDiff).
  */
@@ -712,9 +756,10 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
     }
 
     try {
-        // A resize: the VM restarts now, in this node's turn of the rollout,
-        // and the switch below verifies it came back (Spark too, when asked).
-        if (contact !== "first" && inp.vm) await restartForSize(inp.vm, log);
+        // A new VM definition (size, console log, kernel, network, ...): the VM
+        // restarts now, in this node's turn of the rollout, and the switch
+        // below verifies it came back (Spark too, when asked).
+        if (contact !== "first" && inp.vm) await restartForDefinition(inp.vm, log);
         if (contact === "first" && inp.consoleLog) {
             log(`waiting up to ${inp.sshWaitSeconds} s for the new VM to print its host keys to its console and answer on SSH`);
             await verifiedFirstContact(t, inp.consoleLog, { timeoutSeconds: inp.sshWaitSeconds, log });
@@ -875,16 +920,18 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
     async read(id: string, props: Record<string, unknown>) {
         const inp = inputsOf(props);
         const log = logger(inp.node ?? id);
+        // Does the VM run the definition its deployment restarted it for? (Its Domain saved another one.)
+        const vm = await vmPendingOf(inp, log);
         try {
             // From the state when this checkout lacks them: a refresh runs before the program.
             await prepareContact(inp, props.hostKeys, log);
             const current = await readCurrentSystem(targetOf(inp));
             props = { ...props, ...recordedHostKeys(inp, props.hostKeys) };
             if (current !== inp.expectedSystem) log(`refresh: the node runs ${current}, not the recorded ${inp.expectedSystem}; the next \`pulumi up\` switches it back`);
-            return { id, props: { ...props, currentSystem: current } };
+            return { id, props: { ...props, ...vm, currentSystem: current } };
         } catch (e) {
             log(`refresh: could not ask the node which system it runs, keeping the recorded state: ${(e as Error).message.split("\n")[0]}`);
-            return { id, props };
+            return { id, props: { ...props, ...vm } };
         }
     },
 

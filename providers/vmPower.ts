@@ -1,9 +1,11 @@
-// Power and size of a running VM, shared by the Domain provider (start,
-// stop, restart for a new size when no deployment does it) and the
-// NixosDeployment provider (the restart a resize needs, taken in rollout
-// order: see restartForSize). Import-free of @pulumi/pulumi, so both
-// serialized providers can carry it.
+// Power and definition of a running VM, shared by the Domain provider
+// (start, stop, restart for a new definition when no deployment does it) and
+// the NixosDeployment provider (the restart a new definition needs, taken in
+// rollout order: see restartForDefinition). Import-free of @pulumi/pulumi,
+// so both serialized providers can carry it.
 import { readDomain } from "./libvirtXml";
+import type { DomainFacts } from "./libvirtXml";
+import { isUnknown } from "./unknown";
 import { label, lookup, sleep, virsh, virshError } from "./virsh";
 
 /** libvirt's state of the domain, or undefined when it does not exist. */
@@ -60,7 +62,25 @@ export async function powerOff(uri: string, id: string, timeoutSeconds: number):
     }
 }
 
-/** Which VM a deployment runs on, and the size its Domain defines for it (SparkCluster passes it). */
+/**
+ * What a running VM only picks up when it starts again, beyond its size: the
+ * parts of its libvirt definition that a redefinition saves for the next
+ * boot and a restart (shutdown, then start) applies. Absent means none (no
+ * direct kernel boot, no host name credential).
+ */
+export interface BootDefinition {
+    domainType?: string;
+    kernel?: string;
+    initrd?: string;
+    cmdline?: string;
+    /** The serial console's log file. */
+    consoleLog?: string;
+    /** The libvirt network the VM's interface attaches to. */
+    network?: string;
+    hostname?: string;
+}
+
+/** Which VM a deployment runs on, and the definition its Domain gives it (SparkCluster passes it). */
 export interface VmRef {
     uri: string;
     /** The libvirt domain name. */
@@ -69,31 +89,133 @@ export interface VmRef {
     memoryMiB: number;
     /** Seconds the guest gets to shut down before it is destroyed. */
     shutdownTimeoutSeconds: number;
+    /**
+     * With uri and domain, the VM's identity: what replaces its Domain (its
+     * disk, its MAC). Tells a replaced VM from an updated one in preview,
+     * where the UUID of both is unknown.
+     */
+    diskPath?: string;
+    mac?: string;
+    /**
+     * The rest of the definition a restart applies. Absent in state recorded
+     * before it existed: then only the size is compared.
+     */
+    definition?: BootDefinition;
 }
 
-/** The size the running VM has now (its live definition); undefined when it is not running. */
-export async function liveSize(uri: string, name: string): Promise<{ vcpus?: number; memoryMiB?: number } | undefined> {
+/** One part of a VM's definition that differs: `memory 256 -> 384 MiB`, `console log /a -> /b`. */
+export interface DefinitionChange {
+    key: string;
+    /** "memory 256 -> 384 MiB" */
+    text: string;
+    /** "memory 256 MiB": the old value alone. */
+    was: string;
+    /** "memory 384 MiB": the new value alone. */
+    now: string;
+}
+
+// Everything a restart applies, in the order messages name it. Not exported
+// (see nixosDeployment.ts: an exported const would be captured as exports.X).
+const RESTART_FIELDS: [key: string, label: string][] = [
+    ["memoryMiB", "memory"],
+    ["vcpus", "vCPUs"],
+    ["domainType", "domain type"],
+    ["kernel", "kernel"],
+    ["initrd", "initrd"],
+    ["cmdline", "kernel command line"],
+    ["consoleLog", "console log"],
+    ["network", "network"],
+    ["hostname", "host name"],
+];
+
+/** The keys of a Domain's inputs that a restart applies (redefine, then shutdown and start). */
+export function restartKeys(): string[] {
+    return RESTART_FIELDS.map(([k]) => k);
+}
+
+/**
+ * The restart-relevant fields that differ between two definitions (Domain
+ * inputs, DomainFacts read from libvirt, or a VmRef's size and definition).
+ * Absent and null mean "none"; an unknown value (preview) always differs.
+ * `keys` limits the comparison (state recorded before a field existed).
+ */
+export function definitionChanges(from: Record<string, unknown> | undefined, to: Record<string, unknown> | undefined, keys: string[] = restartKeys()): DefinitionChange[] {
+    const out: DefinitionChange[] = [];
+    const show = (k: string, v: unknown): string => {
+        if (isUnknown(v)) return "(known after apply)";
+        if (v === undefined || v === null || v === "") return "(none)";
+        return k === "cmdline" ? JSON.stringify(v) : String(v);
+    };
+    for (const [k, label] of RESTART_FIELDS) {
+        if (!keys.includes(k)) continue;
+        // (libvirt's XML reader trims text: " quiet" and "quiet" are the same command line.)
+        const norm = (v: unknown) => (typeof v === "string" && !isUnknown(v) ? v.trim() : (v ?? null));
+        const a = norm(from?.[k]);
+        const b = norm(to?.[k]);
+        if (!isUnknown(b) && (a === b || (a === "" && b === null) || (a === null && b === ""))) continue;
+        const unit = k === "memoryMiB" ? " MiB" : "";
+        const newUnit = isUnknown(b) ? "" : unit;
+        out.push({ key: k, text: `${label} ${show(k, a)} -> ${show(k, b)}${newUnit}`, was: `${label} ${show(k, a)}${unit}`, now: `${label} ${show(k, b)}${newUnit}` });
+    }
+    return out;
+}
+
+/** What a VmRef asks of the running VM, and which fields of it to compare. */
+function wanted(vm: VmRef): { want: Record<string, unknown>; keys: string[] } {
+    if (!vm.definition || typeof vm.definition !== "object") return { want: { vcpus: vm.vcpus, memoryMiB: vm.memoryMiB }, keys: ["memoryMiB", "vcpus"] };
+    return { want: { ...vm.definition, vcpus: vm.vcpus, memoryMiB: vm.memoryMiB }, keys: restartKeys() };
+}
+
+/** The definition the VM runs with now (libvirt's live XML), or undefined when it is not running. */
+export async function liveDefinition(uri: string, name: string): Promise<DomainFacts | undefined> {
     if ((await domState(uri, name)) !== "running") return undefined;
-    const f = readDomain((await virsh(uri, ["dumpxml", name], { what: label("domain", name) })).stdout);
-    return { vcpus: f.vcpus, memoryMiB: f.memoryMiB };
+    return readDomain((await virsh(uri, ["dumpxml", name], { what: label("domain", name) })).stdout);
+}
+
+/**
+ * What the running (or paused) VM has not picked up: libvirt's live
+ * definition against the saved one (`dumpxml --inactive`), on the fields a
+ * restart applies. Empty when the VM is off (its next start takes the saved
+ * definition) or runs what is saved.
+ */
+export async function pendingChanges(uri: string, name: string): Promise<DefinitionChange[]> {
+    const state = await domState(uri, name);
+    if (state !== "running" && state !== "paused") return [];
+    const what = label("domain", name);
+    const live = readDomain((await virsh(uri, ["dumpxml", name], { what })).stdout);
+    const saved = readDomain((await virsh(uri, ["dumpxml", "--inactive", name], { what })).stdout);
+    return definitionChanges(live as Record<string, unknown>, saved as Record<string, unknown>);
+}
+
+/** What the running VM lacks of what `vm` asks (empty when it is not running or runs it). */
+export async function vmDrift(vm: VmRef): Promise<DefinitionChange[]> {
+    const live = await liveDefinition(vm.uri, vm.domain);
+    if (live === undefined) return [];
+    const { want, keys } = wanted(vm);
+    return definitionChanges(live as Record<string, unknown>, want, keys);
 }
 
 /**
  * Restarts the VM (shutdown within its timeout, then start) when it runs
- * with another size than `vm` says: its Domain's update saved the new size
- * in the definition and left the restart to the node's deployment, which
- * runs in rollout order (master, canary, batches; each after the one before
- * was verified). Returns whether it restarted; throws when the VM does not
- * come back.
+ * with another definition than `vm` says (size, console log, kernel, command
+ * line, network, ...): its Domain's update saved the new definition and left
+ * the restart to the node's deployment, which runs in rollout order (master,
+ * canary, batches; each after the one before was verified). Returns whether
+ * it restarted; throws when the VM does not come back, or comes back
+ * without what `vm` asks (its saved definition differs).
  */
-export async function restartForSize(vm: VmRef, log: (m: string) => void): Promise<boolean> {
+export async function restartForDefinition(vm: VmRef, log: (m: string) => void): Promise<boolean> {
     const what = label("domain", vm.domain);
-    const live = await liveSize(vm.uri, vm.domain);
-    if (live === undefined || (live.vcpus === vm.vcpus && live.memoryMiB === vm.memoryMiB)) return false;
-    log(`${what}: restarting for ${vm.memoryMiB} MiB / ${vm.vcpus} vCPUs (runs ${live.memoryMiB} MiB / ${live.vcpus} vCPUs; shutdown, up to ${vm.shutdownTimeoutSeconds} s, then start)`);
+    const changes = await vmDrift(vm);
+    if (changes.length === 0) return false;
+    log(`${what}: restarting for ${changes.map((c) => c.text).join(", ")} (shutdown, up to ${vm.shutdownTimeoutSeconds} s, then start)`);
     await powerOff(vm.uri, vm.domain, vm.shutdownTimeoutSeconds);
     const state = await bringUp(vm.uri, vm.domain, await domState(vm.uri, vm.domain), false);
-    if (state !== "running") throw new Error(`${what} did not start again after its resize: state is "${state}"`);
-    log(`${what}: running again with ${vm.memoryMiB} MiB / ${vm.vcpus} vCPUs`);
+    if (state !== "running") throw new Error(`${what} did not start again after its restart for ${changes.map((c) => c.now).join(", ")}: state is "${state}"`);
+    const still = await vmDrift(vm);
+    if (still.length > 0) {
+        throw new Error(`${what} restarted but runs ${still.map((c) => c.was).join(", ")}, not what the stack defines (${still.map((c) => c.now).join(", ")}): its saved definition differs; run \`pulumi refresh\`, then \`pulumi up\``);
+    }
+    log(`${what}: running again with ${changes.map((c) => c.now).join(", ")}`);
     return true;
 }

@@ -6,7 +6,10 @@
 // Story: create a network and 3 domains (each guest sees its host name as
 // the systemd credential in SMBIOS) -> scale to 4 -> scale back to 2 (the
 // network is updated in place: same UUID) -> a memory change and a host name
-// change are updates saved for the next boot -> refresh notices a shut-off
+// change restart the VM (same UUID) -> with deployments the update only saves
+// the definition and the deployment's turn restarts it: a new size; a new
+// console log and kernel command line (the new log gets the boot); a new
+// domain type saved for the next boot -> refresh notices a shut-off
 // domain and a destroyed one -> adopt/mismatch and a failed create leave
 // nothing behind -> what virsh says about objects that do not exist -> a host
 // reboot (domains off, network and pool stopped): refresh keeps everything
@@ -19,7 +22,7 @@ import * as path from "node:path";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology, NodeSpec, Topology } from "../../cluster/topology";
 import { domainProvider, DomainOutputs } from "../../providers/domain";
-import { restartForSize } from "../../providers/vmPower";
+import { restartForDefinition } from "../../providers/vmPower";
 import { readNetwork } from "../../providers/libvirtXml";
 import { networkProvider, NetworkOutputs } from "../../providers/network";
 import { poolProvider, PoolOutputs } from "../../providers/pool";
@@ -224,25 +227,28 @@ describe("libvirt providers on a real libvirtd", () => {
         await expectReservedAddress(n);
     });
 
-    test("host name change: an in-place update saved for the next boot (same VM), read back from the definition", async () => {
+    test("host name change: an in-place update that restarts the VM like any change a restart applies (same VM), read back from the definition", async () => {
         const t = topo(1);
         const n = t.workers[0];
         const olds = created.domains.get(n.domainName)!;
         const news = { ...domInputs(n, olds.diskPath, t), memoryMiB: 320, hostname: `${n.hostname}-b` };
         expect(await P.dom.diff!(n.domainName, olds, news)).toMatchObject({ changes: true, replaces: [] });
+        const idBefore = (await bench!.virsh(["domid", n.domainName])).stdout.trim();
         const r = await P.dom.update!(n.domainName, olds, news);
-        expect(r.outs).toMatchObject({ hostname: `${n.hostname}-b`, pendingRestart: true, state: "running", uuid: olds.uuid });
+        expect(r.outs).toMatchObject({ hostname: `${n.hostname}-b`, pendingRestart: false, state: "running", uuid: olds.uuid });
+        expect((await bench!.virsh(["domid", n.domainName])).stdout.trim()).not.toBe(idBefore);
         created.domains.set(n.domainName, r.outs as DomainOutputs);
         credentialName.set(n.domainName, `${n.hostname}-b`);
         const inactive = (await bench!.virsh(["dumpxml", "--inactive", n.domainName])).stdout;
         expect(inactive).toContain(`<entry>io.systemd.credential:system.hostname=${n.hostname}-b</entry>`);
         expect(inactive).toMatch(/<memory unit='KiB'>327680<\/memory>/); // the memory change survived the redefinition
         const seen = await P.dom.read!(n.domainName, r.outs);
-        expect(seen.props).toMatchObject({ hostname: `${n.hostname}-b`, uuid: olds.uuid });
+        expect(seen.props).toMatchObject({ hostname: `${n.hostname}-b`, uuid: olds.uuid, pendingRestart: false });
         expect(await P.dom.diff!(n.domainName, seen.props, news)).toMatchObject({ changes: false });
+        await expectReservedAddress(n); // the guest sees its new name at once
     });
 
-    test("resize with restartBy deployment: the update only saves the size (same run); the deployment's restartForSize restarts it in its turn, once", async () => {
+    test("resize with restartBy deployment: the update only saves the size (same run); the deployment's restartForDefinition restarts it in its turn, once", async () => {
         const t = topo(1);
         const n = t.workers[0];
         const olds = created.domains.get(n.domainName)!;
@@ -251,24 +257,99 @@ describe("libvirt providers on a real libvirtd", () => {
         expect(checked.inputs.restartRequired).toBe("memory 320 -> 352 MiB: the VM restarts (shutdown, then start), in rollout order, by its NixOS deployment before it switches (deploy.rollout)");
         const idBefore = (await bench!.virsh(["domid", n.domainName])).stdout.trim();
         const r = await P.dom.update!(n.domainName, olds, news);
-        expect(r.outs).toMatchObject({ memoryMiB: 352, pendingRestart: true, state: "running", uuid: olds.uuid });
+        // The restart is the deployment's from now on: nothing is left pending on the Domain.
+        expect(r.outs).toMatchObject({ memoryMiB: 352, pendingRestart: false, state: "running", uuid: olds.uuid });
         created.domains.set(n.domainName, r.outs as DomainOutputs);
         expect((await bench!.virsh(["domid", n.domainName])).stdout.trim()).toBe(idBefore);
         expect((await bench!.virsh(["dumpxml", n.domainName])).stdout).toMatch(/<memory unit='KiB'>327680<\/memory>/); // still the old size, live
+        // (A vm recorded before `definition` existed: the size alone is compared.)
         const vm = { uri: news.uri, domain: n.domainName, vcpus: news.vcpus, memoryMiB: 352, shutdownTimeoutSeconds: 30 };
         const said: string[] = [];
-        expect(await restartForSize(vm, (m) => said.push(m))).toBe(true);
+        expect(await restartForDefinition(vm, (m) => said.push(m))).toBe(true);
         expect(said).toEqual([
-            `libvirt domain "${n.domainName}": restarting for 352 MiB / ${news.vcpus} vCPUs (runs 320 MiB / ${news.vcpus} vCPUs; shutdown, up to 30 s, then start)`,
-            `libvirt domain "${n.domainName}": running again with 352 MiB / ${news.vcpus} vCPUs`,
+            `libvirt domain "${n.domainName}": restarting for memory 320 -> 352 MiB (shutdown, up to 30 s, then start)`,
+            `libvirt domain "${n.domainName}": running again with memory 352 MiB`,
         ]);
         expect((await bench!.virsh(["domid", n.domainName])).stdout.trim()).not.toBe(idBefore);
         expect((await bench!.virsh(["dumpxml", n.domainName])).stdout).toMatch(/<memory unit='KiB'>360448<\/memory>/);
         expect((await bench!.virsh(["domuuid", n.domainName])).stdout.trim()).toBe(olds.uuid);
         // Already at its size: nothing to do.
-        expect(await restartForSize(vm, (m) => said.push(m))).toBe(false);
+        expect(await restartForDefinition(vm, (m) => said.push(m))).toBe(false);
         expect(said).toHaveLength(2);
         await expectReservedAddress(n);
+    });
+
+    test("console log and kernel command line of a running guest: redefined (same run), restarted once in its deployment's turn, same UUID; the new log gets the boot", async () => {
+        const t = topo(1);
+        const n = t.workers[0];
+        const olds = created.domains.get(n.domainName)!;
+        const logDir = path.join(bench!.dir, "console-2");
+        fs.mkdirSync(logDir, { recursive: true });
+        const newLog = path.join(logDir, `${n.domainName}-console.log`);
+        const cmdline = "console=ttyS0 nixspark_it=2";
+        const news = { ...domInputs(n, olds.diskPath, t), memoryMiB: olds.memoryMiB, hostname: olds.hostname, consoleLog: newLog, cmdline, restartBy: "deployment" as const, stateDir: path.join(bench!.dir, "state") };
+        expect(await P.dom.diff!(n.domainName, olds, news)).toMatchObject({ changes: true, replaces: [] });
+        expect((await P.dom.check!(olds, news)).inputs.restartRequired).toBe(
+            `kernel command line "console=ttyS0" -> "${cmdline}", console log ${olds.consoleLog} -> ${newLog}: the VM restarts (shutdown, then start), in rollout order, by its NixOS deployment before it switches (deploy.rollout)`,
+        );
+        const idBefore = (await bench!.virsh(["domid", n.domainName])).stdout.trim();
+        const r = await P.dom.update!(n.domainName, olds, news);
+        expect(r.outs).toMatchObject({ consoleLog: newLog, cmdline, pendingRestart: false, state: "running", uuid: olds.uuid });
+        created.domains.set(n.domainName, r.outs as DomainOutputs);
+        expect((await bench!.virsh(["domid", n.domainName])).stdout.trim()).toBe(idBefore);
+        expect((await bench!.virsh(["dumpxml", "--inactive", n.domainName])).stdout).toContain(`<log file='${newLog}'`);
+        expect((await bench!.virsh(["dumpxml", n.domainName])).stdout).toContain(`<log file='${olds.consoleLog}'`); // live: still the old one
+        expect(fs.existsSync(newLog)).toBe(false);
+        // A refresh now sees the restart still owed.
+        const owed = await P.dom.read!(n.domainName, r.outs);
+        expect(owed.props).toMatchObject({ pendingRestart: true, consoleLog: newLog, cmdline });
+
+        // The deployment's turn (what SparkCluster passes as its `vm`).
+        const vm = {
+            uri, domain: n.domainName, vcpus: news.vcpus, memoryMiB: news.memoryMiB, shutdownTimeoutSeconds: 30,
+            definition: { domainType: "qemu", kernel: news.kernel, initrd: news.initrd, cmdline, consoleLog: newLog, network: t.networkName, hostname: olds.hostname },
+        };
+        const said: string[] = [];
+        expect(await restartForDefinition(vm, (m) => said.push(m))).toBe(true);
+        expect(said).toEqual([
+            `libvirt domain "${n.domainName}": restarting for kernel command line "console=ttyS0" -> "${cmdline}", console log ${olds.consoleLog} -> ${newLog} (shutdown, up to 30 s, then start)`,
+            `libvirt domain "${n.domainName}": running again with kernel command line "${cmdline}", console log ${newLog}`,
+        ]);
+        expect(await restartForDefinition(vm, (m) => said.push(m))).toBe(false);
+        expect((await bench!.virsh(["domuuid", n.domainName])).stdout.trim()).toBe(olds.uuid);
+        await expectReservedAddress(n);
+        // The new log holds exactly one boot, with the new command line and the guest's own lines.
+        const text = await waitFor(`the guest's output in ${newLog}`, async () => {
+            const t = fs.existsSync(newLog) ? fs.readFileSync(newLog, "utf8") : "";
+            return /test-guest: /.test(t) ? t : undefined;
+        }, { timeoutMs: 60_000 });
+        expect(text).toContain(`Kernel command line: ${cmdline}`);
+        expect(text.match(/Linux version /g)).toHaveLength(1);
+        // And refresh agrees nothing is owed any more.
+        const after = await P.dom.read!(n.domainName, owed.props);
+        expect(after.props).toMatchObject({ pendingRestart: false });
+        expect(await P.dom.diff!(n.domainName, after.props, news)).toMatchObject({ changes: false });
+        created.domains.set(n.domainName, after.props as DomainOutputs);
+    });
+
+    test("a new domain type is saved for the next boot of a running domain (libvirt takes it; same run), and set back", async () => {
+        const t = topo(1);
+        const m = t.master;
+        const olds = created.domains.get(m.domainName)!;
+        const idBefore = (await bench!.virsh(["domid", m.domainName])).stdout.trim();
+        const kvm = { ...domInputs(m, olds.diskPath, t), domainType: "kvm" as const, restartBy: "deployment" as const };
+        expect(await P.dom.diff!(m.domainName, olds, kvm)).toMatchObject({ changes: true, replaces: [] });
+        const r = await P.dom.update!(m.domainName, olds, kvm);
+        expect(r.outs).toMatchObject({ domainType: "kvm", pendingRestart: false, uuid: olds.uuid });
+        expect((await bench!.virsh(["dumpxml", "--inactive", m.domainName])).stdout).toMatch(/^<domain type='kvm'/);
+        expect((await bench!.virsh(["dumpxml", m.domainName])).stdout).toMatch(/^<domain type='qemu'/);
+        expect((await P.dom.read!(m.domainName, r.outs)).props).toMatchObject({ domainType: "kvm", pendingRestart: true });
+        // (KVM does not work on this bench: set it back before anything restarts.)
+        const back = await P.dom.update!(m.domainName, r.outs, { ...kvm, domainType: "qemu" });
+        expect(back.outs).toMatchObject({ domainType: "qemu", pendingRestart: false });
+        expect((await P.dom.read!(m.domainName, back.outs)).props).toMatchObject({ domainType: "qemu", pendingRestart: false });
+        expect((await bench!.virsh(["domid", m.domainName])).stdout.trim()).toBe(idBefore);
+        created.domains.set(m.domainName, back.outs as DomainOutputs);
     });
 
     test("refresh: a shut-off domain is reported and brought back; a destroyed one disappears", async () => {

@@ -1,7 +1,20 @@
 // Which changes update, which replace, which are no-ops: answered by each
 // provider's diff, also after the provider went through Pulumi's
-// serialize -> load path (the only way the engine ever calls it).
+// serialize -> load path (the only way the engine ever calls it). A change
+// libvirt applies by redefining and restarting the domain is an update; the
+// Domain's update is then run against a stand-in virsh (the definition it
+// writes passes virt-xml-validate; the restart goes to the deployment, or is
+// done here without one), and the deployment's `vm` input decides its
+// restart in rollout order.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { domainProvider } from "../../providers/domain";
+import { domainXml, readDomain } from "../../providers/libvirtXml";
+import { deploymentDiff, sameVmIdentity } from "../../providers/nixosDeployment";
+import { definitionChanges, restartForDefinition } from "../../providers/vmPower";
+import { ensureHostTools } from "../helpers/hostTools";
 import { networkProvider, planHostChanges } from "../../providers/network";
 import { poolProvider } from "../../providers/pool";
 import { volumeProvider } from "../../providers/volume";
@@ -15,10 +28,27 @@ const hosts = [
 const net = { uri: "qemu:///system", name: "dev-net", bridge: "nxs-dev", gateway: "10.77.0.1", netmask: "255.255.255.0", dhcpStart: "10.77.0.192", dhcpEnd: "10.77.0.254", hosts, autostart: true };
 const netOut = { ...net, uuid: "u-1", active: true, __provider: "old code" };
 const dom = {
-    uri: "qemu:///system", name: "dev-master", domainType: "qemu", vcpus: 1, memoryMiB: 1024, diskPath: "/p/dev-master.qcow2",
+    uri: "qemu:///system", name: "dev-master", domainType: "qemu" as "qemu" | "kvm", vcpus: 1, memoryMiB: 1024, diskPath: "/p/dev-master.qcow2",
     mac: "02:00:00:00:00:01", network: "dev-net", consoleLog: "/l/dev-master.log", autostart: true, shutdownTimeoutSeconds: 60,
 };
 const domOut = { ...dom, uuid: "d-1", state: "running", pendingRestart: false, __provider: "old code" };
+/** Everything libvirt applies by redefining the domain and restarting it, and a new value for each. */
+const restartChanges: [string, unknown, RegExp][] = [
+    ["memoryMiB", 2048, /^memory 1024 -> 2048 MiB: the VM restarts/],
+    ["vcpus", 4, /^vCPUs 1 -> 4: the VM restarts/],
+    ["domainType", "kvm", /^domain type qemu -> kvm: the VM restarts/],
+    ["kernel", "/boot/vmlinuz-2", /^kernel \(none\) -> \/boot\/vmlinuz-2: the VM restarts/],
+    ["consoleLog", "/l2/dev-master.log", /^console log \/l\/dev-master\.log -> \/l2\/dev-master\.log: the VM restarts/],
+    ["network", "dev-net2", /^network dev-net -> dev-net2: the VM restarts/],
+    ["hostname", "dev-master", /^host name \(none\) -> dev-master: the VM restarts/],
+];
+/** The same with direct kernel boot: initrd and command line. */
+const kdom = { ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0" };
+const kernelChanges: [string, unknown, RegExp][] = [
+    ["kernel", "/boot/vmlinuz-2", /^kernel \/boot\/vmlinuz -> \/boot\/vmlinuz-2: /],
+    ["initrd", "/boot/initrd-2.img", /^initrd \/boot\/initrd\.img -> \/boot\/initrd-2\.img: /],
+    ["cmdline", "console=ttyS0 quiet", /^kernel command line "console=ttyS0" -> "console=ttyS0 quiet": the VM restarts \(shutdown, then start\), in rollout order, by its NixOS deployment/],
+];
 const vol = { uri: "qemu:///system", pool: "dev-pool", name: "dev-master.qcow2", basePath: "/pool/dev-base-aaaaaaaaaaaa.qcow2", capacityBytes: 10 * 1024 ** 3 };
 
 type Diff = { changes?: boolean; replaces?: string[] };
@@ -63,14 +93,15 @@ describe.each([
         expect(await ndiff({ hosts: UNKNOWN })).toMatchObject({ changes: true, replaces: [] });
     });
 
-    test("domain: no-op, updates in place, replacements", async () => {
+    test("domain: no-op, updates in place; only a new disk or identity replaces", async () => {
         expect(await ddiff({})).toMatchObject({ changes: false });
-        expect(await ddiff({ memoryMiB: 2048 })).toMatchObject({ changes: true, replaces: [] });
-        expect(await ddiff({ vcpus: 4 })).toMatchObject({ changes: true, replaces: [] });
         expect(await ddiff({ autostart: false })).toMatchObject({ changes: true, replaces: [] });
-        for (const [k, v] of [["domainType", "kvm"], ["mac", "02:00:00:00:00:09"], ["diskPath", "/p/other"], ["network", "n2"], ["kernel", "/k"]] as const) {
+        for (const [k, v] of [["mac", "02:00:00:00:00:09"], ["diskPath", "/p/other"], ["name", "dev-other"], ["uri", "qemu+ssh://h/system"]] as const) {
             expect((await ddiff({ [k]: v })).replaces).toEqual([k]);
         }
+        // A Volume replaced (its path unknown in preview) replaces the VM; a Network replaced (its name unknown) does not.
+        expect((await ddiff({ diskPath: UNKNOWN })).replaces).toEqual(["diskPath"]);
+        expect(await ddiff({ network: UNKNOWN })).toMatchObject({ changes: true, replaces: [] });
         // Only the shutdown timeout: not something the VM sees.
         expect(await ddiff({ shutdownTimeoutSeconds: 5 })).toMatchObject({ changes: false });
         // The disk grows through its Volume: a size the domain once carried (old state) never replaces the VM.
@@ -78,18 +109,55 @@ describe.each([
         // Nor do the state directory or check's preview note.
         expect(await ddiff({ stateDir: "/s", restartRequired: "x" })).toMatchObject({ changes: false });
     });
-    test("domain: check says in preview that a memory or vCPU change restarts the VM, and nothing else does", async () => {
+    test.each([...restartChanges.map(([k, v, re]) => [k, v, re, dom] as const), ...kernelChanges.map(([k, v, re]) => [`${k} (direct kernel boot)`, v, re, kdom] as const)])(
+        "domain: a new %s is an update that restarts the VM, never a replace; check says so in preview",
+        async (k, v, re, base) => {
+            const key = k.split(" ")[0];
+            const olds = { ...domOut, ...base };
+            expect(await p.domainProvider.diff!("dev-master", olds, { ...base, [key]: v })).toMatchObject({ changes: true, replaces: [] });
+            const r = await p.domainProvider.check!(base, { ...base, [key]: v, restartBy: "deployment" });
+            expect(r.inputs.restartRequired).toMatch(re);
+            expect(r.inputs.restartRequired).toMatch(/: the VM restarts \(shutdown, then start\), in rollout order, by its NixOS deployment before it switches \(deploy\.rollout\)$/);
+            expect((await p.domainProvider.check!(base, { ...base, [key]: v })).inputs.restartRequired).toMatch(/: the VM restarts \(shutdown, then start\), one VM of the stack at a time$/);
+        },
+    );
+    test("domain: check says in preview what restarts the VM, and nothing else does", async () => {
         const r = await p.domainProvider.check!(dom, { ...dom, memoryMiB: dom.memoryMiB + 256 });
         expect(r.inputs.restartRequired).toBe(`memory ${dom.memoryMiB} -> ${dom.memoryMiB + 256} MiB: the VM restarts (shutdown, then start), one VM of the stack at a time`);
         expect((await p.domainProvider.check!(dom, { ...dom, vcpus: 3 })).inputs.restartRequired).toMatch(/^vCPUs \d+ -> 3: the VM restarts/);
+        // Several at once, in one line.
+        expect((await p.domainProvider.check!(kdom, { ...kdom, consoleLog: "/l2/x.log", cmdline: "console=ttyS0 quiet", restartBy: "deployment" })).inputs.restartRequired).toBe(
+            'kernel command line "console=ttyS0" -> "console=ttyS0 quiet", console log /l/dev-master.log -> /l2/x.log: the VM restarts (shutdown, then start), in rollout order, by its NixOS deployment before it switches (deploy.rollout)',
+        );
+        expect((await p.domainProvider.check!(dom, { ...dom, network: UNKNOWN })).inputs.restartRequired).toMatch(/^network dev-net -> \(known after apply\): the VM restarts/);
         expect((await p.domainProvider.check!(dom, { ...dom, autostart: false })).inputs.restartRequired).toBe("");
         expect((await p.domainProvider.check!({}, dom)).inputs.restartRequired).toBe(""); // a new VM: nothing restarts
+        // A replaced VM does not restart either: it is deleted and created anew.
+        expect((await p.domainProvider.check!(dom, { ...dom, diskPath: "/p/other", memoryMiB: 2048 })).inputs.restartRequired).toBe("");
+    });
+    test("domain: preview warns, naming the node, that a replaced VM goes down without a rollout", async () => {
+        const said: string[] = [];
+        // (The provider as written: a loaded one writes to the process's own console, which jest does not spy on.)
+        const spy = jest.spyOn(console, "error").mockImplementation((m: unknown) => void said.push(String(m)));
+        try {
+            await domainProvider.diff!("dev-master", domOut, { ...dom, diskPath: "/p/other" });
+            await domainProvider.diff!("dev-master", domOut, { ...dom, consoleLog: "/l2/dev-master.log", cmdline: "x" });
+        } finally {
+            spy.mockRestore();
+        }
+        expect(said).toEqual([
+            "warning: [dev-master] its VM is replaced (diskPath changed): the node goes down without a rollout (the VM is shut down and deleted, a new one created and deployed from scratch); " +
+                "nodes replaced together go down together, and a worker decommissioned first can hand its blocks only to workers that stay up",
+        ]);
+    });
+    test("domain: a refresh that saw the VM run an older definition than saved makes the next up an update", async () => {
+        expect(await ddiff({}, { pendingRestart: true })).toMatchObject({ changes: true, replaces: [] });
     });
     test("domain: a VM that refresh saw shut off or paused is brought back by an update", async () => {
         expect(await ddiff({}, { state: "shut off" })).toMatchObject({ changes: true, replaces: [] });
         expect(await ddiff({}, { state: "paused" })).toMatchObject({ changes: true, replaces: [] });
     });
-    test("domain: a new or changed host name is an in-place update; new provider code too", async () => {
+    test("domain: a new or changed host name is an in-place update (a restart applies it); new provider code too", async () => {
         expect(await ddiff({ hostname: "dev-master" })).toMatchObject({ changes: true, replaces: [] });
         expect(await ddiff({ hostname: "other" }, { hostname: "dev-master" })).toMatchObject({ changes: true, replaces: [] });
         expect(await ddiff({ hostname: "dev-master" }, { hostname: "dev-master" })).toMatchObject({ changes: false });
@@ -137,6 +205,197 @@ describe.each([
     test("check rejects what libvirt would reject later", async () => {
         const r = await p.domainProvider.check!({}, { ...dom, domainType: "xen" });
         expect(r.failures?.[0].property).toBe("domainType");
+    });
+});
+
+// ---------------------------------------------------------------------------
+// The Domain's update and the deployment's restart against a stand-in virsh:
+// one domain whose live definition (what runs) and saved definition (what
+// `define` wrote, `dumpxml --inactive`) are files; shutdown/destroy stop it,
+// start boots the saved definition. Every call is recorded.
+
+const FAKE_VIRSH = `#!/bin/bash
+d="$(dirname "$0")"
+args=()
+while [ $# -gt 0 ]; do case "$1" in --quiet) shift;; -c) shift 2;; *) args+=("$1"); shift;; esac; done
+printf '%s\\n' "\${args[*]}" >>"$d/calls"
+set -- "\${args[@]}"
+case "$1" in
+  define) cp "$2" "$d/saved.xml"; cp "$2" "$d/define-$(date +%s%N).xml"; echo "Domain defined from $2" ;;
+  domstate) cat "$d/state" ;;
+  dumpxml) if [ "$2" = "--inactive" ] || [ "$(cat "$d/state")" != "running" ]; then cat "$d/saved.xml"; else cat "$d/live.xml"; fi ;;
+  autostart) ;;
+  shutdown|destroy) echo "shut off" >"$d/state" ;;
+  start) cp "$d/saved.xml" "$d/live.xml"; echo running >"$d/state" ;;
+  list) echo dev-master ;;
+  *) echo "stand-in virsh: unexpected: $*" >&2; exit 1 ;;
+esac
+`;
+
+describe("a restart-applied change against a stand-in virsh", () => {
+    let dir: string;
+    let oldPath: string | undefined;
+    let P: { dom: typeof domainProvider };
+    const calls = () => fs.readFileSync(path.join(dir, "calls"), "utf8").trim().split("\n").filter(Boolean);
+    const defines = () => fs.readdirSync(dir).filter((f) => f.startsWith("define-")).sort().map((f) => fs.readFileSync(path.join(dir, f), "utf8"));
+    /** A domain running `live` (as libvirt would have defined it: with its UUID). */
+    const boot = (live: object) => {
+        for (const f of fs.readdirSync(dir)) if (f !== "virsh") fs.rmSync(path.join(dir, f), { recursive: true });
+        const xml = domainXml({ ...(live as typeof kdom), uuid: "0f6d3c1e-5a4b-4c2d-9e8f-7a6b5c4d3e2f" });
+        fs.writeFileSync(path.join(dir, "live.xml"), xml);
+        fs.writeFileSync(path.join(dir, "saved.xml"), xml);
+        fs.writeFileSync(path.join(dir, "state"), "running\n");
+        fs.writeFileSync(path.join(dir, "calls"), "");
+    };
+    const validate = (xml: string) => {
+        const f = path.join(dir, "validate.xml");
+        fs.writeFileSync(f, xml);
+        const r = spawnSync("virt-xml-validate", [f, "domain"], { encoding: "utf8", timeout: 30_000 });
+        fs.rmSync(f);
+        return `${r.status} ${r.stdout}${r.stderr}`.trim();
+    };
+    const quiet = async <T>(fn: () => Promise<T>): Promise<{ value: T; said: string[] }> => {
+        const said: string[] = [];
+        const spy = jest.spyOn(console, "error").mockImplementation((m: unknown) => void said.push(String(m)));
+        try {
+            return { value: await fn(), said };
+        } finally {
+            spy.mockRestore();
+        }
+    };
+    const olds = { ...domOut, ...kdom, uuid: "0f6d3c1e-5a4b-4c2d-9e8f-7a6b5c4d3e2f", hostname: "dev-master" };
+    const base = { ...kdom, hostname: "dev-master" };
+
+    beforeAll(() => {
+        ensureHostTools(["virt-xml-validate", "xmllint"]);
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-fake-virsh-"));
+        fs.writeFileSync(path.join(dir, "virsh"), FAKE_VIRSH, { mode: 0o755 });
+        oldPath = process.env.PATH;
+        process.env.PATH = `${dir}:${oldPath}`;
+        // As written: a provider loaded through serialize -> load runs outside jest's sandbox and would not see this PATH.
+        P = { dom: domainProvider };
+    });
+    afterAll(() => {
+        process.env.PATH = oldPath;
+        fs.rmSync(dir, { recursive: true, force: true });
+    });
+
+    test.each([
+        ["consoleLog", "/l2/dev-master-console.log"],
+        ["cmdline", "console=ttyS0 quiet"],
+        ["kernel", "/boot/vmlinuz-2"],
+        ["initrd", "/boot/initrd-2.img"],
+        ["network", "dev-net2"],
+        ["domainType", "kvm"],
+        ["hostname", "dev-master-b"],
+        ["memoryMiB", 1536],
+    ])("with deployments, a new %s is saved (same UUID, valid XML) and the restart left to the deployment; its restart applies it once", async (k, v) => {
+        boot(base);
+        const news = { ...base, [k]: v, restartBy: "deployment" as const };
+        const { value: r, said } = await quiet(() => P.dom.update!("dev-master", olds, news));
+        expect(r.outs).toMatchObject({ [k]: v, uuid: olds.uuid, state: "running", pendingRestart: false });
+        const [xml] = defines();
+        expect(validate(xml)).toMatch(/^0 .*validates$/);
+        expect(readDomain(xml)).toMatchObject({ uuid: olds.uuid, name: "dev-master", [k]: v });
+        // Nothing stopped or started the VM: only lookups and the define.
+        expect(calls().filter((c) => /^(shutdown|destroy|start)\b/.test(c))).toEqual([]);
+        expect(said.join("\n")).toMatch(/saved in the definition; its NixOS deployment restarts the VM in rollout order/);
+
+        // The deployment's turn (vmPower.restartForDefinition with the vm SparkCluster passes).
+        const { definition } = { definition: { domainType: news.domainType, kernel: news.kernel, initrd: news.initrd, cmdline: news.cmdline, consoleLog: news.consoleLog, network: news.network, hostname: news.hostname } };
+        const vm = { uri: "qemu:///system", domain: "dev-master", vcpus: news.vcpus, memoryMiB: news.memoryMiB, shutdownTimeoutSeconds: 5, definition };
+        const log: string[] = [];
+        expect(await restartForDefinition(vm, (m) => log.push(m))).toBe(true);
+        expect(log).toHaveLength(2);
+        expect(log[0]).toMatch(/^libvirt domain "dev-master": restarting for .+ -> .+ \(shutdown, up to 5 s, then start\)$/);
+        expect(log[1]).toMatch(/^libvirt domain "dev-master": running again with /);
+        expect(calls().filter((c) => /^(shutdown|start)\b/.test(c))).toEqual(["shutdown dev-master", "start dev-master"]);
+        expect(await restartForDefinition(vm, (m) => log.push(m))).toBe(false); // already runs it
+        expect(log).toHaveLength(2);
+    });
+
+    test("without deployments the Domain restarts the VM itself, under the stack's lock, and nothing is left pending", async () => {
+        boot(base);
+        const stateDir = path.join(dir, "state-dir");
+        const news = { ...base, consoleLog: "/l2/dev-master-console.log", cmdline: "console=ttyS0 quiet", stateDir };
+        const { value: r, said } = await quiet(() => P.dom.update!("dev-master", olds, news));
+        expect(r.outs).toMatchObject({ consoleLog: news.consoleLog, cmdline: news.cmdline, pendingRestart: false, state: "running" });
+        expect(calls().filter((c) => /^(define|shutdown|start)\b/.test(c)).map((c) => c.split(" ")[0])).toEqual(["define", "shutdown", "start"]);
+        expect(readDomain(fs.readFileSync(path.join(dir, "live.xml"), "utf8"))).toMatchObject({ consoleLog: news.consoleLog, cmdline: news.cmdline });
+        expect(said).toContain('libvirt domain "dev-master": restarting for kernel command line "console=ttyS0" -> "console=ttyS0 quiet", console log /l/dev-master.log -> /l2/dev-master-console.log (shutdown, up to 60 s, then start)');
+        expect(fs.existsSync(path.join(stateDir, "vm-restart.lock"))).toBe(false);
+    });
+
+    test("pendingRestart: read learns from libvirt whether the VM runs its saved definition (so it never stays true after a restart)", async () => {
+        boot(base);
+        // Saved for the next boot, not picked up yet (the deployment has not had its turn).
+        fs.writeFileSync(path.join(dir, "saved.xml"), domainXml({ ...base, consoleLog: "/l2/x.log", uuid: olds.uuid }));
+        const seen = await quiet(() => P.dom.read!("dev-master", { ...olds, restartBy: "deployment", consoleLog: "/l2/x.log" }));
+        expect(seen.value.props).toMatchObject({ pendingRestart: true, consoleLog: "/l2/x.log" });
+        expect(seen.said.join("\n")).toContain("runs an older definition than it has saved (console log /l/dev-master.log -> /l2/x.log); the next `pulumi up` restarts it, through its NixOS deployment, in rollout order");
+        // The deployment restarted it: the next refresh says nothing is pending.
+        await restartForDefinition({ uri: "qemu:///system", domain: "dev-master", vcpus: 1, memoryMiB: 1024, shutdownTimeoutSeconds: 5, definition: { ...base, consoleLog: "/l2/x.log" } }, () => undefined);
+        const after = await quiet(() => P.dom.read!("dev-master", seen.value.props as typeof olds));
+        expect(after.value.props).toMatchObject({ pendingRestart: false });
+        expect(after.said).toEqual([]);
+        // An update never leaves it set either: with deployments it hands the restart over.
+        fs.writeFileSync(path.join(dir, "saved.xml"), domainXml({ ...base, consoleLog: "/l3/x.log", uuid: olds.uuid }));
+        const up = await quiet(() => P.dom.update!("dev-master", { ...olds, consoleLog: "/l3/x.log", pendingRestart: true }, { ...base, consoleLog: "/l3/x.log", restartBy: "deployment" }));
+        expect(up.value.outs).toMatchObject({ pendingRestart: false });
+        expect(up.said.join("\n")).toMatch(/console log \/l2\/x\.log -> \/l3\/x\.log saved in the definition; its NixOS deployment restarts the VM in rollout order/);
+    });
+});
+
+describe("the deployment's vm input: a new definition restarts the VM in its rollout turn", () => {
+    const dep = {
+        node: "worker-1", flake: "path:/nix/store/x-source", configuration: "dev-worker", host: "10.77.0.11", sshUser: "deploy", sshPort: 22,
+        identityFile: "/k", knownHostsFile: "/kh", expectedSystem: "/nix/store/a-nixos-system", useSudo: true, rebuildCommand: "nixos-rebuild",
+        flavour: "auto", sshWaitSeconds: 300, switchTimeoutSeconds: 3600,
+    };
+    const definition = { domainType: "qemu", kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0", consoleLog: "/l/dev-worker-1-console.log", network: "dev-net", hostname: "dev-worker-1" };
+    const vm = { uri: "qemu:///system", domain: "dev-worker-1", diskPath: "/pool/dev-worker-1.qcow2", mac: "02:00:00:00:00:02", vcpus: 1, memoryMiB: 1024, shutdownTimeoutSeconds: 60, definition };
+    const outs = { ...dep, machineId: "uuid-1", vm, currentSystem: dep.expectedSystem, flavourUsed: "legacy" };
+
+    test("preview: a Domain that is only updated (its UUID unknown, like any updated dynamic resource's output) is no new VM: update, not replace", () => {
+        const d = deploymentDiff(outs, { ...dep, machineId: UNKNOWN, vm: { ...vm, definition: { ...definition, consoleLog: "/l2/x.log" } } });
+        expect(d).toMatchObject({ changes: true, replaces: [], deleteBeforeReplace: false });
+        // A new disk or MAC is a new VM (what replaces its Domain): replaced, delete first.
+        for (const change of [{ diskPath: "/pool/other.qcow2" }, { mac: "02:00:00:00:00:09" }, { domain: "dev-worker-9" }, { uri: "qemu+ssh://h/system" }, { diskPath: UNKNOWN }]) {
+            expect(deploymentDiff(outs, { ...dep, machineId: UNKNOWN, vm: { ...vm, ...change } })).toMatchObject({ changes: true, replaces: ["machineId"], deleteBeforeReplace: true });
+        }
+        // State recorded before the vm carried its identity: as before, unknown means a new VM.
+        const { diskPath: _p, mac: _m, ...older } = vm;
+        expect(deploymentDiff({ ...outs, vm: older }, { ...dep, machineId: UNKNOWN, vm })).toMatchObject({ replaces: ["machineId"] });
+        // At apply the UUID is known: the same one is the same VM, another one a new VM.
+        expect(deploymentDiff(outs, { ...dep, machineId: "uuid-1", vm }).changes).toBe(false);
+        expect(deploymentDiff(outs, { ...dep, machineId: "uuid-2", vm })).toMatchObject({ replaces: ["machineId"] });
+        expect(sameVmIdentity(vm, { ...vm, vcpus: 4, definition: {} })).toBe(true);
+        expect(sameVmIdentity(vm, UNKNOWN)).toBe(false);
+    });
+
+    test.each(Object.keys(definition))("a new %s is an update (restart, then switch), never a replace", (k) => {
+        const d = deploymentDiff(outs, { ...dep, machineId: "uuid-1", vm: { ...vm, definition: { ...definition, [k]: `${(definition as Record<string, string>)[k]}-2` } } });
+        expect(d).toMatchObject({ changes: true, replaces: [] });
+        expect(d.reasons).toEqual([expect.stringMatching(/^the VM's definition changed \(.+ -> .+\): it restarts before the switch$/)]);
+    });
+    test("the same definition, or state recorded before `definition` existed, is no change; unknown is", () => {
+        const same = { ...dep, machineId: "uuid-1" };
+        expect(deploymentDiff(outs, { ...same, vm }).changes).toBe(false);
+        const { definition: _d, ...older } = vm;
+        expect(deploymentDiff({ ...outs, vm: older }, { ...same, vm }).changes).toBe(false);
+        expect(deploymentDiff(outs, { ...same, vm: { ...vm, definition: UNKNOWN } }).reasons).toEqual(["the VM's definition is not known until apply"]);
+        expect(deploymentDiff(outs, { ...same, vm: { ...vm, definition: { ...definition, network: UNKNOWN } } }).reasons).toEqual(["the VM's definition changed (network dev-net -> (known after apply)): it restarts before the switch"]);
+    });
+    test("a refresh that found the VM on an older definition (vmPending) makes the next up restart it", () => {
+        expect(deploymentDiff({ ...outs, vmPending: ["console log /a -> /b"] }, { ...dep, machineId: "uuid-1", vm }).reasons).toEqual([
+            "refresh found the VM not running its definition (console log /a -> /b): it restarts before the switch",
+        ]);
+        expect(deploymentDiff({ ...outs, vmPending: [] }, { ...dep, machineId: "uuid-1", vm }).changes).toBe(false);
+    });
+    test("definitionChanges: absent, null and empty are none; libvirt's trimmed text is the same", () => {
+        expect(definitionChanges({ kernel: undefined, cmdline: "" }, { kernel: null, cmdline: undefined })).toEqual([]);
+        expect(definitionChanges({ cmdline: "quiet" }, { cmdline: " quiet " })).toEqual([]);
+        expect(definitionChanges({ memoryMiB: 256 }, { memoryMiB: 384 })).toEqual([{ key: "memoryMiB", text: "memory 256 -> 384 MiB", was: "memory 256 MiB", now: "memory 384 MiB" }]);
     });
 });
 

@@ -47,6 +47,18 @@ describe("libvirt XML", () => {
         ["domain", domainXml({ ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0 quiet" })],
         ["domain", domainXml({ ...dom, hostname: "dev-master" })],
         ["domain", domainXml({ ...dom, hostname: "dev-worker-1", uuid: "0f6d3c1e-5a4b-4c2d-9e8f-7a6b5c4d3e2f", kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img" })],
+        // What a redefinition writes for each change a restart applies (same UUID, the new value).
+        ...(
+            [
+                ["consoleLog", "/var/log/nixspark/dev-master-console.log"],
+                ["cmdline", "console=ttyS0 quiet nixspark.generation=2"],
+                ["kernel", "/boot/vmlinuz-6.1"],
+                ["initrd", "/boot/initrd-6.1.img"],
+                ["network", "dev-net-2"],
+                ["domainType", "kvm"],
+                ["hostname", "dev-master-2"],
+            ] as const
+        ).map(([k, v]) => ["domain", domainXml({ ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0", hostname: "dev-master", uuid: "0f6d3c1e-5a4b-4c2d-9e8f-7a6b5c4d3e2f", [k]: v })]),
     ])("%s XML passes virt-xml-validate", (kind, xml) => {
         const r = validate(xml, kind);
         expect(r.out).toMatch(/validates/);
@@ -89,6 +101,19 @@ describe("libvirt XML", () => {
         expect(n.hosts).toEqual([...hosts].sort((a, b) => (a.mac < b.mac ? -1 : 1)));
         expect(readDomain(domainXml(dom))).toMatchObject({ name: "dev-master", domainType: "qemu", vcpus: 2, memoryMiB: 1024, diskPath: dom.diskPath, mac: dom.mac, network: "dev-net" });
         expect(readVolume(volumeXml({ name: "v", capacityBytes: 1024, backingPath: "/b.qcow2" }))).toMatchObject({ name: "v", capacityBytes: 1024, backingPath: "/b.qcow2" });
+    });
+
+    test("readers get back what a restart applies: kernel, initrd, command line, console log (also from a running domain's live XML)", () => {
+        const written = domainXml({ ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0 a<b", hostname: "dev-master" });
+        expect(readDomain(written)).toMatchObject({ kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0 a<b", consoleLog: dom.consoleLog, hostname: "dev-master", domainType: "qemu", network: dom.network });
+        // Disk boot: no kernel, initrd or command line at all.
+        const diskBoot = readDomain(domainXml(dom));
+        expect([diskBoot.kernel, diskBoot.initrd, diskBoot.cmdline]).toEqual([undefined, undefined, undefined]);
+        // libvirt's live XML: the pty's path, aliases, and the <console> mirroring serial 0 with the same log.
+        const live = `<domain type='qemu' id='4'><name>x</name><os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type><kernel>/k</kernel><initrd>/i</initrd><cmdline>console=ttyS0 x=1</cmdline><boot dev='hd'/></os>
+  <devices><serial type='pty'><source path='/dev/pts/3'/><log file='/var/log/x-console.log' append='on'/><target type='isa-serial' port='0'><model name='isa-serial'/></target><alias name='serial0'/></serial>
+  <console type='pty' tty='/dev/pts/3'><source path='/dev/pts/3'/><log file='/var/log/x-console.log' append='on'/><target type='serial' port='0'/><alias name='serial0'/></console></devices></domain>`;
+        expect(readDomain(live)).toMatchObject({ kernel: "/k", initrd: "/i", cmdline: "console=ttyS0 x=1", consoleLog: "/var/log/x-console.log" });
     });
 
     test("readers understand libvirt's own dumpxml style (KiB memory, prefix, double quotes)", () => {
