@@ -8,7 +8,11 @@
 //   the bigger disk at once; 2 -> 1 is refused in preview, nothing changes ->
 //   workers' memory: Domain updates that say "restart" in preview; up
 //   restarts the workers one at a time with the new memory, the master never
-//   stops -> a second stack with default network settings beside it, both up;
+//   stops -> a new console log directory and kernel command line: preview
+//   shows updates only (no replace, no warning); up restarts master, canary
+//   and the last worker one at a time, each switched before the next, same
+//   UUIDs, each new log holds one boot with the new command line, nothing
+//   is left pending -> a second stack with default network settings beside it, both up;
 //   destroying it leaves the first running -> a simulated host reboot:
 //   refresh keeps everything and says what is stopped, up brings it back at
 //   the same addresses -> destroy leaves nothing in libvirt, the pool
@@ -52,9 +56,10 @@ async function markedImage(file: string, marker: string): Promise<void> {
 }
 
 /** The stack config: 1 master + `workers`, default network settings (no cidr), the given image. */
-function config(s: string, workers: number, image: string, extra: { workers?: object; rollout?: object } = {}): Record<string, unknown> {
-    const cfg = tinyStackConfig(bench, project, { workers, cidr: "unused" }) as any;
+function config(s: string, workers: number, image: string, extra: { workers?: object; rollout?: object; consoleLogDir?: string; cmdline?: string } = {}): Record<string, unknown> {
+    const cfg = tinyStackConfig(bench, project, { workers, cidr: "unused", cmdline: extra.cmdline }) as any;
     delete cfg.network;
+    if (extra.consoleLogDir) cfg.consoleLogDir = extra.consoleLogDir;
     cfg.image = { ...cfg.image, path: image };
     cfg.workers = { ...cfg.workers, ...(extra.workers ?? {}) };
     cfg.deploy = { ...cfg.deploy, rollout: { maxParallel: 2, canary: false, verifyTimeoutSeconds: 60, ...(extra.rollout ?? {}) } };
@@ -226,7 +231,8 @@ describe(`day 2 on the libvirt bench (stack ${stack})`, () => {
         }
         // Only workers change: their domains and (the worker system follows the VM size) deployments.
         expect(stepList(changed(p), (st) => st.kind !== "Domain" && st.kind !== "NixosDeployment")).toEqual([]);
-        expect(stepList(changed(p), (st) => st.kind === "NixosDeployment").every((x) => /worker-\d-nixos$/.test(x))).toBe(true);
+        // Updates, not replacements: the VMs stay (their UUIDs are unknown in preview, like any updated dynamic resource's output).
+        expect(stepList(changed(p), (st) => st.kind === "NixosDeployment")).toEqual([`update ${dom("worker-1")}-nixos`, `update ${dom("worker-2")}-nixos`]);
 
         const u = await timed("up (memory, restarts)", () => cli.up());
         // The deployments' own account, in order: the canary's VM restarts and
@@ -252,6 +258,58 @@ describe(`day 2 on the libvirt bench (stack ${stack})`, () => {
         expect((await memTotalKiB("worker-2")) - memBefore).toBeGreaterThan(100 * 1024);
         const again = await cli.preview();
         expect(changed(again)).toEqual([]);
+    });
+
+    step("c2. a new console log directory and kernel command line: preview shows updates only; up restarts master, canary, then the last worker, one at a time in rollout order (each switched before the next restarts), same UUIDs, each new log gets its boot; nothing left pending", async () => {
+        const nodes = ["master", "worker-1", "worker-2"];
+        const logDir = path.join(bench.dir, "console-b");
+        fs.mkdirSync(logDir, { recursive: true }); // (libvirt writes the file, not the directory)
+        const cmdline = "console=ttyS0 nixspark_e2e=2";
+        const ids = Object.fromEntries(await Promise.all(nodes.map(async (n) => [n, await virshOut(["domid", dom(n)])])));
+        const oldLog = (n: string) => path.join("/var/log/libvirt/qemu", `${dom(n)}-console.log`);
+        const newLog = (n: string) => path.join(logDir, `${dom(n)}-console.log`);
+        cli.writeStackConfig(config(stack, 2, imageB, { workers: { diskGiB: 2, memoryMiB: 384 }, rollout: { maxParallel: 1, canary: true }, consoleLogDir: logDir, cmdline }));
+
+        const p = await timed("preview (console log, cmdline)", () => cli.preview());
+        // Updates only: every Domain (the definition is saved) and every deployment (its VM restarts, then it switches).
+        expect(stepList(changed(p))).toEqual([...nodes.map((n) => `update ${dom(n)}`), ...nodes.map((n) => `update ${dom(n)}-nixos`)].sort());
+        for (const n of nodes) {
+            const raw = (p.json.steps ?? []).find((x: any) => String(x.urn).endsWith(`::${dom(n)}`) && x.op === "update");
+            expect(raw?.newState?.inputs?.restartRequired).toBe(
+                `kernel command line "console=ttyS0" -> "${cmdline}", console log ${oldLog(n)} -> ${newLog(n)}: the VM restarts (shutdown, then start), in rollout order, by its NixOS deployment before it switches (deploy.rollout)`,
+            );
+        }
+        const previewed = p.diagnostics.map((d) => d.message).join("\n");
+        expect(previewed).not.toMatch(/warning: \[|VM (is|will be) replaced|decommission/);
+
+        const u = await timed("up (console log, cmdline: restarts)", () => cli.up());
+        expect(stepList(changed(u))).toEqual([...nodes.map((n) => `update ${dom(n)}`), ...nodes.map((n) => `update ${dom(n)}-nixos`)].sort());
+        // The deployments' own account, in order: each VM restarts (once) and
+        // its node switches before the next node's VM restarts.
+        const lines = u.diagnostics
+            .map((d) => d.message)
+            .filter((m) => /: restarting for|: running again with|^\[(master|worker-\d)\] now running /.test(m))
+            .map((m) => m.replace(/^.*libvirt domain "([^"]+)": (restarting|running again).*$/s, "$1 $2").replace(/^\[(master|worker-\d)\] now running .*$/s, "$1 switched"));
+        expect(lines).toEqual(nodes.flatMap((n) => [`${dom(n)} restarting`, `${dom(n)} running again`, `${n} switched`]));
+        const said = u.diagnostics.map((d) => d.message).join("\n");
+        for (const n of nodes) expect(said).toContain(`libvirt domain "${dom(n)}": restarting for kernel command line "console=ttyS0" -> "${cmdline}", console log ${oldLog(n)} -> ${newLog(n)} (shutdown, up to`);
+
+        expect(await uuids(nodes)).toEqual(before);
+        for (const n of nodes) {
+            expect(await virshOut(["domid", dom(n)])).not.toBe(ids[n]);
+            expect(await onGuest(n, "cat /proc/cmdline")).toContain("nixspark_e2e=2");
+            // The new log holds this one boot, with the new command line and the guest's own lines.
+            const text = fs.readFileSync(newLog(n), "utf8");
+            expect(text).toContain(`Kernel command line: ${cmdline}`);
+            expect(text).toContain("test-guest: ");
+            expect(text.match(/Linux version /g)).toHaveLength(1);
+        }
+        // Nothing left pending: not on the Domains (no "restart by hand"), not on the deployments.
+        const state = (await cli.exportState()).resources as { type: string; urn: string; outputs?: Record<string, unknown> }[];
+        const outs = (suffix: string) => nodes.map((n) => state.find((r) => r.urn.endsWith(`::${dom(n)}${suffix}`))?.outputs ?? {});
+        expect(outs("").map((o) => [o.consoleLog, o.cmdline, o.pendingRestart])).toEqual(nodes.map((n) => [newLog(n), cmdline, false]));
+        expect(outs("-nixos").map((o) => o.vmPending ?? [])).toEqual([[], [], []]);
+        expect(changed(await timed("preview (after restarts)", () => cli.preview()))).toEqual([]);
     });
 
     step("e. a second stack with default network settings on the same host: both up; destroying it leaves the first running", async () => {
