@@ -651,13 +651,14 @@ async function evaluateWithCache(stack: string, plan: PlannedEval[], opts: Prepa
 /**
  * Keeps the flake snapshot that deployments switch from (a store path the
  * evaluation made) from a garbage collection between this run's evaluation
- * and its switches: an indirect GC root `<gcroots>/flake-source`, moved to
- * each new snapshot. No process when the root already points there (every
- * unchanged preview). Like everything under .nixspark/, a cache: without
- * it, a collected snapshot is evaluated again (readEvalCache).
+ * and its switches: an indirect GC root `<gcroots>/flake-source-<pid>`,
+ * removed when the program exits (it lives until the engine has run every
+ * step). So nothing outlives the run (a destroyed stack leaves no root), and
+ * a later run whose snapshot was collected evaluates again (readEvalCache).
  */
+const pinned = new Set<string>();
 export async function pinFlakeSnapshot(source: string, rootDir: string, log: (m: string) => void = () => undefined): Promise<void> {
-    const root = path.join(rootDir, "flake-source");
+    const root = path.join(rootDir, `flake-source-${process.pid}`);
     try {
         if (fs.readlinkSync(root) === source) return;
     } catch {
@@ -667,6 +668,10 @@ export async function pinFlakeSnapshot(source: string, rootDir: string, log: (m:
         fs.mkdirSync(rootDir, { recursive: true, mode: 0o700 });
         fs.rmSync(root, { force: true });
         await run(["nix-store", "--add-root", root, "--indirect", "--realise", source], { timeoutMs: 60_000 });
+        if (!pinned.has(root)) {
+            pinned.add(root);
+            if (pinned.size === 1) process.once("exit", () => pinned.forEach((r) => fs.rmSync(r, { force: true })));
+        }
     } catch (e) {
         // Only a guard against a collection in the next minutes: never fail the program for it.
         log(`nix: could not register a GC root for the flake snapshot ${source}: ${(e as Error).message}`);

@@ -212,11 +212,11 @@ describe("what is applied is what was evaluated (the flake snapshot)", () => {
         expect(fs.readFileSync(path.join(snapshot, "stacks/dev.json"), "utf8")).toContain('"1g"');
     });
 
-    test("the snapshot has a GC root in the stack's cache directory, moved to each new snapshot, and none is made when it is already there", async () => {
+    test("the snapshot has a GC root in the stack's cache directory while the program runs, moved to each new snapshot, and none is made when it is already there", async () => {
         const p = project();
         const first = await prepare(p, config("dev", { spark: { settings: { "spark.executor.memory": "1g" } } }));
         const snapshot = first.systems!.flake.slice("path:".length);
-        const root = path.join(gcRootDir("dev", p.proj), "flake-source");
+        const root = path.join(gcRootDir("dev", p.proj), `flake-source-${process.pid}`);
         expect(fs.readlinkSync(root)).toBe(snapshot);
         const roots = execFileSync("nix-store", ["--query", "--roots", snapshot], { encoding: "utf8", env: nixEnv() });
         expect(roots).toContain(root);
@@ -230,6 +230,18 @@ describe("what is applied is what was evaluated (the flake snapshot)", () => {
         fs.rmSync(path.join(p.proj, ".nixspark"), { recursive: true, force: true });
         await prepare(p, config("dev", { spark: { settings: { "spark.executor.memory": "2g" } } }));
         expect(fs.readlinkSync(root)).toBe(second.systems!.flake.slice("path:".length));
+    });
+
+    test("the program's root goes when the program exits", async () => {
+        const p = project();
+        const script = `require("ts-node/register/transpile-only"); const n = require(${JSON.stringify(path.resolve(__dirname, "../../cluster/nixParams"))});
+            n.pinFlakeSnapshot(process.argv[1], process.argv[2]).then(() => { const fs = require("fs"); console.log(fs.readdirSync(process.argv[2]).join(",")); });`;
+        const first = await prepare(p, config("dev"));
+        const snapshot = first.systems!.flake.slice("path:".length);
+        const dir = path.join(p.proj, "roots");
+        const out = execFileSync(process.execPath, ["-e", script, snapshot, dir], { encoding: "utf8", env: nixEnv(), cwd: path.resolve(__dirname, "../..") });
+        expect(out.trim()).toMatch(/^flake-source-\d+$/);
+        expect(fs.readdirSync(dir)).toEqual([]);
     });
 
     test("a cached evaluation whose snapshot is gone from the store is evaluated again", async () => {

@@ -162,12 +162,23 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
         expect(registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment").map((d) => d.inputs.spark?.role).sort()).toEqual(["master", "worker", "worker"]);
     });
 
-    test("with deployments, a VM's resize restart is its deployment's (in rollout order): each domain says so, each deployment knows its VM and size", async () => {
+    test("with deployments, a VM's restart is its deployment's (in rollout order): each domain says so, each deployment knows its VM, size and definition", async () => {
         const { domains, deployments } = await buildFull();
         expect(domains.map((d) => d.inputs.restartBy)).toEqual(["deployment", "deployment", "deployment"]);
         for (const d of deployments) {
             const dom = domains.find((x) => x.name === d.inputs.vm.domain)!;
-            expect(d.inputs.vm).toEqual({ uri: dom.inputs.uri, domain: dom.inputs.name, vcpus: dom.inputs.vcpus, memoryMiB: dom.inputs.memoryMiB, shutdownTimeoutSeconds: dom.inputs.shutdownTimeoutSeconds });
+            // The deployment restarts its VM into the same definition its Domain saves.
+            const def = dom.inputs;
+            expect(d.inputs.vm).toEqual({
+                uri: def.uri,
+                domain: def.name,
+                diskPath: expect.stringMatching(new RegExp(`/${def.name}\\.qcow2$`)),
+                mac: def.mac,
+                vcpus: def.vcpus,
+                memoryMiB: def.memoryMiB,
+                shutdownTimeoutSeconds: def.shutdownTimeoutSeconds,
+                definition: { domainType: def.domainType, consoleLog: def.consoleLog, network: "dev-net", hostname: def.hostname },
+            });
         }
         expect(new Set(deployments.map((d) => d.inputs.vm.domain)).size).toBe(3);
     });
