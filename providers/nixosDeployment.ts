@@ -975,7 +975,8 @@ export class NixosDeployment extends pulumi.dynamic.Resource {
                 flavourUsed: undefined,
                 hostKeys: undefined,
             },
-            { ...opts, additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "privateKey"] },
+            // Secret whatever the caller passed: the deploy key and the Spark secret properties.
+            { ...opts, additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "privateKey", "secretProperties"] },
             "nixspark",
             "NixosDeployment",
         );
