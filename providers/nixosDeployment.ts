@@ -21,6 +21,7 @@ import type { MasterState, MasterWorker } from "../cluster/sparkStatus";
 import { deliverSecretProperties } from "./clusterSecret";
 import { describePackageChanges } from "./packageChanges";
 import { definitionChanges, restartForDefinition, vmDrift } from "./vmPower";
+import { lookup } from "./virsh";
 import type { VmRef } from "./vmPower";
 
 export type RebuildFlavour = "auto" | "legacy" | "ng";
@@ -315,8 +316,11 @@ export function deploymentDiff(olds: Record<string, unknown>, news: Record<strin
     // UUID unknown too, since a dynamic provider cannot mark outputs stable.
     // So it is a new VM only when the VM's identity, what replaces a Domain
     // (libvirt URI, name, disk, MAC; `vm`), changed or cannot be compared.
+    // Or when a refresh found the VM it deployed gone (vmGone): its Domain is
+    // then created again, same identity, and its UUID is unknown in preview.
     const oldId = olds.machineId;
-    const newVm = typeof oldId === "string" && oldId !== "" && oldId !== UNKNOWN && (news.machineId === UNKNOWN ? !sameVmIdentity(olds.vm, news.vm) : news.machineId !== oldId);
+    const newVm =
+        typeof oldId === "string" && oldId !== "" && oldId !== UNKNOWN && (news.machineId === UNKNOWN ? olds.vmGone === true || !sameVmIdentity(olds.vm, news.vm) : news.machineId !== oldId);
     return { changes: reasons.length > 0, replaces: newVm ? ["machineId"] : [], deleteBeforeReplace: newVm, reasons: [...new Set(reasons)] };
 }
 
@@ -719,6 +723,25 @@ async function logClosureDiff(inp: NixosDeploymentInputs, before: string, after:
  * restarts it before the switch. Nothing when there is no `vm`; a libvirt
  * that cannot be asked is logged and keeps the recorded value.
  */
+/**
+ * Whether the VM this deployment switched (its Domain's UUID, machineId) is
+ * gone from libvirt, or another VM now has its name: recorded by refresh as
+ * vmGone, so that preview shows the deployment replaced with the VM that
+ * `up` creates again. Undefined when unknown (no vm, libvirt unreachable).
+ */
+export async function vmGoneOf(inp: NixosDeploymentInputs, log: (m: string) => void): Promise<{ vmGone?: boolean }> {
+    if (!inp.vm || typeof inp.vm !== "object" || typeof inp.machineId !== "string" || inp.machineId === "") return {};
+    try {
+        const uuid = (await lookup(inp.vm.uri, "domain", inp.vm.domain, ["domuuid", inp.vm.domain]))?.trim();
+        if (uuid === inp.machineId) return { vmGone: false };
+        log(`refresh: its VM ${inp.machineId} is ${uuid ? `replaced by ${uuid}` : "gone"}; the next \`pulumi up\` deploys the VM that replaces it from scratch`);
+        return { vmGone: true };
+    } catch (e) {
+        log(`refresh: could not ask libvirt whether its VM is there: ${(e as Error).message.split("\n")[0]}`);
+        return {};
+    }
+}
+
 export async function vmPendingOf(inp: NixosDeploymentInputs, log: (m: string) => void): Promise<{ vmPending?: string[] }> {
     if (!inp.vm || typeof inp.vm !== "object") return {};
     try {
@@ -921,7 +944,7 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
         const inp = inputsOf(props);
         const log = logger(inp.node ?? id);
         // Does the VM run the definition its deployment restarted it for? (Its Domain saved another one.)
-        const vm = await vmPendingOf(inp, log);
+        const vm = { ...(await vmPendingOf(inp, log)), ...(await vmGoneOf(inp, log)) };
         try {
             // From the state when this checkout lacks them: a refresh runs before the program.
             await prepareContact(inp, props.hostKeys, log);

@@ -83,6 +83,14 @@ describe("diff", () => {
         expect(deploymentDiff(outs, { ...inputs, machineId: "uuid-2" })).toMatchObject({ changes: true, replaces: [], deleteBeforeReplace: false });
     });
 
+    test("a VM that a refresh found gone (vmGone) is re-created by up: preview shows its deployment replaced, though the VM's identity is the same", () => {
+        const vm = { uri: "qemu:///system", domain: "dev-worker-1", diskPath: "/pool/dev-worker-1.qcow2", mac: "52:54:00:00:00:01", vcpus: 2, memoryMiB: 2048, shutdownTimeoutSeconds: 60 };
+        const withId = { ...outs, machineId: "uuid-1", vm };
+        // Its Domain only updated (a restart): the UUID is unknown in preview too, but it is the same VM.
+        expect(deploymentDiff({ ...withId, vmGone: false }, { ...inputs, vm, machineId: UNKNOWN })).toMatchObject({ replaces: [] });
+        expect(deploymentDiff({ ...withId, vmGone: true }, { ...inputs, vm, machineId: UNKNOWN })).toMatchObject({ changes: true, replaces: ["machineId"], deleteBeforeReplace: true });
+    });
+
     test("a new VM size is an update (the VM restarts in its rollout turn, before the switch); a VM recorded before `vm` existed is not", () => {
         const vm = { uri: "qemu:///system", domain: "dev-worker-1", vcpus: 2, memoryMiB: 2048, shutdownTimeoutSeconds: 60 };
         expect(deploymentDiff({ ...outs, vm }, { ...inputs, vm }).changes).toBe(false);
