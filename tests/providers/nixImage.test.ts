@@ -15,7 +15,7 @@ import {
     nixImageProvider,
 } from "../../providers/nixImage";
 import { roundTrip } from "../helpers/serialize";
-import { copyDir, FIXTURES, nix, nixEnv } from "../fixtures/nix-env";
+import { copyDir, FIXTURES, nix, nixEnv, tempDir } from "../fixtures/nix-env";
 
 jest.setTimeout(180_000);
 
@@ -29,7 +29,7 @@ beforeAll(() => {
     nixEnv();
     flakeDir = copyDir(path.join(FIXTURES, "nix-image-flake"), "nixspark-image-flake-");
     flake = `path:${flakeDir}`;
-    rootsBase = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-gcroots-"));
+    rootsBase = tempDir("nixspark-gcroots-");
 });
 
 /** Inputs as the program would register them: drvPath evaluated first. */
