@@ -90,7 +90,7 @@ export function evalUnitAt(flakeDir: string, attr: string, name: string, isExpr 
     const apply = `u: let
         plain = s: builtins.unsafeDiscardStringContext s;
         ctx = s: builtins.attrNames (builtins.getContext s);
-        env = builtins.mapAttrs (_: v: toString v) (builtins.removeAttrs u.environment [ ]);
+        env = builtins.mapAttrs (_: v: toString v) u.environment;
         exec = toString u.serviceConfig.ExecStart;
       in {
         execStart = plain exec;
