@@ -90,6 +90,25 @@ describe("NixosDeployment delivers it", () => {
         expect(remote.some((c) => c.words[0] === "systemctl")).toBe(false);
     });
 
+    test("a delivery that fails stops the deployment before the switch and names no value: not in the error, not in a log line", async () => {
+        // The directory the file goes to is a plain file on the node: install -D fails there.
+        const dir = path.join(env.root, path.dirname(SECRET_FILE));
+        fs.rmSync(dir, { recursive: true, force: true });
+        fs.mkdirSync(path.dirname(dir), { recursive: true });
+        fs.writeFileSync(dir, "not a directory\n");
+        try {
+            const failed = await createDeployment(inputs()).then(() => undefined, (e: Error) => e);
+            expect(failed).toBeInstanceOf(Error);
+            expect(failed!.message).toContain(`writing the cluster secret to `);
+            expect(failed!.message).toContain(`${SECRET_FILE} failed with exit code`);
+            // The switch never ran: a node without its secret would start Spark unauthenticated.
+            expect(env.remoteCalls().some((c) => c.words[0].endsWith("/bin/switch-to-configuration"))).toBe(false);
+            expect(`${failed!.message}\n${failed!.stack ?? ""}\n${logged.join("\n")}`).not.toContain("c2VjcmV0");
+        } finally {
+            fs.rmSync(dir, { force: true });
+        }
+    });
+
     test("a rotated secret is an update that rewrites the file and restarts what reads it, naming no value", async () => {
         const p = await roundTrip(nixosDeploymentProvider);
         const olds = (await createDeployment(inputs())) as unknown as Record<string, unknown>;

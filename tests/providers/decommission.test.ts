@@ -166,9 +166,12 @@ test("a worker removed while a job runs is decommissioned through Spark; delete 
 
 test("a worker that ignores SIGPWR: delete gives up after decommissionTimeoutSeconds with a clear message, and returns", async () => {
     // The node's spark-worker main PID is a process that ignores SIGPWR: Spark never hears of the decommission.
-    const decoy = spawn("python3", ["-c", "import signal, time\nsignal.signal(signal.SIGPWR, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(300)"], { detached: true, stdio: ["ignore", "pipe", "ignore"] });
+    // It says when the signal arrives, so the test knows delete sent it (a delete that sends nothing would also time out).
+    const decoy = spawn("python3", ["-c", "import signal, time\nsignal.signal(signal.SIGPWR, lambda *_: print('got SIGPWR', flush=True))\nprint('ready', flush=True)\nwhile True: time.sleep(300)"], { detached: true, stdio: ["ignore", "pipe", "ignore"] });
     started.push(decoy);
+    let said = "";
     await new Promise((r) => decoy.stdout?.once("data", r));
+    decoy.stdout?.on("data", (c) => (said += c));
     env.setUnitPid("spark-worker", decoy.pid as number);
     try {
         const t0 = Date.now();
@@ -177,7 +180,9 @@ test("a worker that ignores SIGPWR: delete gives up after decommissionTimeoutSec
         expect(took).toBeGreaterThanOrEqual(3);
         expect(took).toBeLessThan(15);
         expect(logged).toContainEqual(expect.stringMatching(/^\[worker-1\] decommission did not finish within 4 s \(deploy.decommissionTimeoutSeconds\): the master still lists it ALIVE \(worker-[^)]+\); going on, the VM is stopped now$/));
-        expect(decoy.exitCode).toBeNull(); // the signal reached it and was ignored
+        expect(env.remoteCalls()).toContainEqual(pwrCall);
+        expect(said).toContain("got SIGPWR"); // the signal reached the unit's main PID
+        expect(decoy.exitCode).toBeNull(); // and it was ignored
     } finally {
         const gone = new Promise((r) => decoy.once("exit", r));
         process.kill(-(decoy.pid as number), "SIGKILL");

@@ -252,3 +252,19 @@ describe("Spark setting values are one line", () => {
         }
     });
 });
+
+describe("nixspark:ssh.hostKeys is one of two words", () => {
+    test("anything else is refused, naming the key and both words", () => {
+        for (const value of ["bogus", "Console", "first_use", ""]) {
+            const line = lineFor(refusal(flat({ ssh: { user: "deploy", port: 22, hostKeys: value } })), "nixspark:ssh.hostKeys");
+            expect(line).toContain('expected "console"');
+            expect(line).toContain('"first-use"');
+        }
+    });
+
+    test("both words and leaving it out are accepted", () => {
+        for (const hostKeys of ["console", "first-use", undefined]) {
+            expect(accepted(flat({ ssh: { user: "deploy", port: 22, hostKeys } })).ssh.hostKeys).toBe(hostKeys);
+        }
+    });
+});

@@ -199,6 +199,16 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
             const deps = registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment").sort((a, b) => a.name.localeCompare(b.name));
             expect(deps.map((d) => d.inputs.consoleLog)).toEqual(expected);
         }
+        // The stack's own image (no image.path) prints its host keys on the console: "console" unless the stack says otherwise.
+        const own = { ...base, image: { ...base.image, path: undefined } };
+        for (const [hostKeys, expected] of [[undefined, ["/logs/dev-master-console.log", "/logs/dev-worker-1-console.log", "/logs/dev-worker-2-console.log"]], ["first-use", [undefined, undefined, undefined]]] as const) {
+            registered = [];
+            const config = { ...own, ssh: { ...own.ssh, hostKeys } };
+            const c = new SparkCluster("dev", { stack: "dev", config, baseImage: { path: "/nix/store/00000000000000000000000000000000-base-image/nixos.qcow2" }, systems, ssh: { identityFile: "/k", knownHostsFile: "/kh" }, consoleLogDir: "/logs/" });
+            await new Promise<void>((resolve) => pulumi.all(c.deployments.map((r) => r.id)).apply(() => resolve()));
+            const deps = registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment").sort((a, b) => a.name.localeCompare(b.name));
+            expect(deps.map((d) => d.inputs.consoleLog)).toEqual(expected);
+        }
     });
 
     test("without authentication there is no secret and nothing to deliver", async () => {
