@@ -49,7 +49,13 @@ in
     description = "Spark History Server";
     wantedBy = [ "multi-user.target" ];
     wants = [ "network-online.target" ];
-    after = [ "network-online.target" ] ++ lib.optional cfg.security.authenticate "nixspark-spark-conf.service";
+    # After the event-log directory: switch-to-configuration starts
+    # systemd-tmpfiles-resetup (which makes it on a running node) in the
+    # same batch as a new unit; at boot tmpfiles runs before sysinit.target.
+    after = [
+      "network-online.target"
+      "systemd-tmpfiles-resetup.service"
+    ] ++ lib.optional cfg.security.authenticate "nixspark-spark-conf.service";
     # With authentication the configuration directory is assembled at boot.
     requires = lib.optional cfg.security.authenticate "nixspark-spark-conf.service";
     environment = {
@@ -70,8 +76,7 @@ in
       Group = "spark";
       WorkingDirectory = "${spark.package}/";
       ExecStart = "${spark.package}/sbin/start-history-server.sh";
-      # It exits when its directory is missing (before tmpfiles made it) or
-      # its port is taken: try again.
+      # It exits when its directory is missing or its port is taken: try again.
       Restart = "on-failure";
       RestartSec = 5;
     };

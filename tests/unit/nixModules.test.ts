@@ -482,6 +482,8 @@ describe("event logs and the history server (nixspark.history)", () => {
             RestartSec: 5,
         });
         expect(unit.wantedBy).toEqual(["multi-user.target"]);
+        // A live update adds its directory (systemd-tmpfiles-resetup) in the same start batch: after it.
+        expect(unit.after).toEqual(["network-online.target", "systemd-tmpfiles-resetup.service"]);
         expect(unit.environment.SPARK_CONF_DIR).toBe(cfg("open", "master", "systemd.services.spark-master.environment.SPARK_CONF_DIR"));
         expect(unit.environment).toMatchObject({ SPARK_NO_DAEMONIZE: "1", SPARK_LOG_DIR: "/var/log/spark", SPARK_DAEMON_MEMORY: "512m" });
         expect(unit.environment.SPARK_HISTORY_OPTS.split(" ")).toEqual([
