@@ -162,6 +162,8 @@ test("a job of a user in the Spark users' group writes its event log there, and 
         othersNone: true,
     });
 
+    // Loopback instead of the master's address (spark-env.sh keeps a SPARK_LOCAL_IP that is set), and
+    // JAVA_HOME, which the package's bin/ wrappers set on a node.
     server = await root.startUnit(history, { extraEnv: { SPARK_LOCAL_IP: "127.0.0.1", JAVA_HOME: javaHome } });
     const apps = await waitForHistory((a) => a.some((x) => x.id === appId && x.attempts.every((t) => t.completed)), 120_000, `${appId} listed as completed`);
     const app = apps.find((x) => x.id === appId)!;
