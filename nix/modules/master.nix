@@ -3,6 +3,8 @@
 { config, lib, ... }:
 let
   cfg = config.nixspark;
+  spark = config.services.spark;
+  history = cfg.history;
 in
 {
   imports = [ ./spark.nix ];
@@ -35,4 +37,48 @@ in
   };
 
   systemd.tmpfiles.rules = [ "d /var/lib/spark/recovery 0750 spark spark - -" ];
+
+  # The Spark History Server (nixpkgs 24.11 has no option for it): Spark's
+  # own launcher from the package, in the foreground (SPARK_NO_DAEMONIZE, so
+  # systemd watches the JVM and the journal gets its log), as spark with the
+  # daemons' configuration directory. spark is in the Spark users' group, the
+  # group of every event log (spark.nix). It binds to SPARK_LOCAL_IP, the
+  # master's cluster address (spark-env.sh); the firewall opens its port like
+  # the master's UI. http://<master address>:<port>/api/v1/applications
+  systemd.services.spark-history = lib.mkIf history.enable {
+    description = "Spark History Server";
+    wantedBy = [ "multi-user.target" ];
+    wants = [ "network-online.target" ];
+    # After the event-log directory: switch-to-configuration starts
+    # systemd-tmpfiles-resetup (which makes it on a running node) in the
+    # same batch as a new unit; at boot tmpfiles runs before sysinit.target.
+    after = [
+      "network-online.target"
+      "systemd-tmpfiles-resetup.service"
+    ] ++ lib.optional cfg.security.authenticate "nixspark-spark-conf.service";
+    # With authentication the configuration directory is assembled at boot.
+    requires = lib.optional cfg.security.authenticate "nixspark-spark-conf.service";
+    environment = {
+      SPARK_CONF_DIR = spark.confDir;
+      SPARK_LOG_DIR = spark.logDir;
+      SPARK_NO_DAEMONIZE = "1";
+      SPARK_DAEMON_MEMORY = "${toString cfg.daemonMemoryMiB}m";
+      SPARK_HISTORY_OPTS = lib.concatStringsSep " " [
+        "-Dspark.history.fs.logDirectory=file:${history.logDirectory}"
+        "-Dspark.history.ui.port=${toString history.port}"
+        # Logs older than Spark's default (7 days) are removed.
+        "-Dspark.history.fs.cleaner.enabled=true"
+      ];
+    };
+    serviceConfig = {
+      Type = "simple";
+      User = "spark";
+      Group = "spark";
+      WorkingDirectory = "${spark.package}/";
+      ExecStart = "${spark.package}/sbin/start-history-server.sh";
+      # It exits when its directory is missing or its port is taken: try again.
+      Restart = "on-failure";
+      RestartSec = 5;
+    };
+  };
 }

@@ -186,6 +186,38 @@ in
       };
     };
 
+    history = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Event logs and the Spark History Server: every node's
+          spark-defaults.conf turns spark.eventLog on into logDirectory
+          (created on every node, so a driver finds it wherever it runs), and
+          the master runs the history server (unit spark-history) on port,
+          opened like the master's web UI.
+        '';
+      };
+      port = mkOption {
+        type = types.port;
+        default = 18080;
+        description = "The history server's web UI and REST API (spark.history.ui.port), on the master.";
+      };
+      logDirectory = mkOption {
+        type = types.strMatching "/[^[:space:]]*";
+        default = "/var/lib/spark/event-logs";
+        description = ''
+          Where drivers write their applications' event logs (spark.eventLog.dir
+          file:<dir>) and the history server reads them
+          (spark.history.fs.logDirectory). Owned by spark, group
+          security.usersGroup, mode 3770: members of the group write their own
+          logs (setgid: each file gets the group, which Spark's 660 file mode
+          then lets the history server read; sticky: only the owner, or spark,
+          removes a log).
+        '';
+      };
+    };
+
     pythonPackages = mkOption {
       type = types.listOf types.str;
       default = [

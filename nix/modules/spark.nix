@@ -34,8 +34,18 @@ let
     ) cfg.pythonPackages
   );
 
+  # Event logs (nixspark.history): every driver, on whichever node it runs,
+  # writes its application's log into the node's logDirectory; the history
+  # server on the master reads the master's. A stack's own setting wins.
+  history = cfg.history;
+  historyOnMaster = history.enable && config.services.spark.master.enable;
+  eventLogSettings = lib.optionalAttrs history.enable {
+    "spark.eventLog.enabled" = "true";
+    "spark.eventLog.dir" = "file:${history.logDirectory}";
+  };
+
   sparkDefaults = pkgs.writeText "spark-defaults.conf" (
-    lib.concatStrings (lib.mapAttrsToList (key: value: "${key} ${value}\n") cfg.sparkSettings)
+    lib.concatStrings (lib.mapAttrsToList (key: value: "${key} ${value}\n") (eventLogSettings // cfg.sparkSettings))
   );
 
   sparkEnv = pkgs.writeText "spark-env.sh" ''
@@ -88,12 +98,17 @@ let
   firewallRules = lib.concatStringsSep "\n" (
     map (p: accept (toString p)) cfg.firewall.tcpPorts
     ++ map (r: accept "${toString r.from}:${toString r.to}") cfg.firewall.tcpPortRanges
+    # The history server's UI, on the master only: a UI like the master's.
+    ++ lib.optional historyOnMaster (accept (toString history.port))
     ++ lib.optionals (auth && cfg.firewall.gateway != null) (
-      map acceptGateway [
-        cfg.master.port
-        cfg.master.webUiPort
-        cfg.worker.webUiPort
-      ]
+      map acceptGateway (
+        [
+          cfg.master.port
+          cfg.master.webUiPort
+          cfg.worker.webUiPort
+        ]
+        ++ lib.optional historyOnMaster history.port
+      )
     )
   );
 in
@@ -136,6 +151,19 @@ in
   # does without authentication).
   systemd.services.spark-master = lib.mkIf config.services.spark.master.enable { restartTriggers = [ storeConfDir ]; };
   systemd.services.spark-worker = lib.mkIf config.services.spark.worker.enable { restartTriggers = [ storeConfDir ]; };
+  systemd.services.spark-history = lib.mkIf historyOnMaster { restartTriggers = [ storeConfDir ]; };
+
+  # The event-log directory, on every node: a driver refuses to start when
+  # spark.eventLog.dir does not exist, and cluster-mode drivers run on
+  # workers (their logs stay there: docs/nix.md). Owner spark (the history
+  # server and its cleaner), group the Spark users; 3770: setgid, so every
+  # log gets that group whatever the writer's primary group, and Spark's own
+  # file mode (660 in 3.5) lets the group, and so the history server, read
+  # it; sticky, so a user can remove only their own logs (spark, the
+  # directory's owner, may remove any).
+  systemd.tmpfiles.rules = lib.mkIf history.enable [
+    "d ${history.logDirectory} 3770 spark ${usersGroup} - -"
+  ];
 
   # The configuration with the secret, before the daemons start (and again
   # whenever the deployment restarts this unit after delivering a new secret).

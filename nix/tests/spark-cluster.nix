@@ -87,6 +87,7 @@ let
   };
 
   aliveWorkers = ./alive_workers.py;
+  historyApps = ./history_apps.py;
   job = ./sum_of_squares.py;
   nc = "${pkgs.netcat}/bin/nc";
 in
@@ -107,6 +108,9 @@ pkgs.testers.runNixOSTest {
       webUi = params.master.webUiUrl;
       iptables = "${pkgs.iptables}/bin/iptables";
       spark = nodes.master.services.spark.package;
+      history = nodes.master.nixspark.history;
+      # The history server binds to the master's cluster address (spark-env.sh).
+      historyUrl = "http://${params.master.ip}:${toString history.port}";
     in
     ''
       import json
@@ -167,6 +171,25 @@ pkgs.testers.runNixOSTest {
           master.succeed("id -nG deploy | grep -qw spark-users")
           master.fail("su -s /bin/sh nobody -c 'cat /run/nixspark/spark-conf/spark-defaults.conf'")
 
+      with subtest("the history server on the master lists the smoke job and the analyst's job as completed"):
+          master.wait_for_unit("spark-history.service")
+          # Event logs go to a directory of the Spark users' group, on every node
+          # (a cluster-mode driver on a worker writes there).
+          for machine in (master, worker1):
+              mode = machine.succeed("stat -c '%a %U %G' ${history.logDirectory}").strip()
+              assert mode == "3770 spark spark-users", mode
+          # Each log gets the directory's group (setgid), whoever wrote it.
+          groups = master.succeed("stat -c '%U %G' ${history.logDirectory}/*").split("\n")
+          assert "analyst spark-users" in groups, groups
+          # The server scans every 10 s.
+          master.wait_until_succeeds("python3 ${historyApps} ${historyUrl} | grep -qx 'sum-of-squares analyst'", timeout=120)
+          listed = master.succeed("python3 ${historyApps} ${historyUrl}").strip().splitlines()
+          print(f"history server: {listed}")
+          assert "sum-of-squares root" in listed, listed
+          assert "sum-of-squares analyst" in listed, listed
+          # A worker reaches it (the node block); the outsider does not (below).
+          worker1.succeed("${nc} -z -w 5 ${params.master.ip} ${toString history.port}")
+
       with subtest("workers register again after the master restarts"):
           master.systemctl("restart spark-master.service")
           master.wait_for_unit("spark-master.service")
@@ -176,6 +199,7 @@ pkgs.testers.runNixOSTest {
           worker1.succeed("${nc} -z -w 5 ${params.master.ip} ${toString params.ports.master}")
           zoutsider.wait_for_unit("multi-user.target")
           zoutsider.fail("${nc} -z -w 5 ${params.master.ip} ${toString params.ports.master}")
+          zoutsider.fail("${nc} -z -w 5 ${params.master.ip} ${toString history.port}")
           zoutsider.fail("${nc} -z -w 5 ${nodes.worker1.networking.primaryIPAddress} ${toString params.ports.worker}")
           zoutsider.succeed("${nc} -z -w 5 ${params.master.ip} 22")
           rules = master.succeed("${iptables} -S nixos-fw")

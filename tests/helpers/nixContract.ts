@@ -223,3 +223,185 @@ export class ScratchRoot {
         fs.rmSync(this.dir, { recursive: true, force: true });
     }
 }
+
+// --- Additions for daemons a role runs (the history server) and the
+// directories its tmpfiles rules make. ---
+
+/**
+ * An attribute of `config` of a system built by the stand-in's
+ * lib.nixosSystem from the given modules (as evalModuleUnit), as JSON.
+ * Strings that name derivations lose their context (only their paths matter).
+ */
+export function evalModuleConfig<T = unknown>(flakeDir: string, modules: string[], attr: string): T {
+    nixEnv();
+    const expr = `let stub = builtins.getFlake "path:${STUB_DIR}"; flake = ${flakeDir}; in (stub.lib.nixosSystem { modules = [ ${modules.map((m) => `(${m})`).join(" ")} ]; }).config.${attr}`;
+    return JSON.parse(nix([...NIX, "eval", "--impure", "--json", "--expr", `builtins.fromJSON (builtins.unsafeDiscardStringContext (builtins.toJSON (${expr})))`])) as T;
+}
+
+/**
+ * The modules flake.nix's nodeSystem gives a stack's role (common.nix, the
+ * role, the stack's parameters from stacks/<stack>.json; not guest.nix, the
+ * VM's hardware), plus `extra` (Nix module expressions), for evalModuleUnit
+ * and evalModuleConfig.
+ */
+export function roleModules(stack: string, role: "master" | "worker", extra: string[] = []): string[] {
+    return [
+        `flake + "/modules/common.nix"`,
+        `flake + "/modules/${role}.nix"`,
+        `import (flake + "/lib/params-module.nix") (import (flake + "/lib/params.nix") (builtins.fromJSON (builtins.readFile (flake + "/stacks/${stack}.json"))))`,
+        ...extra,
+    ];
+}
+
+/** A daemon started from a unit's ExecStart (ScratchRoot.startUnit). */
+export interface RunningUnit {
+    /** PID of the first process; every process of the unit is in its process group. */
+    pid: number;
+    /** What the unit printed (stdout and stderr: systemd's journal). */
+    log(): string;
+    /** SIGTERM to the process group (as `systemctl stop`), SIGKILL after 10 s; resolves when no process of it is left. */
+    stop(): Promise<void>;
+}
+
+const startedGroups = new Set<number>();
+process.once("exit", () => {
+    for (const pgid of startedGroups) {
+        try {
+            process.kill(-pgid, "SIGKILL");
+        } catch {
+            /* gone */
+        }
+    }
+});
+
+function groupAlive(pgid: number): boolean {
+    for (const entry of fs.readdirSync("/proc")) {
+        if (!/^\d+$/.test(entry)) continue;
+        try {
+            const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8");
+            const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+            if (Number(rest[2]) === pgid && rest[0] !== "Z" && rest[0] !== "X") return true;
+        } catch {
+            /* exited meanwhile */
+        }
+    }
+    return false;
+}
+
+export interface ScratchRoot {
+    /** The numeric id the scratch root's /etc/passwd gives a user. */
+    uid(name: string): number;
+    /**
+     * Applies systemd-tmpfiles `d` rules (path, mode, user, group) in the
+     * scratch root as systemd-tmpfiles --create does: creates the directory
+     * (and missing parents, 0755 root) and sets its mode and owner; `-` is
+     * 0755 and root. Other rule types are refused.
+     */
+    applyTmpfiles(rules: string[]): void;
+    /**
+     * Starts a long-running unit's ExecStart in the scratch root as systemd
+     * would: as serviceConfig.User and Group, with Group and the user's
+     * groups from the scratch root's /etc/group as supplementary groups
+     * (initgroups(User, Group)), in
+     * WorkingDirectory, with the unit's environment only (plus extraEnv).
+     * The process runs in a process group of its own; stop() ends it.
+     */
+    startUnit(unit: EvaluatedUnit, opts?: { extraEnv?: Record<string, string>; logFile?: string }): Promise<RunningUnit>;
+    /** Makes a group the user's primary group in the scratch root's /etc/passwd (withAccounts gives nogroup). */
+    setPrimaryGroup(user: string, group: string): void;
+    /** Runs argv in the scratch root as a user logs in (setpriv: the primary group and the user's groups), with exactly this environment. */
+    runAs(user: string, argv: string[], env: Record<string, string>, opts?: { timeoutMs?: number; allowFailure?: boolean }): Promise<RunResult>;
+}
+
+ScratchRoot.prototype.uid = function (this: ScratchRoot, name: string): number {
+    const line = fs.readFileSync(this.at("/etc/passwd"), "utf8").split("\n").find((l) => l.startsWith(`${name}:`));
+    if (!line) throw new Error(`no user ${name} in the scratch root`);
+    return Number(line.split(":")[2]);
+};
+
+ScratchRoot.prototype.applyTmpfiles = function (this: ScratchRoot, rules: string[]): void {
+    for (const rule of rules) {
+        const fields = rule.trim().match(/'[^']*'|"[^"]*"|\S+/g) ?? [];
+        const [type, rawPath, mode, user, group] = fields.map((f) => f.replace(/^['"]|['"]$/g, ""));
+        if (type !== "d") throw new Error(`applyTmpfiles: only 'd' rules are modelled, not ${JSON.stringify(rule)}`);
+        const dir = this.at(rawPath);
+        fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+        fs.chownSync(dir, !user || user === "-" ? 0 : this.uid(user), !group || group === "-" ? 0 : this.gid(group));
+        // After chown, which clears setgid/setuid bits.
+        fs.chmodSync(dir, !mode || mode === "-" ? 0o755 : parseInt(mode, 8));
+    }
+};
+
+ScratchRoot.prototype.setPrimaryGroup = function (this: ScratchRoot, user: string, group: string): void {
+    const gid = this.gid(group);
+    const file = this.at("/etc/passwd");
+    const lines = fs.readFileSync(file, "utf8").split("\n");
+    const i = lines.findIndex((l) => l.startsWith(`${user}:`));
+    if (i < 0) throw new Error(`no user ${user} in the scratch root`);
+    const f = lines[i].split(":");
+    f[3] = String(gid);
+    lines[i] = f.join(":");
+    fs.writeFileSync(file, lines.join("\n"));
+};
+
+/**
+ * setpriv arguments that give a process what initgroups(user, group) gives
+ * it (what systemd does for User= and Group=, and `su`/login for the user's
+ * primary group): that uid and gid, and as supplementary groups the group
+ * plus every group of the scratch root's /etc/group that lists the user.
+ */
+function setprivAs(root: ScratchRoot, user: string, group: string): string[] {
+    const gids = new Set<number>([root.gid(group)]);
+    for (const line of fs.readFileSync(root.at("/etc/group"), "utf8").split("\n")) {
+        const f = line.split(":");
+        if (f.length >= 4 && f[3].split(",").includes(user)) gids.add(Number(f[2]));
+    }
+    return ["setpriv", "--reuid", String(root.uid(user)), "--regid", String(root.gid(group)), "--groups", [...gids].join(",")];
+}
+
+ScratchRoot.prototype.runAs = function (this: ScratchRoot, user: string, argv: string[], env: Record<string, string>, opts: { timeoutMs?: number; allowFailure?: boolean } = {}) {
+    const line = fs.readFileSync(this.at("/etc/passwd"), "utf8").split("\n").find((l) => l.startsWith(`${user}:`));
+    const primary = fs.readFileSync(this.at("/etc/group"), "utf8").split("\n").find((l) => l.split(":")[2] === line?.split(":")[3])?.split(":")[0];
+    if (!primary) throw new Error(`${user} has no primary group in the scratch root`);
+    return this.run([...setprivAs(this, user, primary), "env", "-i", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], opts);
+};
+
+ScratchRoot.prototype.startUnit = async function (this: ScratchRoot, unit: EvaluatedUnit, opts: { extraEnv?: Record<string, string>; logFile?: string } = {}): Promise<RunningUnit> {
+    const { spawn } = require("node:child_process") as typeof import("node:child_process");
+    await this.realise(unit.drvs);
+    const sc = unit.serviceConfig as Record<string, unknown>;
+    const user = String(sc.User ?? "root");
+    const group = String(sc.Group ?? (user === "root" ? "root" : "nogroup"));
+    const env = { ...unit.environment, ...(opts.extraEnv ?? {}) };
+    const chdir = sc.WorkingDirectory ? ["-C", String(sc.WorkingDirectory)] : [];
+    const argv = [
+        "unshare", "--mount", "--propagation", "private", "bash", SCRATCH_ROOT, this.dir,
+        ...setprivAs(this, user, group),
+        "env", "-i", ...chdir, ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...unit.execStart.trim().split(/\s+/),
+    ];
+    const logFile = opts.logFile ?? path.join(this.dir, `${unit.name}.journal`);
+    const fd = fs.openSync(logFile, "a");
+    const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ["ignore", fd, fd] });
+    fs.closeSync(fd);
+    if (!child.pid) throw new Error(`could not start ${unit.name}`);
+    const pid = child.pid;
+    startedGroups.add(pid);
+    return {
+        pid,
+        log: () => (fs.existsSync(logFile) ? fs.readFileSync(logFile, "utf8") : ""),
+        async stop() {
+            for (const [signal, waitMs] of [["SIGTERM", 10_000], ["SIGKILL", 10_000]] as const) {
+                if (!groupAlive(pid)) break;
+                try {
+                    process.kill(-pid, signal);
+                } catch {
+                    break; // the group is gone
+                }
+                const deadline = Date.now() + waitMs;
+                while (groupAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+            }
+            if (groupAlive(pid)) throw new Error(`${unit.name} (process group ${pid}) survived SIGKILL`);
+            startedGroups.delete(pid);
+        },
+    };
+};

@@ -86,7 +86,8 @@ function driverConf(name: string, givenSecret: string): string {
     const assembled = fs.readFileSync(root.at(`${CONF_DIR}/spark-defaults.conf`), "utf8");
     const dir = path.join(root.dir, "drivers", name);
     fs.mkdirSync(dir, { recursive: true });
-    const lines = assembled.split("\n").filter((l) => l.trim() && !l.startsWith("spark.authenticate.secret ") && !l.startsWith("spark.master "));
+    // Not the event-log settings: their directory is the node's, and this driver runs here (historyContract.test.ts runs them in a scratch root).
+    const lines = assembled.split("\n").filter((l) => l.trim() && !l.startsWith("spark.authenticate.secret ") && !l.startsWith("spark.master ") && !l.startsWith("spark.eventLog."));
     fs.writeFileSync(path.join(dir, "spark-defaults.conf"), [...lines, `spark.authenticate.secret ${givenSecret}`, ""].join("\n"));
     return dir;
 }

@@ -208,3 +208,34 @@ describe("flake.lock", () => {
         expect(meta.description).toMatch(/nixspark/);
     });
 });
+
+describe("event logs and the history server: the options and the NixOS test's helper", () => {
+    test("nixspark.history defaults: on, port 18080, logs under /var/lib/spark (modules/options.nix, evaluated alone)", () => {
+        const stubLib = path.join(FIXTURES, "nix-stub-nixpkgs/lib");
+        const h = evalJson<any>(`let lib = import ${stubLib}; in (lib.evalModules { modules = [ ./modules/options.nix { nixspark.clusterCidr = "10.77.0.0/24"; nixspark.master.address = "10.77.0.10"; } ]; }).config.nixspark.history`);
+        expect(h).toEqual({ enable: true, port: 18080, logDirectory: "/var/lib/spark/event-logs" });
+    });
+
+    test("nix/tests/history_apps.py prints each completed application's name and user from /api/v1/applications, and no running one", async () => {
+        const { spawn } = require("node:child_process") as typeof import("node:child_process");
+        const apps = [
+            { id: "app-1", name: "sum-of-squares", attempts: [{ completed: true, sparkUser: "root" }] },
+            { id: "app-2", name: "sum-of-squares", attempts: [{ completed: true, sparkUser: "analyst" }] },
+            { id: "app-3", name: "still-running", attempts: [{ completed: false, sparkUser: "analyst" }] },
+        ];
+        // A stand-in for the history server's REST API, on loopback.
+        const server = `import http.server, json\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        body = json.dumps(json.loads(${JSON.stringify(JSON.stringify(apps))}) if self.path == "/api/v1/applications" else {}).encode()\n        self.send_response(200 if self.path == "/api/v1/applications" else 404); self.end_headers(); self.wfile.write(body)\n    def log_message(self, *a): pass\ns = http.server.HTTPServer(("127.0.0.1", 0), H)\nprint(s.server_address[1], flush=True)\ns.serve_forever()\n`;
+        const child = spawn("python3", ["-c", server], { stdio: ["ignore", "pipe", "inherit"] });
+        try {
+            const port = await new Promise<string>((resolve, reject) => {
+                child.stdout!.once("data", (d: Buffer) => resolve(d.toString().trim()));
+                child.once("exit", (code) => reject(new Error(`the stand-in server exited with ${code}`)));
+            });
+            const { execFileSync } = require("node:child_process") as typeof import("node:child_process");
+            const out = execFileSync("python3", [path.join(NIX_DIR, "tests/history_apps.py"), `http://127.0.0.1:${port}/`], { encoding: "utf8", timeout: 20_000 });
+            expect(out.split("\n").filter(Boolean)).toEqual(["sum-of-squares root", "sum-of-squares analyst"]);
+        } finally {
+            child.kill("SIGKILL");
+        }
+    });
+});

@@ -448,3 +448,111 @@ describe("the stand-in follows nixos-24.11 where the modules depend on it", () =
 function filesUnderDir(dir: string): string[] {
     return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? filesUnderDir(path.join(dir, e.name)) : e.name.endsWith(".nix") ? [path.join(dir, e.name)] : []));
 }
+
+describe("event logs and the history server (nixspark.history)", () => {
+    let dir: string;
+    beforeAll(() => {
+        dir = flakeCopy();
+        writeStack(dir, "open");
+        writeStack(dir, "auth", { security: { authenticate: true } });
+    });
+    const cfg = <T = any>(stack: string, role: string, attr: string): T => evalFlake<T>(dir, `nixosConfigurations.${stack}-${role}.config.${attr}`);
+    /** The text of spark-defaults.conf in a role's store configuration directory (the derivation's `text`). */
+    const sparkDefaults = (stack: string, role: string): string => {
+        const drv = cfg<string>(stack, role, "services.spark.confDir.drvPath");
+        const all = JSON.parse(nix([...NIX, "show-derivation", "-r", drv])) as Record<string, { env: Record<string, string> }>;
+        const file = Object.values(all).find((d) => d.env.name === "spark-defaults.conf");
+        if (!file) throw new Error(`no spark-defaults.conf among the inputs of ${drv}`);
+        return file.env.text;
+    };
+    /** The example master from its modules, with one more module (Nix). */
+    const master = (extra: string) =>
+        `(stub.lib.nixosSystem { modules = [ ${NIX_DIR}/modules/common.nix ${NIX_DIR}/modules/master.nix (import ${NIX_DIR}/lib/params-module.nix (import ${NIX_DIR}/lib/params.nix (builtins.fromJSON (builtins.readFile ${NIX_DIR}/stacks/example.json)))) (${extra}) ]; }).config`;
+
+    test("the master runs spark-history: Spark's launcher from the package in the foreground, as spark, with the daemons' configuration, on port 18080", () => {
+        const spark = cfg<string>("open", "master", "services.spark.package.outPath");
+        const unit = cfg("open", "master", "systemd.services.spark-history");
+        expect(unit.serviceConfig).toEqual({
+            Type: "simple",
+            User: "spark",
+            Group: "spark",
+            WorkingDirectory: `${spark}/`,
+            ExecStart: `${spark}/sbin/start-history-server.sh`,
+            Restart: "on-failure",
+            RestartSec: 5,
+        });
+        expect(unit.wantedBy).toEqual(["multi-user.target"]);
+        // A live update adds its directory (systemd-tmpfiles-resetup) in the same start batch: after it.
+        expect(unit.after).toEqual(["network-online.target", "systemd-tmpfiles-resetup.service"]);
+        expect(unit.environment.SPARK_CONF_DIR).toBe(cfg("open", "master", "systemd.services.spark-master.environment.SPARK_CONF_DIR"));
+        expect(unit.environment).toMatchObject({ SPARK_NO_DAEMONIZE: "1", SPARK_LOG_DIR: "/var/log/spark", SPARK_DAEMON_MEMORY: "512m" });
+        expect(unit.environment.SPARK_HISTORY_OPTS.split(" ")).toEqual([
+            "-Dspark.history.fs.logDirectory=file:/var/lib/spark/event-logs",
+            "-Dspark.history.ui.port=18080",
+            "-Dspark.history.fs.cleaner.enabled=true",
+        ]);
+        expect(unit.restartTriggers).toEqual([expect.stringMatching(/-nixspark-spark-conf$/)]);
+        expect(cfg("open", "worker", "systemd.services")).not.toHaveProperty("spark-history");
+        // With authentication it reads the configuration assembled at boot, after it is there.
+        const auth = cfg("auth", "master", "systemd.services.spark-history");
+        expect(auth.environment.SPARK_CONF_DIR).toBe("/run/nixspark/spark-conf");
+        expect(auth.requires).toEqual(["nixspark-spark-conf.service"]);
+        expect(auth.after).toEqual(expect.arrayContaining(["nixspark-spark-conf.service", "network-online.target"]));
+    });
+
+    test("its port is opened on the master like the master's UI: to the node block, and to the gateway with authentication; not on workers", () => {
+        const open = cfg<string>("open", "master", "networking.firewall.extraCommands");
+        const auth = cfg<string>("auth", "master", "networking.firewall.extraCommands");
+        expect(open).toContain("iptables -A nixos-fw -p tcp -m iprange --src-range 10.77.0.10-10.77.0.191 --dport 18080 -j nixos-fw-accept");
+        expect(open).not.toContain("-s 10.77.0.1 --dport 18080");
+        expect(auth).toContain("iptables -A nixos-fw -p tcp -s 10.77.0.1 --dport 18080 -j nixos-fw-accept");
+        expect(cfg<string>("auth", "worker", "networking.firewall.extraCommands")).not.toContain("18080");
+    });
+
+    test("every node writes event logs (spark-defaults.conf) into a 3770 spark:spark-users directory made by tmpfiles", () => {
+        for (const role of ["master", "worker"]) {
+            const text = sparkDefaults("open", role);
+            expect(text).toMatch(/^spark\.eventLog\.enabled true$/m);
+            expect(text).toMatch(/^spark\.eventLog\.dir file:\/var\/lib\/spark\/event-logs$/m);
+            expect(cfg<string[]>("open", role, "systemd.tmpfiles.rules")).toContain("d /var/lib/spark/event-logs 3770 spark spark-users - -");
+        }
+    });
+
+    test("a stack's own spark.eventLog setting wins over the role's", () => {
+        writeStack(dir, "quiet", { sparkSettings: { "spark.eventLog.enabled": "false" } });
+        expect(sparkDefaults("quiet", "worker")).toMatch(/^spark\.eventLog\.enabled false$/m);
+        expect(sparkDefaults("quiet", "worker")).not.toMatch(/^spark\.eventLog\.enabled true$/m);
+    });
+
+    test("history.port and logDirectory move the unit, the firewall, the settings and the directory together; history.enable = false removes them all", () => {
+        const moved = evalExpr(
+            `let c = ${master(`{ nixspark.history = { port = 18111; logDirectory = "/srv/spark-events"; }; }`)}; in { opts = c.systemd.services.spark-history.environment.SPARK_HISTORY_OPTS; fw = c.networking.firewall.extraCommands; rules = c.systemd.tmpfiles.rules; }`,
+        );
+        expect(moved.opts).toContain("-Dspark.history.ui.port=18111");
+        expect(moved.opts).toContain("-Dspark.history.fs.logDirectory=file:/srv/spark-events");
+        expect(moved.fw).toContain("--dport 18111 -j nixos-fw-accept");
+        expect(moved.fw).not.toContain("18080");
+        expect(moved.rules).toContain("d /srv/spark-events 3770 spark spark-users - -");
+        const off = evalExpr(
+            `let c = ${master(`{ nixspark.history.enable = false; }`)}; in { units = builtins.attrNames c.systemd.services; fw = c.networking.firewall.extraCommands; rules = c.systemd.tmpfiles.rules; conf = c.services.spark.confDir.drvPath; }`,
+        );
+        expect(off.units).not.toContain("spark-history");
+        expect(off.fw).not.toContain("18080");
+        expect(off.rules.join("\n")).not.toContain("event-logs");
+        const all = JSON.parse(nix([...NIX, "show-derivation", "-r", off.conf])) as Record<string, { env: Record<string, string> }>;
+        expect(Object.values(all).find((d) => d.env.name === "spark-defaults.conf")!.env.text).not.toContain("spark.eventLog");
+        expect(() => evalExpr(`${master(`{ nixspark.history.logDirectory = "event logs"; }`)}.systemd.tmpfiles.rules`)).toThrow(/nixspark\.history\.logDirectory' is not of type/);
+    });
+
+    test("the NixOS test waits for the history server and finds the smoke job and the analyst's job in it; the outsider cannot reach it", () => {
+        const check = "checks.x86_64-linux.spark-cluster";
+        const script = evalString(NIX_DIR, `${check}.script`);
+        expect(script).toContain('master.wait_for_unit("spark-history.service")');
+        expect(script).toMatch(/master\.wait_until_succeeds\("python3 \S+-history_apps\.py http:\/\/192\.168\.1\.1:18080 \| grep -qx 'sum-of-squares analyst'", timeout=120\)/);
+        expect(script).toContain('assert "sum-of-squares root" in listed, listed');
+        expect(script).toContain('assert mode == "3770 spark spark-users", mode');
+        expect(script).toMatch(/zoutsider\.fail\("\S+\/bin\/nc -z -w 5 192\.168\.1\.1 18080"\)/);
+        expect(script).toMatch(/worker1\.succeed\("\S+\/bin\/nc -z -w 5 192\.168\.1\.1 18080"\)/);
+        expect(evalFlake(NIX_DIR, `${check}.nodes.master.systemd.services.spark-history.serviceConfig.User`)).toBe("spark");
+    });
+});
