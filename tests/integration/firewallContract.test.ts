@@ -29,7 +29,7 @@ const MASTER = topo.master.ip; // 10.77.0.10
 const INSIDE = topo.workers[0].ip; // a node
 const POOL = topo.dhcpRange.start; // a DHCP lease, not a node
 const GATEWAY = topo.gateway;
-const PORTS = [7077, 7078, 8080, 8081, 7100, 7200, 9999];
+const PORTS = [7077, 7078, 8080, 8081, 18080, 7100, 7200, 9999];
 
 const inNs = (ns: string, argv: string[]) => run(["ip", "netns", "exec", ns, ...argv], { timeoutMs: 20_000 });
 
@@ -86,18 +86,18 @@ async function reaches(source: string, port: number): Promise<boolean> {
     return r.stdout.startsWith("open");
 }
 
-test("a node reaches the master's Spark ports and the driver/block-manager ranges; nothing else", async () => {
-    for (const port of [7077, 7078, 8080, 8081, 7100, 7200]) expect({ port, open: await reaches(INSIDE, port) }).toEqual({ port, open: true });
+test("a node reaches the master's Spark ports, the history server and the driver/block-manager ranges; nothing else", async () => {
+    for (const port of [7077, 7078, 8080, 8081, 18080, 7100, 7200]) expect({ port, open: await reaches(INSIDE, port) }).toEqual({ port, open: true });
     expect(await reaches(INSIDE, 9999)).toBe(false);
 });
 
 test("an address in the DHCP pool, outside the node block, reaches no Spark port", async () => {
-    for (const port of [7077, 7078, 8080, 7100]) expect({ port, open: await reaches(POOL, port) }).toEqual({ port, open: false });
+    for (const port of [7077, 7078, 8080, 18080, 7100]) expect({ port, open: await reaches(POOL, port) }).toEqual({ port, open: false });
 });
 
-test("with authentication the host's gateway address reaches the submission port and the UIs only", async () => {
+test("with authentication the host's gateway address reaches the submission port and the UIs (the history server's too) only", async () => {
     expect(cfg.security.authenticate).toBe(true);
-    for (const port of [7077, 8080, 8081]) expect({ port, open: await reaches(GATEWAY, port) }).toEqual({ port, open: true });
+    for (const port of [7077, 8080, 8081, 18080]) expect({ port, open: await reaches(GATEWAY, port) }).toEqual({ port, open: true });
     for (const port of [7078, 7100]) expect({ port, open: await reaches(GATEWAY, port) }).toEqual({ port, open: false });
 });
 
