@@ -25,7 +25,7 @@ export function buildProgram(io: Io = processIo, onCode: (code: number) => void 
         .option("--stack <name>", "the Pulumi stack (default: the selected stack)")
         .option("--cwd <dir>", "the project directory, where Pulumi.yaml is (default: the working directory)")
         .exitOverride()
-        .configureHelp({ helpWidth: HELP_WIDTH })
+        .configureHelp({ helpWidth: HELP_WIDTH, showGlobalOptions: true })
         .configureOutput({ writeOut: io.out, writeErr: io.err, getOutHelpWidth: () => HELP_WIDTH, getErrHelpWidth: () => HELP_WIDTH })
         .showHelpAfterError("(add --help for usage)")
         .addHelpText("after", `\n${EXIT_CODES_HELP}\n\nSee docs/usage.md, or \`nixspark <command> --help\`.`);

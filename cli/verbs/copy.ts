@@ -21,9 +21,11 @@ export function register(program: Command, ctx: VerbContext): Command {
     return program
         .command("copy")
         .summary("copy local files to nodes")
-        .description("Copy local files to a path on one or more nodes in parallel (scp with the stack's key and pinned host keys).")
+        .description(
+            "Copy local files to a path on one or more nodes in parallel (scp with the stack's key and pinned host keys). The last argument is the destination NODES:PATH, where NODES is a node name, a comma-separated list, all or workers.",
+        )
         .usage("[options] <src...> <dest>")
-        .argument("<src...> <dest>", "local files (directories with -r), then NODES:PATH, where NODES is a node name, a comma-separated list, all or workers")
+        .argument("<src...>", "local files (directories with -r)")
         .option("-r, --recursive", "copy directories recursively")
         .option("--timeout <seconds>", "per node", "600")
         .addHelpText("after", "\nExit status 1 when the copy failed on any node.\nExample: nixspark copy data.csv all:/tmp/data.csv")
