@@ -28,6 +28,8 @@ export interface GlobalOptions {
     stack?: string;
     /** The project directory (Pulumi.yaml); default: the working directory. */
     cwd?: string;
+    /** Read the outputs from this JSON file (as `pulumi stack output --json` prints them) instead of asking Pulumi. */
+    outputs?: string;
 }
 
 /** Where a verb writes: the process's streams, replaceable in tests. */

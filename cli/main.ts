@@ -24,6 +24,7 @@ export function buildProgram(io: Io = processIo, onCode: (code: number) => void 
         .description("Use a nixspark stack: Spark clusters as NixOS VMs on libvirt, deployed with Pulumi.\nEvery verb reads the stack's outputs through the Pulumi CLI.")
         .option("--stack <name>", "the Pulumi stack (default: the selected stack)")
         .option("--cwd <dir>", "the project directory, where Pulumi.yaml is (default: the working directory)")
+        .option("--outputs <file>", "read the stack's outputs from this JSON file (as `pulumi stack output --json` prints them) instead of asking Pulumi")
         .exitOverride()
         .configureHelp({ helpWidth: HELP_WIDTH, showGlobalOptions: true })
         .configureOutput({ writeOut: io.out, writeErr: io.err, getOutHelpWidth: () => HELP_WIDTH, getErrHelpWidth: () => HELP_WIDTH })

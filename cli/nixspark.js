@@ -11,6 +11,14 @@ require("ts-node").register({
     project: path.join(__dirname, "..", "tsconfig.json"),
 });
 
+// A reader that went away (`nixspark --help | head`) is no error of ours.
+for (const stream of [process.stdout, process.stderr]) {
+    stream.on("error", (e) => {
+        if (e && e.code === "EPIPE") process.exit(process.exitCode || 0);
+        throw e;
+    });
+}
+
 require("./main")
     .main(process.argv.slice(2))
     .then(

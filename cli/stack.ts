@@ -62,6 +62,7 @@ export function onPath(name: string, pathVar: string | undefined): string | unde
 
 /** `pulumi stack output --json --show-secrets [--stack S]` in the project directory, validated. */
 export async function loadStack(g: GlobalOptions): Promise<Stack> {
+    if (g.outputs !== undefined) return loadOutputsFile(g.outputs, path.resolve(g.cwd ?? process.cwd()));
     const dir = projectDir(g);
     const env = pulumiEnv(dir);
     const pulumi = onPath("pulumi", env.PATH);
@@ -93,6 +94,24 @@ export async function loadStack(g: GlobalOptions): Promise<Stack> {
     }
     if (outputs.ssh) outputs.ssh = resolveSshFiles(outputs.ssh, dir);
     return { dir, name: g.stack, outputs, raw: raw as Record<string, unknown> };
+}
+
+/** --outputs FILE: the outputs as `pulumi stack output --json` printed them; relative key paths are --cwd's. */
+export function loadOutputsFile(file: string, dir: string): Stack {
+    let raw: unknown;
+    try {
+        raw = JSON.parse(fs.readFileSync(file, "utf8"));
+    } catch (e) {
+        throw new UsageError(`--outputs ${file}: ${(e as Error).message}; give a file that \`pulumi stack output --json\` wrote`);
+    }
+    let outputs: StackOutputs;
+    try {
+        outputs = parseStackOutputs(raw, `--outputs ${file}`);
+    } catch (e) {
+        throw new UsageError((e as Error).message.replace(/, or pass --outputs FILE.*$/, ""));
+    }
+    if (outputs.ssh) outputs.ssh = resolveSshFiles(outputs.ssh, dir);
+    return { dir, outputs, raw: raw as Record<string, unknown> };
 }
 
 /** The key and known-hosts paths as absolute paths: "~/" expanded, a relative one is the project directory's. */

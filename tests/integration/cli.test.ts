@@ -17,7 +17,8 @@ import * as path from "node:path";
 import { run, RunResult } from "../../providers/run";
 import { installPulumi, PulumiCli, REPO } from "../helpers/pulumiCli";
 import { SshNodes } from "../helpers/sshNodes";
-import { buildProgram, HELP_WIDTH } from "../../cli/main";
+import { HELP_WIDTH } from "../../cli/main";
+import { helpText } from "../../cli/updateUsageDoc";
 import { journalArgv, shellQuote } from "../../cli/remote";
 
 jest.setTimeout(10 * 60_000);
@@ -217,6 +218,13 @@ describe("nixspark on three nodes through the stack's outputs", () => {
         }
     });
 
+    test("smoke reads the stack and submits on the master over ssh: a node without Spark fails it, exit 1", async () => {
+        const r = await nixspark(["smoke", "--timeout", "60"]);
+        expect(r.stderr).toContain(`smoke: copying the job to root@${nodes!.node("master").ip}:/tmp/nixspark-smoke-`);
+        expect(r.stderr).toContain("spark-submit is not on the master's PATH");
+        expect(r.code).toBe(1);
+    });
+
     test("ui: the master's URL, the workers' from the master, and a tunnel through the master", async () => {
         const r = await nixspark(["ui", "--json"]);
         expect(r.code).toBe(0);
@@ -292,7 +300,7 @@ describe("help", () => {
         expect(r.stdout).toContain("2  usage or configuration error");
     });
 
-    test("docs/usage.md holds every verb's help word for word", () => {
+    test("docs/usage.md holds every verb's help word for word (cli/updateUsageDoc.ts rewrites them)", () => {
         const doc = fs.readFileSync(path.join(REPO, "docs", "usage.md"), "utf8");
         for (const v of [undefined, ...verbs]) {
             expect(doc).toContain("```\n" + helpText(v).trimEnd() + "\n```");
@@ -305,13 +313,3 @@ describe("help", () => {
         expect(journalArgv("root", { lines: 5 })).toEqual(["journalctl", "--no-pager", "-n", "5"]);
     });
 });
-
-/** What `nixspark [VERB] --help` prints, from the program itself. */
-function helpText(verb?: string): string {
-    const out: string[] = [];
-    const program = buildProgram({ out: (t) => void out.push(t), err: (t) => void out.push(t) });
-    const cmd = verb ? program.commands.find((c) => c.name() === verb) : program;
-    if (!cmd) throw new Error(`no verb ${verb}`);
-    cmd.outputHelp();
-    return out.join("");
-}
