@@ -23,7 +23,7 @@ export function updateUsageDoc(doc: string): string {
     return sections
         .map((s) => {
             const verb = /^## nixspark (\S+)/.exec(s)?.[1];
-            return s.replace(/^```\n[\s\S]*?\n```$/m, () => "```\n" + helpText(verb).trimEnd() + "\n```");
+            return s.replace(/^```\n(?:[\s\S]*?\n)?```$/m, () => "```\n" + helpText(verb).trimEnd() + "\n```");
         })
         .join("");
 }

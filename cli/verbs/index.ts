@@ -9,9 +9,10 @@ import * as exec from "./exec";
 import * as copy from "./copy";
 import * as logs from "./logs";
 import * as ui from "./ui";
+import * as submit from "./submit";
 
 export interface Verb {
     register(program: Command, ctx: VerbContext): Command;
 }
 
-export const VERBS: Verb[] = [status, smoke, ssh, exec, copy, logs, ui];
+export const VERBS: Verb[] = [status, smoke, submit, ssh, exec, copy, logs, ui];

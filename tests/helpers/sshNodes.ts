@@ -134,6 +134,24 @@ export class SshNodes {
         await run(["nsenter", "-t", pid, "--mount", "mount", "-t", "tmpfs", "-o", "size=4m", `nxc-${node.name}`, this.view]);
     }
 
+    /**
+     * Gives a node a /run of its own (a tmpfs in its mount namespace, with
+     * sshd's privilege-separation directory) holding these files, e.g. a
+     * stand-in at /run/current-system/sw/bin/spark-submit; this machine's
+     * /run is not touched.
+     */
+    async ownRun(name: string, files: Record<string, { content: string; mode: number }>): Promise<void> {
+        const pid = String(this.node(name).sshd?.pid);
+        const inNode = (argv: string[]) => run(["nsenter", "-t", pid, "--mount", "--", ...argv]);
+        await inNode(["mount", "-t", "tmpfs", "-o", "size=4m,mode=755", `nxc-run-${name}`, "/run"]);
+        await inNode(["install", "-d", "-m", "755", "/run/sshd"]);
+        for (const [dest, f] of Object.entries(files)) {
+            const src = path.join(this.dir, `file-${name}-${path.basename(dest)}`);
+            fs.writeFileSync(src, f.content);
+            await inNode(["install", "-D", "-m", f.mode.toString(8), src, dest]);
+        }
+    }
+
     node(name: string): SshNode {
         const n = this.nodes.find((x) => x.name === name);
         if (!n) throw new Error(`no test node ${name}`);

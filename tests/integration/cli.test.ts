@@ -20,6 +20,7 @@ import { SshNodes } from "../helpers/sshNodes";
 import { HELP_WIDTH } from "../../cli/main";
 import { helpText } from "../../cli/updateUsageDoc";
 import { journalArgv, shellQuote } from "../../cli/remote";
+import { submitArgv } from "../../cli/verbs/submit";
 
 jest.setTimeout(10 * 60_000);
 
@@ -111,6 +112,30 @@ beforeAll(async () => {
         ].join("\n"),
         { mode: 0o755 },
     );
+
+    // spark-submit on the master (only there: a /run of its own): records its argv and
+    // the job directory, says what a client-mode driver says, then runs the job with python3.
+    await nodes.ownRun("master", {
+        "/run/current-system/sw/bin/spark-submit": {
+            mode: 0o755,
+            content: [
+                "#!/usr/bin/env python3",
+                "# spark-submit stand-in for tests/integration/cli.test.ts (no Spark on the test's nodes)",
+                "import json, os, sys",
+                "args = sys.argv[1:]",
+                "i, opts = 0, {}",
+                'while i < len(args) and args[i].startswith("--"):',
+                "    opts.setdefault(args[i], []).append(args[i + 1]); i += 2",
+                "job = args[i]",
+                `with open(${JSON.stringify(path.join(nodes.dir, "spark-submit.json"))}, "w") as f:`,
+                '    json.dump({"argv": args, "dir": sorted(os.listdir(os.path.dirname(job)))}, f)',
+                'print("INFO StandaloneSchedulerBackend: Connected to Spark cluster with app ID app-20261205110000-0007", file=sys.stderr, flush=True)',
+                'env = dict(os.environ, PYTHONPATH=":".join(os.path.dirname(p) for p in opts.get("--py-files", [""])[0].split(",") if p))',
+                'os.execve("/usr/bin/python3", ["python3", job] + args[i + 1:], env)',
+                "",
+            ].join("\n"),
+        },
+    });
 }, 30 * 60_000);
 
 afterAll(async () => {
@@ -218,10 +243,49 @@ describe("nixspark on three nodes through the stack's outputs", () => {
         }
     });
 
-    test("smoke reads the stack and submits on the master over ssh: a node without Spark fails it, exit 1", async () => {
+    test("smoke reads the stack and submits its job on the master over ssh; a wrong result fails it, exit 1", async () => {
         const r = await nixspark(["smoke", "--timeout", "60"]);
-        expect(r.stderr).toContain(`smoke: copying the job to root@${nodes!.node("master").ip}:/tmp/nixspark-smoke-`);
-        expect(r.stderr).toContain("spark-submit is not on the master's PATH");
+        const m = nodes!.node("master");
+        expect(r.stderr).toContain(`smoke: copying the job to root@${m.ip}:/tmp/nixspark-smoke-`);
+        expect(r.stderr).toContain(`running spark-submit on the master against spark://${m.ip}:7077 (2 executor(s), one per worker)`);
+        const rec = JSON.parse(fs.readFileSync(path.join(nodes!.dir, "spark-submit.json"), "utf8"));
+        expect(rec.argv).toEqual(expect.arrayContaining(["--name", "nixspark-smoke", "spark.cores.max=2"]));
+        // The stand-in has no pyspark: the job dies, and smoke says so.
+        expect(r.stderr).toMatch(/smoke: FAILED/);
+        expect(r.code).toBe(1);
+    });
+
+    test("submit: the job and its --py-files go to the master, spark-submit runs there in client mode, output streams, exit 0", async () => {
+        const dir = fs.mkdtempSync(path.join(root!, "job-"));
+        fs.writeFileSync(path.join(dir, "greeting.py"), "def greet(words):\n    return 'hello ' + '|'.join(words)\n");
+        fs.writeFileSync(path.join(dir, "job.py"), "import sys\nfrom greeting import greet\nprint(greet(sys.argv[1:]))\n");
+        const r = await nixspark(["submit", "--conf", "spark.executor.memory=600m", "--py-files", path.join(dir, "greeting.py"), path.join(dir, "job.py"), "--", "a b", "c"]);
+        expect(r.stdout).toBe("hello a b|c\n");
+        expect(r.stderr).toContain("submit: application app-20261205110000-0007");
+        expect(r.code).toBe(0);
+        const rec = JSON.parse(fs.readFileSync(path.join(nodes!.dir, "spark-submit.json"), "utf8"));
+        const remoteDir = path.dirname(rec.argv[rec.argv.length - 3]);
+        expect(remoteDir).toMatch(/^\/tmp\/nixspark-submit-[0-9a-f]{12}$/);
+        expect(rec.argv).toEqual(submitArgv({
+            asSpark: false,
+            masterUrl: `spark://${nodes!.node("master").ip}:7077`,
+            name: "job",
+            conf: [["spark.executor.memory", "600m"]],
+            pyFiles: [`${remoteDir}/greeting.py`],
+            job: `${remoteDir}/job.py`,
+            args: ["a b", "c"],
+        }).slice(1));
+        expect(rec.argv.slice(0, 4)).toEqual(["--master", `spark://${nodes!.node("master").ip}:7077`, "--deploy-mode", "client"]);
+        expect(rec.dir).toEqual(["greeting.py", "job.py"]);
+        // The job's directory is gone from the master afterwards (the nodes share this machine's /tmp).
+        expect(fs.existsSync(remoteDir)).toBe(false);
+    });
+
+    test("submit: a failing job fails the command, exit 1", async () => {
+        const job = path.join(root!, "fails.py");
+        fs.writeFileSync(job, "raise SystemExit(3)\n");
+        const r = await nixspark(["submit", job]);
+        expect(r.stderr).toContain("submit: the job FAILED: spark-submit exited 3");
         expect(r.code).toBe(1);
     });
 
@@ -250,6 +314,8 @@ describe("usage errors exit 2 and name the flag", () => {
         [["copy", "/nonexistent-nxcli", "all:/tmp/x"], /src: no such local file/],
         [["copy", __filename, "nowhere"], /destination "nowhere" must be NODES:PATH/],
         [["copy", __filename, "all:/tmp/a b"], /dest: the remote path "\/tmp\/a b" must be plain/],
+        [["submit", "/nonexistent-nxcli.py"], /<job.py>: no such local file/],
+        [["submit", "--conf", "spark.executor.memory", __filename], /--conf "spark.executor.memory" must be KEY=VALUE/],
     ])("nixspark %j", async (args, message) => {
         const r = await nixspark(args as string[]);
         expect(r.stderr).toMatch(message as RegExp);
@@ -283,7 +349,7 @@ describe("usage errors exit 2 and name the flag", () => {
 });
 
 describe("help", () => {
-    const verbs = ["status", "smoke", "ssh", "exec", "copy", "logs", "ui"];
+    const verbs = ["status", "smoke", "submit", "ssh", "exec", "copy", "logs", "ui"];
 
     test.each([
         ["exec", ["--nodes <names>", "--workers", "--timeout <seconds>"]],
@@ -292,12 +358,19 @@ describe("help", () => {
         ["status", ["--json", "--no-libvirt", "--no-ssh", "--web-ui <url>"]],
         ["smoke", ["--min-workers <n>", "--local-submit", "--timeout <seconds>"]],
         ["ssh", ["-t, --tty"]],
+        ["submit", ["--conf <key=value>", "--py-files <files>", "--name <name>"]],
         ["ui", ["--json"]],
-    ])("nixspark %s --help lists its options and the exit codes, exit 0", async (verb, options) => {
-        const r = await run(["node", NIXSPARK, verb, "--help"], { timeoutMs: 60_000, allowFailure: true });
+    ])("nixspark %s --help lists its options and the exit codes", (verb, options) => {
+        const help = helpText(verb);
+        for (const o of options) expect(help).toContain(o);
+        expect(help).toContain("2  usage or configuration error");
+        expect(help).toContain("--stack <name>");
+    });
+
+    test("--help as a process prints the same help and exits 0", async () => {
+        const r = await run(["node", NIXSPARK, "exec", "--help"], { timeoutMs: 60_000, allowFailure: true });
+        expect(r.stdout).toBe(helpText("exec"));
         expect(r.code).toBe(0);
-        for (const o of options) expect(r.stdout).toContain(o);
-        expect(r.stdout).toContain("2  usage or configuration error");
     });
 
     test("docs/usage.md holds every verb's help word for word (cli/updateUsageDoc.ts rewrites them)", () => {
@@ -306,6 +379,11 @@ describe("help", () => {
             expect(doc).toContain("```\n" + helpText(v).trimEnd() + "\n```");
         }
         expect(HELP_WIDTH).toBe(80);
+    });
+
+    test("spark-submit runs as spark through sudo -n when the cluster authenticates and the user is not root", () => {
+        const argv = submitArgv({ asSpark: true, masterUrl: "spark://m:7077", name: "j", conf: [], pyFiles: [], job: "/tmp/d/j.py", args: [] });
+        expect(argv).toEqual(["sudo", "-n", "-u", "spark", "/run/current-system/sw/bin/spark-submit", "--master", "spark://m:7077", "--deploy-mode", "client", "--name", "j", "/tmp/d/j.py"]);
     });
 
     test("journalctl goes through sudo -n for a deploy user that is not root", () => {
