@@ -11,6 +11,9 @@ import { VERBS } from "./verbs";
 
 export const HELP_WIDTH = 80;
 
+/** Verbs whose operands end in a command or job arguments, given after `--`. */
+const COMMAND_VERBS = new Set(["exec", "ssh", "submit"]);
+
 export interface VerbContext {
     io: Io;
     /** Runs a verb's body and records its exit code; a UsageError is exit 2, any other error exit 1. */
@@ -60,7 +63,13 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     try {
         await program.parseAsync(argv, { from: "user" });
     } catch (e) {
-        if (e instanceof CommanderError) return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
+        if (e instanceof CommanderError) {
+            // `nixspark exec uname -n`: the command's own options were read as ours.
+            if (e.code === "commander.unknownOption" && argv.some((a) => COMMAND_VERBS.has(a)) && !argv.includes("--")) {
+                io.err("(the command for the node goes after --, e.g. nixspark exec -- uname -n)\n");
+            }
+            return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
+        }
         throw e;
     }
     return code;

@@ -307,6 +307,7 @@ describe("nixspark on three nodes through the stack's outputs", () => {
 describe("usage errors exit 2 and name the flag", () => {
     test.each([
         [["exec", "--nodez", "master", "--", "true"], /unknown option '--nodez'/],
+        [["exec", "uname", "-n"], /unknown option '-n'[\s\S]*the command for the node goes after --/],
         [["exec", "--nodes", "worker-9", "--", "true"], /--nodes: the stack has no node "worker-9"; its nodes are master, worker-1, worker-2/],
         [["exec", "--nodes", "master", "--workers", "--", "true"], /--nodes and --workers exclude each other/],
         [["exec", "--timeout", "soon", "--", "true"], /--timeout must be a whole number/],
