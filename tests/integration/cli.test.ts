@@ -374,6 +374,18 @@ describe("help", () => {
         expect(r.code).toBe(0);
     });
 
+    test("npm run status / npm run smoke are the CLI's verbs; the bin is the launcher", async () => {
+        for (const verb of ["status", "smoke"]) {
+            const r = await run(["npm", "run", "-s", verb, "--", "--help"], { cwd: REPO, timeoutMs: 60_000, allowFailure: true });
+            expect(r.stdout).toBe(helpText(verb));
+            expect(r.code).toBe(0);
+        }
+        const pkg = JSON.parse(fs.readFileSync(path.join(REPO, "package.json"), "utf8"));
+        expect(path.resolve(REPO, pkg.bin.nixspark)).toBe(NIXSPARK);
+        expect(fs.readFileSync(NIXSPARK, "utf8").startsWith("#!/usr/bin/env node\n")).toBe(true);
+        expect(fs.statSync(NIXSPARK).mode & 0o111).toBe(0o111);
+    });
+
     test("docs/usage.md holds every verb's help word for word (cli/updateUsageDoc.ts rewrites them)", () => {
         const doc = fs.readFileSync(path.join(REPO, "docs", "usage.md"), "utf8");
         for (const v of [undefined, ...verbs]) {
