@@ -292,7 +292,7 @@ export const volumeProvider: pulumi.dynamic.ResourceProvider = {
             }
         }
         const backingPath = legacy !== undefined ? news.basePath : (olds.backingPath ?? (olds as any).basePath);
-        return { outs: { ...kept, ...keptOutputs(news as any), path: olds.path, backingPath, moveRequired: "" } };
+        return { outs: { ...kept, ...keptOutputs(news as any), path: olds.path, backingPath, ...(news.moveRequired ? { moveRequired: "" } : {}) } };
     },
 
     async read(id: string, props: VolumeOutputs) {
