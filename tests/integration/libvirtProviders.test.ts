@@ -619,3 +619,62 @@ async function simulateHostReboot(t: Topology) {
     expect((await bench!.virsh(["pool-info", t.poolName])).stdout).toMatch(/State:\s+inactive/);
     expect((await bench!.virsh(["net-info", t.networkName])).stdout).toMatch(/Active:\s+no/);
 }
+
+// Issue 16: a base volume left half-imported (the volume created, its upload
+// interrupted or never made: a killed `up`, a retried vol-create) is never
+// adopted as the image; it is imported again, or refused while overlays use it.
+describe("base volume adoption on a real libvirtd", () => {
+    test("a half-imported base volume is imported again, not adopted; a whole one is adopted as it is; one that overlays use is refused", async () => {
+        const B = await roundTrip(baseVolumeProvider);
+        const poolIn = { uri, name: `${stack}-half-pool`, path: path.join(bench!.dir, "half-pool") };
+        const stateDir = path.join(bench!.dir, "half-state");
+        const source = bench!.guest.baseImage;
+        const name = `${stack}-base-cccccccccccc.qcow2`;
+        const baseIn = { uri, pool: poolIn.name, name, namePrefix: `${stack}-base-`, sourcePath: source, stateDir };
+        const file = path.join(poolIn.path, name);
+        const size = fs.statSync(source).size;
+        const tmp = fs.mkdtempSync(path.join(bench!.dir, "half-"));
+        /** What an interrupted import leaves: the volume of the image's size, only its first `bytes` uploaded. */
+        const halfImport = async (bytes: number) => {
+            const xml = path.join(tmp, "vol.xml");
+            fs.writeFileSync(xml, `<volume type='file'><name>${name}</name><capacity unit='bytes'>${size}</capacity><target><format type='raw'/><permissions><mode>0444</mode></permissions></target></volume>`);
+            await bench!.virsh(["vol-create", poolIn.name, xml]);
+            // (The part that made it: virsh sends a whole file, so a file of that part.)
+            const part = path.join(tmp, "part");
+            fs.writeFileSync(part, fs.readFileSync(source).subarray(0, bytes));
+            if (bytes > 0) await bench!.virsh(["vol-upload", "--pool", poolIn.name, name, part]);
+            await bench!.virsh(["pool-refresh", poolIn.name]);
+        };
+        await P.pool.create!(poolIn);
+        try {
+            for (const bytes of [Math.floor(size / 2), 0]) {
+                await halfImport(bytes);
+                expect(fs.readFileSync(file).equals(fs.readFileSync(source))).toBe(false);
+                const b = await B.create!(baseIn);
+                expect(b.outs).toMatchObject({ path: file, capacityBytes: 64 * 1024 ** 2 });
+                expect(fs.readFileSync(file).equals(fs.readFileSync(source))).toBe(true);
+                // A whole import is adopted as it is (not uploaded again: the file keeps its inode).
+                const inode = fs.statSync(file).ino;
+                await B.create!(baseIn);
+                expect(fs.statSync(file).ino).toBe(inode);
+                await B.delete!(b.id, b.outs);
+                expect(fs.existsSync(file)).toBe(false);
+            }
+            // A half one that an overlay backs onto is left alone, with what to do.
+            await halfImport(Math.floor(size / 2));
+            const ov = await P.vol.create!({ uri, pool: poolIn.name, name: "ov.qcow2", basePath: file, capacityBytes: 1024 ** 3, stateDir });
+            await expect(B.create!(baseIn)).rejects.toThrow(new RegExp(`is in the pool but is not a whole copy of ${source}, and ov.qcow2 back onto it; it was left as it is`));
+            expect(fs.existsSync(file)).toBe(true);
+            await P.vol.delete!(ov.id, ov.outs);
+        } finally {
+            for (const v of await bench!.virsh(["vol-list", "--pool", poolIn.name], { allowFailure: true }).then((r) => r.stdout.split("\n").slice(2).map((l) => l.trim().split(/\s+/)[0]).filter(Boolean))) {
+                await bench!.virsh(["vol-delete", "--pool", poolIn.name, v], { allowFailure: true });
+            }
+            await bench!.virsh(["pool-destroy", poolIn.name], { allowFailure: true });
+            await bench!.virsh(["pool-delete", poolIn.name], { allowFailure: true });
+            await bench!.virsh(["pool-undefine", poolIn.name], { allowFailure: true });
+            fs.rmSync(tmp, { recursive: true, force: true });
+            fs.rmSync(stateDir, { recursive: true, force: true });
+        }
+    });
+});
