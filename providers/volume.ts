@@ -18,6 +18,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { removeBaseIfUnused, poolVolumes, retiredMarker } from "./baseVolume";
 import { withRestartLock } from "./domain";
 import { readVolume, volumeXml } from "./libvirtXml";
+import { addGcRoot, removeGcRoot } from "./nixImage";
 import { run } from "./run";
 import { isUnknown, keptOutputs } from "./unknown";
 import { diffByKeys, isNotFound, isPoolInactive, label, lookup, virsh, virshError, withXmlFile } from "./virsh";
@@ -138,6 +139,44 @@ export function qcow2WithBacking(head: Buffer, backing: string): Buffer {
     return out;
 }
 
+/** The store path (/nix/store/<hash>-<name>) a file lies in; undefined outside the store. */
+export function storePathOf(file: string): string | undefined {
+    return /^(\/nix\/store\/[0-9a-z]{32}-[^/]+)/.exec(file)?.[1];
+}
+
+/**
+ * Where a disk from before base volumes keeps the image it backs onto alive
+ * until it is moved: an indirect GC root of its own,
+ * <stateDir>/gcroots/legacy-<volume>/<store path's name>. So an image change
+ * (NixImage's delete drops its root, also as a pending delete at the start of
+ * the next `up` after a refused move) never lets go of a file a disk still
+ * backs onto.
+ */
+export function legacyRootDir(stateDir: string, volume: string): string {
+    const path = require("node:path") as typeof import("node:path");
+    return path.join(stateDir, "gcroots", `legacy-${volume}`);
+}
+
+/** Drops the legacy disk's GC roots (after its move, or with the disk): only symlinks into /nix/store, then the directory. */
+function releaseLegacyRoots(stateDir: string | undefined, volume: string): void {
+    if (!stateDir) return;
+    const fs = require("node:fs") as typeof import("node:fs");
+    const path = require("node:path") as typeof import("node:path");
+    const dir = legacyRootDir(stateDir, volume);
+    if (!fs.existsSync(dir)) return;
+    for (const e of fs.readdirSync(dir)) {
+        const root = path.join(dir, e);
+        let target = "";
+        try {
+            target = fs.readlinkSync(root);
+        } catch {
+            continue;
+        }
+        if (storePathOf(target) === target) removeGcRoot(root, target);
+    }
+    if (fs.readdirSync(dir).length === 0) fs.rmdirSync(dir);
+}
+
 /**
  * Moves a legacy overlay onto the base volume `base`: refuses unless the old
  * backing file and the base have the same content (`qemu-img compare`),
@@ -155,6 +194,9 @@ async function moveOntoBase(olds: VolumeOutputs, news: VolumeInputs, from: strin
         `recreate the disk from the current image instead (its data is lost: \`pulumi up --replace\` with the Volume's URN), ` +
         `or run \`pulumi up\` with the image the disk was created from (its base volume is then that image)`;
     if (!fs.existsSync(from)) throw new Error(`${what} backs onto ${from}, which does not exist any more, so it cannot be moved onto ${base}: ${fix}`);
+    // Kept alive until the move is done, whatever happens to the NixImage meanwhile.
+    const storePath = storePathOf(from);
+    if (storePath && news.stateDir) await addGcRoot(legacyRootDir(news.stateDir, news.name), storePath);
     const cmp = await run(["qemu-img", "compare", "-U", "-q", from, base], { timeoutMs: 30 * 60_000, allowFailure: true });
     if (cmp.code === 1) throw new Error(`${what} backs onto ${from}, whose content differs from the pool's base volume ${base} (the image changed since the disk was made), so it was not moved: ${fix}`);
     if (cmp.code !== 0) throw new Error(`${what}: could not compare ${from} with ${base} (qemu-img compare: ${cmp.stderr.trim() || `exit ${cmp.code}`}); nothing was changed`);
@@ -180,6 +222,7 @@ async function moveOntoBase(olds: VolumeOutputs, news: VolumeInputs, from: strin
         const now = readVolume((await virsh(news.uri, ["vol-dumpxml", "--pool", news.pool, news.name], { what })).stdout).backingPath;
         if (now !== base) throw new Error(`${what}: after rewriting its backing file libvirt reads ${now ?? "none"}, not ${base}`);
         console.error(`${what}: moved from ${from} onto the pool's base volume ${base} (same content)`);
+        releaseLegacyRoots(news.stateDir, news.name);
     };
 
     const dom = news.domain;
@@ -316,6 +359,7 @@ export const volumeProvider: pulumi.dynamic.ResourceProvider = {
         if (xml === "inactive") throw new Error(`${label("volume", `${props.pool}/${props.name}`)}: ${label("pool", props.pool)} is not running and did not start`);
         const backing = readVolume(xml).backingPath;
         await virsh(props.uri, ["vol-delete", "--pool", props.pool, props.name], { what: label("volume", `${props.pool}/${props.name}`) });
+        releaseLegacyRoots(props.stateDir, props.name);
         if (!backing || !props.stateDir) return;
         const fs = require("node:fs") as typeof import("node:fs");
         const path = require("node:path") as typeof import("node:path");
