@@ -274,10 +274,12 @@ export const volumeProvider: pulumi.dynamic.ResourceProvider = {
     // A disk from before base volumes (backing outside the pool) is an update
     // that moves it onto the base volume.
     async diff(_id: string, olds: VolumeOutputs, news: VolumeInputs) {
-        let d = diffByKeys(olds as any, news as any, ["uri", "pool", "name"], ["capacityBytes"]);
-        if (d.replaces.length === 0 && legacyBacking(olds as any, news as any) !== undefined) d = { ...d, changes: true };
+        const d = diffByKeys(olds as any, news as any, ["uri", "pool", "name"], ["capacityBytes"]);
+        if (d.replaces.length > 0) return d;
         // An update keeps the file: its path stays known in preview, so the Domain on it sees no change.
-        return d.replaces.length === 0 ? { ...d, stables: ["path", "backingPath", "uri", "pool", "name"] } : d;
+        // (Its backing too, unless this update moves it.)
+        if (legacyBacking(olds as any, news as any) !== undefined) return { ...d, changes: true, stables: ["path", "uri", "pool", "name"] };
+        return { ...d, stables: ["path", "backingPath", "uri", "pool", "name"] };
     },
 
     async create(inputs: VolumeInputs) {
