@@ -19,6 +19,11 @@
 // refreshed), from which the program writes missing markers
 // (markRetiredBases). A destroy needs no marker at all: once no overlay of
 // the stack is left, nothing is current and every unused base goes.
+//
+// A base volume found in the pool at create is adopted only when it holds
+// the image's bytes (an import is a byte copy): a half import (a retried
+// vol-create, an interrupted vol-upload) is imported again, or refused while
+// overlays back onto it.
 import * as pulumi from "@pulumi/pulumi";
 import { readVolume } from "./libvirtXml";
 import { keptOutputs } from "./unknown";
@@ -139,6 +144,35 @@ export async function removeBaseIfUnused(
     return [];
 }
 
+/**
+ * True when both files hold the same bytes (an import is a byte copy of the
+ * image: vol-upload). A file that cannot be read counts as different.
+ */
+export function sameBytes(a: string, b: string): boolean {
+    const fs = require("node:fs") as typeof import("node:fs");
+    let fa: number | undefined;
+    let fb: number | undefined;
+    try {
+        if (fs.statSync(a).size !== fs.statSync(b).size) return false;
+        fa = fs.openSync(a, "r");
+        fb = fs.openSync(b, "r");
+        const size = 4 * 1024 * 1024;
+        const ba = Buffer.alloc(size);
+        const bb = Buffer.alloc(size);
+        for (let pos = 0; ; pos += size) {
+            const na = fs.readSync(fa, ba, 0, size, pos);
+            const nb = fs.readSync(fb, bb, 0, size, pos);
+            if (na !== nb || !ba.subarray(0, na).equals(bb.subarray(0, nb))) return false;
+            if (na === 0) return true;
+        }
+    } catch {
+        return false;
+    } finally {
+        if (fa !== undefined) fs.closeSync(fa);
+        if (fb !== undefined) fs.closeSync(fb);
+    }
+}
+
 /** The image's virtual size from the imported volume. */
 async function importedFacts(uri: string, pool: string, name: string): Promise<{ path: string; capacityBytes: number; format?: string }> {
     const what = label("volume", `${pool}/${name}`);
@@ -200,9 +234,26 @@ export const baseVolumeProvider: pulumi.dynamic.ResourceProvider = {
         const volumes = await poolVolumes(inputs.uri, inputs.pool);
         // Current now, whatever a marker (maybe a stale one) said.
         fs.rmSync(retiredMarker(inputs.stateDir, inputs.name), { force: true });
-        if (volumes.has(inputs.name)) {
+        const what = label("volume", `${inputs.pool}/${inputs.name}`);
+        const found = volumes.get(inputs.name);
+        if (found !== undefined && !fs.existsSync(inputs.sourcePath)) {
+            // (Nothing to compare with: a retired base that is current again whose image file is gone.)
+            console.error(`${what}: this image is in the pool already; using it (${inputs.sourcePath} is not here to compare it with)`);
+        } else if (found !== undefined && sameBytes(inputs.sourcePath, found.path ?? "")) {
             // The same image imported before (a retired base that is current again, or a lost state file): adopt it.
-            console.error(`${label("volume", `${inputs.pool}/${inputs.name}`)}: this image is in the pool already; using it`);
+            console.error(`${what}: this image is in the pool already (the same bytes as ${inputs.sourcePath}); using it`);
+        } else if (found !== undefined) {
+            // A half import (a retried vol-create, an interrupted vol-upload): never adopted. Imported again, unless overlays use it.
+            const users = usersOf(volumes, found.path ?? "");
+            if (users.length > 0) {
+                throw new Error(
+                    `${what} is in the pool but is not a whole copy of ${inputs.sourcePath}, and ${users.join(", ")} back onto it; ` +
+                        `it was left as it is: check those disks, delete them and the volume (virsh vol-delete --pool ${inputs.pool} <name>), then run \`pulumi up\` again`,
+                );
+            }
+            console.error(`${what} is in the pool but is not a whole copy of ${inputs.sourcePath} (an interrupted import); importing it again`);
+            await virsh(inputs.uri, ["vol-delete", "--pool", inputs.pool, inputs.name], { what });
+            await importImage(inputs);
         } else {
             if (!fs.existsSync(inputs.sourcePath)) {
                 throw new Error(`base image ${inputs.sourcePath} does not exist; build it (see README) or set nixspark:image.path`);

@@ -4,11 +4,25 @@
 // has is `backingPath` in its outputs). A bigger capacity grows it in place
 // (blockresize through the running VM that uses it, vol-resize otherwise); a
 // smaller one is refused by check, before anything changes.
+//
+// A disk from before base volumes (a legacy overlay: it backs onto the image
+// file itself, in /nix/store, outside the pool) is moved onto the pool's
+// base volume by its first update: the two must have the same content
+// (`qemu-img compare`, else the update is refused and nothing changes), and
+// the overlay's qcow2 header then names the base volume (what `qemu-img
+// rebase -u` writes, done through libvirt's vol-download/vol-upload). qemu
+// holds the disk while the VM runs, so the VM is shut down for it and started
+// again, one VM of the stack at a time (the stack's restart lock). check
+// says so in preview (`moveRequired`).
 import * as pulumi from "@pulumi/pulumi";
 import { removeBaseIfUnused, poolVolumes, retiredMarker } from "./baseVolume";
+import { withRestartLock } from "./domain";
 import { readVolume, volumeXml } from "./libvirtXml";
+import { addGcRoot, removeGcRoot } from "./nixImage";
+import { run } from "./run";
 import { isUnknown, keptOutputs } from "./unknown";
 import { diffByKeys, isNotFound, isPoolInactive, label, lookup, virsh, virshError, withXmlFile } from "./virsh";
+import { bringUp, domState, powerOff } from "./vmPower";
 
 export interface VolumeInputs {
     uri: string;
@@ -27,6 +41,14 @@ export interface VolumeInputs {
      * there. The outputs hold what libvirt says (vol-path).
      */
     path?: string;
+    /** Seconds the VM gets to shut down before a move onto the base volume (legacy disks); default 60. */
+    shutdownTimeoutSeconds?: number;
+    /**
+     * Set by check, for preview: the disk backs onto a file outside the pool
+     * (a stack from before base volumes) and this update moves it onto the
+     * base volume, restarting its VM ("" when nothing moves). Not compared by diff.
+     */
+    moveRequired?: string;
 }
 
 export interface VolumeOutputs extends VolumeInputs {
@@ -56,6 +78,174 @@ export function checkVolumeInputs(olds: Record<string, unknown> | undefined, new
 }
 
 /**
+ * The file a disk from before base volumes backs onto (outside the pool's
+ * directory, e.g. the image in /nix/store) when the base volume new overlays
+ * go onto is another file; undefined for an overlay on a base volume of the
+ * pool (current or retired) or when nothing is known. Pure: paths only.
+ * `olds` are the recorded outputs (backingPath) or, in check, the old inputs
+ * (the previous release's Volume had its backing file as an input).
+ */
+export function legacyBacking(olds: Record<string, unknown> | undefined, news: Record<string, unknown>): string | undefined {
+    const path = require("node:path") as typeof import("node:path");
+    const backing = olds?.backingPath;
+    const file = [olds?.path, news.path].find((p): p is string => typeof p === "string" && p !== "" && !isUnknown(p));
+    if (typeof backing !== "string" || backing === "" || file === undefined) return undefined;
+    if (path.dirname(backing) === path.dirname(file)) return undefined; // a base volume of the pool
+    if (!isUnknown(news.basePath) && (typeof news.basePath !== "string" || news.basePath === backing || path.dirname(news.basePath) !== path.dirname(file))) return undefined;
+    return backing;
+}
+
+/** check's line for preview: what the update does to a legacy disk and its VM. */
+export function moveReason(olds: Record<string, unknown> | undefined, news: Record<string, unknown>): string {
+    const from = legacyBacking(olds, news);
+    if (from === undefined) return "";
+    const base = isUnknown(news.basePath) ? "the pool's base volume" : `the pool's base volume ${String(news.basePath)}`;
+    const vm = typeof news.domain === "string" && news.domain !== "" ? `its VM ${news.domain} restarts for it (shutdown, then start; one VM of the stack at a time)` : "no VM uses it";
+    return `backs onto ${from}, outside the pool (a disk from before base volumes): moved onto ${base} after checking both have the same content; ${vm}`;
+}
+
+/**
+ * The first cluster of a qcow2 image (at least its header, header extensions
+ * and backing file name) with the backing file name replaced: what `qemu-img
+ * rebase -u` changes (qcow2 spec: backing_file_offset at byte 8,
+ * backing_file_size at 16, cluster_bits at 20; the name sits in the first
+ * cluster after the header extensions). The backing format extension is kept.
+ */
+export function qcow2WithBacking(head: Buffer, backing: string): Buffer {
+    if (head.length < 72 || head.readUInt32BE(0) !== 0x514649fb) throw new Error("not a qcow2 image (no QFI\\xfb magic)");
+    const version = head.readUInt32BE(4);
+    const clusterSize = 2 ** head.readUInt32BE(20);
+    const offset = Number(head.readBigUInt64BE(8));
+    const oldSize = head.readUInt32BE(16);
+    if (offset === 0) throw new Error("the image has no backing file");
+    // Where the header and its extensions end: the name must not overlap them.
+    let ext = version >= 3 ? head.readUInt32BE(100) : 72;
+    for (;;) {
+        if (ext + 8 > head.length) throw new Error("qcow2 header extensions run past the first cluster");
+        const type = head.readUInt32BE(ext);
+        const len = head.readUInt32BE(ext + 4);
+        ext += 8;
+        if (type === 0) break;
+        ext += Math.ceil(len / 8) * 8;
+    }
+    const name = Buffer.from(backing, "utf8");
+    if (offset < ext || offset + Math.max(name.length, oldSize) > Math.min(clusterSize, head.length)) {
+        throw new Error(`the backing file name (${name.length} bytes at ${offset}) does not fit in the image's first cluster`);
+    }
+    const out = Buffer.from(head);
+    out.fill(0, offset, offset + oldSize);
+    name.copy(out, offset);
+    out.writeUInt32BE(name.length, 16);
+    return out;
+}
+
+/** The store path (/nix/store/<hash>-<name>) a file lies in; undefined outside the store. */
+export function storePathOf(file: string): string | undefined {
+    return /^(\/nix\/store\/[0-9a-z]{32}-[^/]+)/.exec(file)?.[1];
+}
+
+/**
+ * Where a disk from before base volumes keeps the image it backs onto alive
+ * until it is moved: an indirect GC root of its own,
+ * <stateDir>/gcroots/legacy-<volume>/<store path's name>. So an image change
+ * (NixImage's delete drops its root, also as a pending delete at the start of
+ * the next `up` after a refused move) never lets go of a file a disk still
+ * backs onto.
+ */
+export function legacyRootDir(stateDir: string, volume: string): string {
+    const path = require("node:path") as typeof import("node:path");
+    return path.join(stateDir, "gcroots", `legacy-${volume}`);
+}
+
+/** Drops the legacy disk's GC roots (after its move, or with the disk): only symlinks into /nix/store, then the directory. */
+function releaseLegacyRoots(stateDir: string | undefined, volume: string): void {
+    if (!stateDir) return;
+    const fs = require("node:fs") as typeof import("node:fs");
+    const path = require("node:path") as typeof import("node:path");
+    const dir = legacyRootDir(stateDir, volume);
+    if (!fs.existsSync(dir)) return;
+    for (const e of fs.readdirSync(dir)) {
+        const root = path.join(dir, e);
+        let target = "";
+        try {
+            target = fs.readlinkSync(root);
+        } catch {
+            continue;
+        }
+        if (storePathOf(target) === target) removeGcRoot(root, target);
+    }
+    if (fs.readdirSync(dir).length === 0) fs.rmdirSync(dir);
+}
+
+/**
+ * Moves a legacy overlay onto the base volume `base`: refuses unless the old
+ * backing file and the base have the same content (`qemu-img compare`),
+ * then, with its VM shut down (one VM of the stack at a time) or off,
+ * rewrites the overlay's backing file name through libvirt and starts the VM
+ * again. Checks that libvirt then reads `base` as its backing store.
+ */
+async function moveOntoBase(olds: VolumeOutputs, news: VolumeInputs, from: string): Promise<void> {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const os = require("node:os") as typeof import("node:os");
+    const path = require("node:path") as typeof import("node:path");
+    const what = label("volume", `${news.pool}/${news.name}`);
+    const base = news.basePath;
+    const fix =
+        `recreate the disk from the current image instead (its data is lost: \`pulumi up --replace\` with the Volume's URN), ` +
+        `or run \`pulumi up\` with the image the disk was created from (its base volume is then that image)`;
+    if (!fs.existsSync(from)) throw new Error(`${what} backs onto ${from}, which does not exist any more, so it cannot be moved onto ${base}: ${fix}`);
+    // Kept alive until the move is done, whatever happens to the NixImage meanwhile.
+    const storePath = storePathOf(from);
+    if (storePath && news.stateDir) await addGcRoot(legacyRootDir(news.stateDir, news.name), storePath);
+    const cmp = await run(["qemu-img", "compare", "-U", "-q", from, base], { timeoutMs: 30 * 60_000, allowFailure: true });
+    if (cmp.code === 1) throw new Error(`${what} backs onto ${from}, whose content differs from the pool's base volume ${base} (the image changed since the disk was made), so it was not moved: ${fix}`);
+    if (cmp.code !== 0) throw new Error(`${what}: could not compare ${from} with ${base} (qemu-img compare: ${cmp.stderr.trim() || `exit ${cmp.code}`}); nothing was changed`);
+
+    const rewrite = async () => {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-rebase-"));
+        try {
+            const headFile = path.join(dir, "head");
+            const download = (length: number) => virsh(news.uri, ["vol-download", "--pool", news.pool, news.name, headFile, "--offset", "0", "--length", String(length)], { what });
+            // The header's first bytes say the cluster size; the first cluster holds the name.
+            await download(512);
+            const start = fs.readFileSync(headFile);
+            const bits = start.length >= 24 ? start.readUInt32BE(20) : 0;
+            if (bits < 9 || bits > 21) throw new Error(`${what} is not a qcow2 image libvirt can move (cluster bits ${bits})`);
+            await download(2 ** bits);
+            const patched = qcow2WithBacking(fs.readFileSync(headFile), base);
+            fs.writeFileSync(headFile, patched);
+            await virsh(news.uri, ["vol-upload", "--pool", news.pool, news.name, headFile, "--offset", "0", "--length", String(patched.length)], { what });
+        } finally {
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
+        await virsh(news.uri, ["pool-refresh", news.pool], { what: label("pool", news.pool) });
+        const now = readVolume((await virsh(news.uri, ["vol-dumpxml", "--pool", news.pool, news.name], { what })).stdout).backingPath;
+        if (now !== base) throw new Error(`${what}: after rewriting its backing file libvirt reads ${now ?? "none"}, not ${base}`);
+        console.error(`${what}: moved from ${from} onto the pool's base volume ${base} (same content)`);
+        releaseLegacyRoots(news.stateDir, news.name);
+    };
+
+    const dom = news.domain;
+    const state = dom ? await domState(news.uri, dom) : undefined;
+    if (!dom || state === undefined || state === "shut off") return rewrite();
+    const timeout = news.shutdownTimeoutSeconds ?? 60;
+    const domWhat = label("domain", dom);
+    const restart = async () => {
+        console.error(`${domWhat}: restarting to move its disk onto the pool's base volume (shutdown, up to ${timeout} s, then start)`);
+        await powerOff(news.uri, dom, timeout);
+        try {
+            await rewrite();
+        } finally {
+            // Started again whether or not the move worked: a failed move leaves the disk as it was.
+            const s = await bringUp(news.uri, dom, await domState(news.uri, dom), false);
+            if (s !== "running") throw new Error(`${domWhat} did not start again after its disk was moved onto ${base}: state is "${s}"`);
+        }
+        console.error(`${domWhat}: running again, its disk on ${base}`);
+    };
+    await (news.stateDir ? withRestartLock(news.stateDir, domWhat, 30 * 60_000, restart) : restart());
+}
+
+/**
  * The volume's XML, undefined when libvirt says the volume does not exist.
  * A pool that is not running (a host reboot) is started first when `start`
  * is set, and otherwise reported as "inactive".
@@ -76,15 +266,20 @@ async function volumeXmlOf(p: VolumeInputs, start: boolean): Promise<string | un
 
 export const volumeProvider: pulumi.dynamic.ResourceProvider = {
     async check(olds: any, news: any) {
-        return { inputs: news, failures: checkVolumeInputs(olds, news) };
+        return { inputs: { ...news, moveRequired: moveReason(olds, news) }, failures: checkVolumeInputs(olds, news) };
     },
 
     // basePath (a newer image) and the state directory never change an
     // existing disk; a different capacity is an update (check refuses less).
+    // A disk from before base volumes (backing outside the pool) is an update
+    // that moves it onto the base volume.
     async diff(_id: string, olds: VolumeOutputs, news: VolumeInputs) {
         const d = diffByKeys(olds as any, news as any, ["uri", "pool", "name"], ["capacityBytes"]);
+        if (d.replaces.length > 0) return d;
         // An update keeps the file: its path stays known in preview, so the Domain on it sees no change.
-        return d.replaces.length === 0 ? { ...d, stables: ["path", "backingPath", "uri", "pool", "name"] } : d;
+        // (Its backing too, unless this update moves it.)
+        if (legacyBacking(olds as any, news as any) !== undefined) return { ...d, changes: true, stables: ["path", "uri", "pool", "name"] };
+        return { ...d, stables: ["path", "backingPath", "uri", "pool", "name"] };
     },
 
     async create(inputs: VolumeInputs) {
@@ -122,6 +317,8 @@ export const volumeProvider: pulumi.dynamic.ResourceProvider = {
     async update(_id: string, olds: VolumeOutputs, news: VolumeInputs) {
         const what = label("volume", `${news.pool}/${news.name}`);
         const kept = keptOutputs(olds as any) as unknown as VolumeOutputs;
+        const legacy = legacyBacking(olds as any, news as any);
+        if (legacy !== undefined) await moveOntoBase(olds, news, legacy);
         if (news.capacityBytes < olds.capacityBytes) throw new Error(checkVolumeInputs(olds as any, news as any)[0]?.reason ?? `${what}: cannot shrink`);
         if (news.capacityBytes > olds.capacityBytes) {
             const bytes = String(Math.floor(news.capacityBytes));
@@ -139,7 +336,8 @@ export const volumeProvider: pulumi.dynamic.ResourceProvider = {
                 await virsh(news.uri, ["vol-resize", "--pool", news.pool, news.name, bytes], { what });
             }
         }
-        return { outs: { ...kept, ...keptOutputs(news as any), path: olds.path, backingPath: olds.backingPath ?? (olds as any).basePath } };
+        const backingPath = legacy !== undefined ? news.basePath : (olds.backingPath ?? (olds as any).basePath);
+        return { outs: { ...kept, ...keptOutputs(news as any), path: olds.path, backingPath, ...(news.moveRequired ? { moveRequired: "" } : {}) } };
     },
 
     async read(id: string, props: VolumeOutputs) {
@@ -163,6 +361,7 @@ export const volumeProvider: pulumi.dynamic.ResourceProvider = {
         if (xml === "inactive") throw new Error(`${label("volume", `${props.pool}/${props.name}`)}: ${label("pool", props.pool)} is not running and did not start`);
         const backing = readVolume(xml).backingPath;
         await virsh(props.uri, ["vol-delete", "--pool", props.pool, props.name], { what: label("volume", `${props.pool}/${props.name}`) });
+        releaseLegacyRoots(props.stateDir, props.name);
         if (!backing || !props.stateDir) return;
         const fs = require("node:fs") as typeof import("node:fs");
         const path = require("node:path") as typeof import("node:path");

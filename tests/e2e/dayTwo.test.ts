@@ -1,7 +1,10 @@
 // Day 2 through the real engine on the libvirt bench: routine changes never
 // replace a running node. Each step's preview is asserted exactly before its up.
 //
-//   a 1+1 stack on image A (default network settings) -> image B: preview
+//   a 1+1 stack on image A (default network settings) -> turned into the
+//   state of the release before base volumes (overlays on a store image):
+//   up moves every overlay onto the pool's base volume, restarting each VM,
+//   and they boot again once the old image is gone -> image B: preview
 //   shows the base volume's replacement only; up keeps every VM; the old base
 //   stays while overlays use it; a new worker boots with B under its disk ->
 //   workers' disks 1 -> 2 GiB: Volume updates only, same VMs, the guests see
@@ -162,6 +165,76 @@ describe(`day 2 on the libvirt bench (stack ${stack})`, () => {
         expect(await diskMarker("worker-1")).toBe("nixspark-image-A");
         // The base is read-only, in the pool; no GC root of the checkout is involved.
         expect(fs.statSync(path.join(poolDir(), baseA)).mode & 0o777).toBe(0o444);
+    });
+
+    // Issue 16: the state the release before base volumes (96af5f3^) wrote.
+    // Its Volume had the image file as an input (backingPath, for a Nix image
+    // NixImage's imagePath in /nix/store) and outputs {...inputs, path}; no
+    // BaseVolume existed, and each overlay backed onto that file itself. Made
+    // from this stack: the overlays rebased (qemu-img rebase -u, VMs off) onto
+    // a copy of image A at a stand-in store path, the base volume deleted,
+    // the Volumes and the BaseVolume put into that shape by stack export/import.
+    step("0b. a stack from before base volumes: up moves every overlay onto the pool's base volume (a Volume update, each VM restarted); the VMs restart cleanly once the old image is gone", async () => {
+        const store = path.join(project.root, "nix-store", "0123456789abcdfghijklmnpqrsvwxyz-nixspark-image", "nixos.qcow2");
+        fs.mkdirSync(path.dirname(store), { recursive: true });
+        fs.copyFileSync(imageA, store);
+        const nodes = ["master", "worker-1"];
+        const disk = (n: string) => path.join(poolDir(), `${stack}-${n}.qcow2`);
+        for (const n of nodes) await bench.virsh(["destroy", dom(n)]);
+        for (const n of nodes) await run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", store, "-F", "qcow2", disk(n)], { timeoutMs: 60_000 });
+        await bench.virsh(["vol-delete", "--pool", `${stack}-pool`, baseA]);
+        await bench.virsh(["pool-refresh", `${stack}-pool`]);
+        for (const n of nodes) await bench.virsh(["start", dom(n)]);
+        expect(await poolVolumes()).toEqual({ [`${stack}-master.qcow2`]: path.basename(store), [`${stack}-worker-1.qcow2`]: path.basename(store) });
+
+        const deployment = await cli.exportState();
+        const baseUrn = deployment.resources!.find((r: any) => String(r.urn).endsWith(`::${stack}-base-volume`))?.urn;
+        expect(baseUrn).toBeDefined();
+        deployment.resources = deployment.resources!.filter((r: any) => r.urn !== baseUrn);
+        for (const r of deployment.resources) {
+            if (r.dependencies) r.dependencies = r.dependencies.filter((u: string) => u !== baseUrn);
+            for (const k of Object.keys(r.propertyDependencies ?? {})) r.propertyDependencies[k] = r.propertyDependencies[k].filter((u: string) => u !== baseUrn);
+            if (!nodes.some((n) => String(r.urn).endsWith(`::${dom(n)}-disk`))) continue;
+            const { __provider, uri, pool, name, capacityBytes } = r.inputs;
+            r.inputs = { __provider, uri, pool, name, backingPath: store, capacityBytes };
+            r.outputs = { ...r.inputs, path: r.outputs.path };
+            delete r.propertyDependencies?.basePath;
+        }
+        const file = path.join(project.root, "legacy-state.json");
+        fs.writeFileSync(file, JSON.stringify({ version: 3, deployment }));
+        await cli.run(["stack", "import", "--file", file], { timeoutMs: 60_000 });
+
+        // Preview: the base volume is made, each disk is an update that says it moves and restarts its VM; nothing else.
+        const p = await timed("preview (legacy state)", () => cli.preview());
+        expect(stepList(changed(p))).toEqual([`create ${stack}-base-volume`, `update ${dom("master")}-disk`, `update ${dom("worker-1")}-disk`].sort());
+        for (const n of nodes) {
+            const raw = (p.json.steps ?? []).find((x: any) => String(x.urn).endsWith(`::${dom(n)}-disk`) && x.op === "update");
+            expect(raw?.newState?.inputs?.moveRequired).toBe(
+                `backs onto ${store}, outside the pool (a disk from before base volumes): moved onto the pool's base volume after checking both have the same content; ` +
+                    `its VM ${dom(n)} restarts for it (shutdown, then start; one VM of the stack at a time)`,
+            );
+        }
+        const ids = await Promise.all(nodes.map(async (n) => virshOut(["domid", dom(n)])));
+        const u = await timed("up (legacy state)", () => cli.up());
+        expect(stepList(changed(u))).toEqual([`create ${stack}-base-volume`, `update ${dom("master")}-disk`, `update ${dom("worker-1")}-disk`].sort());
+        // Every overlay backs onto the pool's base volume (the same image: the same name as before); same VMs, each restarted once.
+        expect(await poolVolumes()).toEqual({ [baseA]: "", [`${stack}-master.qcow2`]: baseA, [`${stack}-worker-1.qcow2`]: baseA });
+        expect(await uuids(nodes)).toEqual(before);
+        for (const [i, n] of nodes.entries()) expect(await virshOut(["domid", dom(n)])).not.toBe(ids[i]);
+        const said = u.diagnostics.map((d) => d.message).join("\n");
+        for (const n of nodes) expect(said).toContain(`volume "${stack}-pool/${stack}-${n}.qcow2": moved from ${store} onto the pool's base volume ${path.join(poolDir(), baseA)} (same content)`);
+        for (const n of nodes) {
+            const info = JSON.parse((await run(["qemu-img", "info", "-U", "--output=json", "--backing-chain", disk(n)], { timeoutMs: 60_000 })).stdout);
+            expect(info.map((x: any) => x.filename)).toEqual([disk(n), path.join(poolDir(), baseA)]);
+        }
+        expect(stepList(changed(await timed("preview (after the move)", () => cli.preview())))).toEqual([]);
+
+        // The old image goes (a garbage collection): the VMs start again and read image A's bytes through the base volume.
+        fs.rmSync(path.dirname(path.dirname(store)), { recursive: true, force: true });
+        for (const n of nodes) await bench.virsh(["destroy", dom(n)]);
+        for (const n of nodes) await bench.virsh(["start", dom(n)]);
+        for (const n of nodes) expect(await diskMarker(n)).toBe("nixspark-image-A");
+        expect(await uuids(nodes)).toEqual(before);
     });
 
     step("a. a new base image: preview shows only the base volume's replacement; up keeps every VM; a new worker boots on the new image; the old base stays while overlays use it", async () => {

@@ -619,3 +619,145 @@ async function simulateHostReboot(t: Topology) {
     expect((await bench!.virsh(["pool-info", t.poolName])).stdout).toMatch(/State:\s+inactive/);
     expect((await bench!.virsh(["net-info", t.networkName])).stdout).toMatch(/Active:\s+no/);
 }
+
+// Issue 16: a base volume left half-imported (the volume created, its upload
+// interrupted or never made: a killed `up`, a retried vol-create) is never
+// adopted as the image; it is imported again, or refused while overlays use it.
+describe("base volume adoption on a real libvirtd", () => {
+    test("a half-imported base volume is imported again, not adopted; a whole one is adopted as it is; one that overlays use is refused", async () => {
+        const B = await roundTrip(baseVolumeProvider);
+        const poolIn = { uri, name: `${stack}-half-pool`, path: path.join(bench!.dir, "half-pool") };
+        const stateDir = path.join(bench!.dir, "half-state");
+        const source = bench!.guest.baseImage;
+        const name = `${stack}-base-cccccccccccc.qcow2`;
+        const baseIn = { uri, pool: poolIn.name, name, namePrefix: `${stack}-base-`, sourcePath: source, stateDir };
+        const file = path.join(poolIn.path, name);
+        const size = fs.statSync(source).size;
+        const tmp = fs.mkdtempSync(path.join(bench!.dir, "half-"));
+        /** What an interrupted import leaves: the volume of the image's size, only its first `bytes` uploaded. */
+        const halfImport = async (bytes: number) => {
+            const xml = path.join(tmp, "vol.xml");
+            fs.writeFileSync(xml, `<volume type='file'><name>${name}</name><capacity unit='bytes'>${size}</capacity><target><format type='raw'/><permissions><mode>0444</mode></permissions></target></volume>`);
+            await bench!.virsh(["vol-create", poolIn.name, xml]);
+            // (The part that made it: virsh sends a whole file, so a file of that part.)
+            const part = path.join(tmp, "part");
+            fs.writeFileSync(part, fs.readFileSync(source).subarray(0, bytes));
+            if (bytes > 0) await bench!.virsh(["vol-upload", "--pool", poolIn.name, name, part]);
+            await bench!.virsh(["pool-refresh", poolIn.name]);
+        };
+        await P.pool.create!(poolIn);
+        try {
+            for (const bytes of [Math.floor(size / 2), 0]) {
+                await halfImport(bytes);
+                expect(fs.readFileSync(file).equals(fs.readFileSync(source))).toBe(false);
+                const b = await B.create!(baseIn);
+                expect(b.outs).toMatchObject({ path: file, capacityBytes: 64 * 1024 ** 2 });
+                expect(fs.readFileSync(file).equals(fs.readFileSync(source))).toBe(true);
+                // A whole import is adopted as it is (not uploaded again: the file keeps its inode).
+                const inode = fs.statSync(file).ino;
+                await B.create!(baseIn);
+                expect(fs.statSync(file).ino).toBe(inode);
+                await B.delete!(b.id, b.outs);
+                expect(fs.existsSync(file)).toBe(false);
+            }
+            // A half one that an overlay backs onto is left alone, with what to do.
+            await halfImport(Math.floor(size / 2));
+            const ov = await P.vol.create!({ uri, pool: poolIn.name, name: "ov.qcow2", basePath: file, capacityBytes: 1024 ** 3, stateDir });
+            await expect(B.create!(baseIn)).rejects.toThrow(new RegExp(`is in the pool but is not a whole copy of ${source}, and ov.qcow2 back onto it; it was left as it is`));
+            expect(fs.existsSync(file)).toBe(true);
+            await P.vol.delete!(ov.id, ov.outs);
+        } finally {
+            for (const v of await bench!.virsh(["vol-list", "--pool", poolIn.name], { allowFailure: true }).then((r) => r.stdout.split("\n").slice(2).map((l) => l.trim().split(/\s+/)[0]).filter(Boolean))) {
+                await bench!.virsh(["vol-delete", "--pool", poolIn.name, v], { allowFailure: true });
+            }
+            await bench!.virsh(["pool-destroy", poolIn.name], { allowFailure: true });
+            await bench!.virsh(["pool-delete", poolIn.name], { allowFailure: true });
+            await bench!.virsh(["pool-undefine", poolIn.name], { allowFailure: true });
+            fs.rmSync(tmp, { recursive: true, force: true });
+            fs.rmSync(stateDir, { recursive: true, force: true });
+        }
+    });
+});
+
+// Issue 16: a disk from before base volumes backs onto the image in
+// /nix/store. Its Volume's update moves it onto the pool's base volume
+// through libvirt (no VM here: the e2e story dayTwo step 0b does it with
+// running VMs), only onto the same content, and keeps the store image alive
+// with a GC root of its own until then.
+describe("moving a disk from before base volumes, on a real libvirtd", () => {
+    test("onto an identical base volume: moved (libvirt and qemu-img read the new backing, the disk's own data kept), its GC root released; onto another content: refused, nothing changed, the image kept alive", async () => {
+        const { legacyRootDir } = await import("../../providers/volume");
+        const { readVolume } = await import("../../providers/libvirtXml");
+        const { run } = await import("../../providers/run");
+        const B = await roundTrip(baseVolumeProvider);
+        const poolIn = { uri, name: `${stack}-lg-pool`, path: path.join(bench!.dir, "lg-pool") };
+        const stateDir = path.join(bench!.dir, "lg-state");
+        const tmp = fs.mkdtempSync(path.join(bench!.dir, "lg-"));
+        const storePaths: string[] = [];
+        const q = async (...a: string[]) => (await run(["qemu-img", ...a], { timeoutMs: 60_000 })).stdout;
+        /** A file added to the Nix store, as NixImage's image is. */
+        const toStore = async (file: string) => {
+            const p = (await run(["nix-store", "--add", file], { timeoutMs: 120_000 })).stdout.trim();
+            storePaths.push(p);
+            return p;
+        };
+        await P.pool.create!(poolIn);
+        try {
+            fs.copyFileSync(bench!.guest.baseImage, path.join(tmp, "nixos.qcow2"));
+            const same = await toStore(path.join(tmp, "nixos.qcow2"));
+            await q("create", "-q", "-f", "qcow2", path.join(tmp, "other.qcow2"), "64M");
+            // (The test guest's image reads as zeros: the other one gets some data.)
+            await run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x42 0 4k", path.join(tmp, "other.qcow2")], { timeoutMs: 60_000 });
+            const other = await toStore(path.join(tmp, "other.qcow2"));
+            const base = await B.create!({ uri, pool: poolIn.name, name: `${stack}-base-dddddddddddd.qcow2`, namePrefix: `${stack}-base-`, sourcePath: bench!.guest.baseImage, stateDir });
+            // The previous release's Volumes (96af5f3^): the image file as backingPath, outputs {...inputs, path}.
+            const legacy = async (name: string, backing: string) => {
+                const made = await P.vol.create!({ uri, pool: poolIn.name, name, basePath: backing, capacityBytes: 1024 ** 3 });
+                return { uri, pool: poolIn.name, name, backingPath: backing, capacityBytes: 1024 ** 3, path: made.outs.path };
+            };
+            const ov1 = await legacy("ov1.qcow2", same);
+            const ov2 = await legacy("ov2.qcow2", other);
+            // The disk's own data (what the guest wrote), to be kept by the move.
+            await run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 64k", ov1.path], { timeoutMs: 60_000 });
+            await q("convert", "-f", "qcow2", "-O", "raw", ov1.path, path.join(tmp, "ov1-before.raw"));
+            const news = (name: string) => ({ uri, pool: poolIn.name, name, basePath: base.outs.path, capacityBytes: 1024 ** 3, stateDir, path: path.join(poolIn.path, name) });
+            const backingOf = async (name: string) => readVolume((await bench!.virsh(["vol-dumpxml", "--pool", poolIn.name, name])).stdout).backingPath;
+
+            expect(await P.vol.diff!(ov1.name, ov1 as any, news("ov1.qcow2"))).toMatchObject({ changes: true, replaces: [] });
+            // Another content: refused, the disk as it was; its store image kept alive by a root of its own.
+            await expect(P.vol.update!(ov2.name, ov2 as any, news("ov2.qcow2"))).rejects.toThrow(
+                new RegExp(`backs onto ${other}, whose content differs from the pool's base volume ${base.outs.path} \\(the image changed since the disk was made\\), so it was not moved`),
+            );
+            expect(await backingOf("ov2.qcow2")).toBe(other);
+            const root2 = path.join(legacyRootDir(stateDir, "ov2.qcow2"), path.basename(other));
+            expect(fs.readlinkSync(root2)).toBe(other);
+            expect((await run(["nix-store", "--gc", "--print-roots"], { timeoutMs: 120_000 })).stdout).toContain(`${root2} -> ${other}`);
+
+            // The same content: moved.
+            const up = await P.vol.update!(ov1.name, ov1 as any, news("ov1.qcow2"));
+            expect(up.outs).toMatchObject({ backingPath: base.outs.path, path: ov1.path });
+            expect(await backingOf("ov1.qcow2")).toBe(base.outs.path);
+            expect(JSON.parse(await q("info", "--output=json", ov1.path))).toMatchObject({ "backing-filename": base.outs.path, "backing-filename-format": "qcow2" });
+            await q("check", ov1.path);
+            await q("compare", "-f", "raw", "-F", "qcow2", path.join(tmp, "ov1-before.raw"), ov1.path);
+            expect(fs.existsSync(legacyRootDir(stateDir, "ov1.qcow2"))).toBe(false);
+            // Nothing left to do.
+            expect(await P.vol.diff!(ov1.name, up.outs as any, news("ov1.qcow2"))).toMatchObject({ changes: false });
+            // The refused disk goes: so does its root.
+            await P.vol.delete!(`${poolIn.name}/ov2.qcow2`, { ...ov2, stateDir } as any);
+            expect(fs.existsSync(legacyRootDir(stateDir, "ov2.qcow2"))).toBe(false);
+            await P.vol.delete!(`${poolIn.name}/ov1.qcow2`, up.outs as any);
+            await B.delete!(base.id, base.outs);
+        } finally {
+            for (const v of await bench!.virsh(["vol-list", "--pool", poolIn.name], { allowFailure: true }).then((r) => r.stdout.split("\n").slice(2).map((l) => l.trim().split(/\s+/)[0]).filter(Boolean))) {
+                await bench!.virsh(["vol-delete", "--pool", poolIn.name, v], { allowFailure: true });
+            }
+            await bench!.virsh(["pool-destroy", poolIn.name], { allowFailure: true });
+            await bench!.virsh(["pool-delete", poolIn.name], { allowFailure: true });
+            await bench!.virsh(["pool-undefine", poolIn.name], { allowFailure: true });
+            fs.rmSync(stateDir, { recursive: true, force: true });
+            fs.rmSync(tmp, { recursive: true, force: true });
+            for (const p of storePaths) await run(["nix-store", "--delete", p], { timeoutMs: 120_000, allowFailure: true });
+        }
+    });
+});

@@ -409,3 +409,78 @@ describe("planHostChanges", () => {
         expect(planHostChanges(hosts, [...hosts].reverse())).toEqual({ add: [], remove: [], modify: [] });
     });
 });
+
+// Issue 16: a disk from before base volumes backs onto the image in
+// /nix/store. Its Volume's diff is an update (check says why and that the VM
+// restarts); a disk on any base volume of the pool is left alone. The header
+// rewrite is checked against the real qemu-img.
+describe("Volume: a disk from before base volumes (backing outside the pool)", () => {
+    // The previous release's Volume (before 96af5f3): backingPath was an input, the image's store path.
+    const store = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixspark-image/nixos.qcow2";
+    const legacyIns = { uri: "qemu:///system", pool: "dev-pool", name: "dev-master.qcow2", backingPath: store, capacityBytes: 1024 ** 3 };
+    const legacyOuts = { ...legacyIns, path: "/var/lib/nixspark/dev/dev-master.qcow2" };
+    const news = {
+        uri: "qemu:///system", pool: "dev-pool", name: "dev-master.qcow2", basePath: "/var/lib/nixspark/dev/dev-base-aaaaaaaaaaaa.qcow2",
+        capacityBytes: 1024 ** 3, domain: "dev-master", stateDir: "/tmp/x", path: "/var/lib/nixspark/dev/dev-master.qcow2",
+    };
+    test("diff: an update (not a replace, the file's path stays known), also with the base volume's path unknown (preview of the first up)", async () => {
+        const P = await roundTrip(volumeProvider);
+        const d = await P.diff!("dev-pool/dev-master.qcow2", legacyOuts as any, news);
+        expect(d).toMatchObject({ changes: true, replaces: [], stables: expect.arrayContaining(["path"]) });
+        expect(d.stables).not.toContain("backingPath"); // it moves
+        expect(await P.diff!("dev-pool/dev-master.qcow2", legacyOuts as any, { ...news, basePath: UNKNOWN })).toMatchObject({ changes: true, replaces: [] });
+        // On a base volume of the pool (the current one or a retired one): nothing to move.
+        for (const b of [news.basePath, "/var/lib/nixspark/dev/dev-base-bbbbbbbbbbbb.qcow2"]) {
+            expect(await P.diff!("id", { ...legacyOuts, backingPath: b } as any, news)).toMatchObject({ changes: false });
+        }
+        // A base outside the pool on purpose (what the integration bench does): nothing to move either.
+        expect(await P.diff!("id", legacyOuts as any, { ...news, basePath: store })).toMatchObject({ changes: false });
+    });
+    test("check says what the update does in preview (moveRequired), and nothing for a disk on a base volume", async () => {
+        const P = await roundTrip(volumeProvider);
+        const r = await P.check!(legacyIns, news);
+        expect(r.inputs.moveRequired).toBe(
+            `backs onto ${store}, outside the pool (a disk from before base volumes): moved onto the pool's base volume ${news.basePath} after checking both have the same content; ` +
+                "its VM dev-master restarts for it (shutdown, then start; one VM of the stack at a time)",
+        );
+        expect((await P.check!(legacyIns, { ...news, basePath: UNKNOWN })).inputs.moveRequired).toMatch(/moved onto the pool's base volume after checking/);
+        expect((await P.check!({ ...news }, news)).inputs.moveRequired).toBe("");
+        expect((await P.check!(undefined, news)).inputs.moveRequired).toBe("");
+    });
+    test("qcow2WithBacking writes what qemu-img rebase -u writes: qemu-img reads the new backing file, format kept, the data untouched", async () => {
+        ensureHostTools(["qemu-img"]);
+        const { qcow2WithBacking } = await import("../../providers/volume");
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-qcow2-"));
+        try {
+            const q = (...a: string[]) => {
+                const r = spawnSync("qemu-img", a, { encoding: "utf8", timeout: 60_000 });
+                if (r.status !== 0) throw new Error(`qemu-img ${a.join(" ")}: ${r.stderr}`);
+                return r.stdout;
+            };
+            const [oldBase, newBase, ov] = ["old-base.qcow2", `a-much-longer-name-of-the-new-base-volume-${"x".repeat(100)}.qcow2`, "ov.qcow2"].map((n) => path.join(dir, n));
+            q("create", "-q", "-f", "qcow2", oldBase, "4M");
+            fs.copyFileSync(oldBase, newBase);
+            q("create", "-q", "-f", "qcow2", "-b", oldBase, "-F", "qcow2", ov, "8M");
+            const before = fs.readFileSync(ov);
+            const bits = before.readUInt32BE(20);
+            const head = qcow2WithBacking(before.subarray(0, 2 ** bits), newBase);
+            expect(head.length).toBe(2 ** bits);
+            const fd = fs.openSync(ov, "r+");
+            fs.writeSync(fd, head, 0, head.length, 0);
+            fs.closeSync(fd);
+            const info = JSON.parse(q("info", "--output=json", ov));
+            expect(info).toMatchObject({ "backing-filename": newBase, "backing-filename-format": "qcow2", "virtual-size": 8 * 1024 ** 2 });
+            q("check", ov);
+            // Only the name changed: the rest of the file is as it was.
+            const after = fs.readFileSync(ov);
+            expect(after.subarray(2 ** bits).equals(before.subarray(2 ** bits))).toBe(true);
+            // Back to a shorter name: no stale bytes of the longer one are read.
+            fs.writeFileSync(ov, Buffer.concat([qcow2WithBacking(after.subarray(0, 2 ** bits), oldBase), after.subarray(2 ** bits)]));
+            expect(JSON.parse(q("info", "--output=json", ov))["backing-filename"]).toBe(oldBase);
+            expect(() => qcow2WithBacking(Buffer.alloc(512), newBase)).toThrow(/not a qcow2 image/);
+            expect(() => qcow2WithBacking(after.subarray(0, 2 ** bits), "/" + "y".repeat(2 ** bits))).toThrow(/does not fit in the image's first cluster/);
+        } finally {
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
+    });
+});
