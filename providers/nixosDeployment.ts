@@ -14,7 +14,8 @@
 import * as pulumi from "@pulumi/pulumi";
 import { lastLines, run } from "./run";
 import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
-import { destination, ensureKeyFile, ensureKnownHostsFile, firstContact, hostKeyLines, localPath, nixSshOpts, remoteCommand, restoreHostKeys, SshTarget, verifiedFirstContact, waitForSsh, withFileLock } from "./ssh";
+import { destination, ensureKeyFile, ensureKnownHostsFile, firstContact, hostKeyLines, localPath, nixSshOpts, remoteCommand, restoreHostKeys, SshTarget, verifiedFirstContact, waitForSsh } from "./ssh";
+import { withFileLock } from "./lock";
 import { fetchMasterState } from "./sparkHealth";
 import { describeMaster, matchWorkers } from "../cluster/sparkStatus";
 import type { MasterState, MasterWorker } from "../cluster/sparkStatus";

@@ -18,6 +18,7 @@
 // the Pulumi state, and the stack's deploy key is a secret there
 // (providers/deployKey.ts). restoreHostKeys and ensureKeyFile put them back
 // into the files when a checkout lacks them.
+import { withFileLock } from "./lock";
 import { run } from "./run";
 
 export interface SshTarget {
@@ -163,43 +164,6 @@ export function ensureKnownHostsFile(file: string): string {
     fs.mkdirSync(path.dirname(f), { recursive: true, mode: 0o700 });
     if (!fs.existsSync(f)) fs.writeFileSync(f, "", { mode: 0o600 });
     return f;
-}
-
-/**
- * Runs fn while holding a lock next to `file` (a directory made with mkdir,
- * which is atomic across processes). The per-stack known-hosts file is shared
- * by every node, and nodes are deployed in parallel.
- *
- * A lock is the one thing under .nixspark/ that is not a cache of the state,
- * and it may stay a local file: it only orders processes on this host during
- * one run, means nothing once they are gone (a stale one is taken over), and
- * two checkouts never share the file it guards.
- */
-export async function withFileLock<T>(file: string, fn: () => Promise<T>, timeoutMs = 60_000): Promise<T> {
-    const fs = require("node:fs") as typeof import("node:fs");
-    const lock = `${file}.lock`;
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-        try {
-            fs.mkdirSync(lock);
-            break;
-        } catch (e) {
-            if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
-            try {
-                // A lock older than two minutes was left by a killed process.
-                if (Date.now() - fs.statSync(lock).mtimeMs > 120_000) fs.rmSync(lock, { recursive: true, force: true });
-            } catch {
-                /* it went away meanwhile */
-            }
-            if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for the lock ${lock}; remove it if no other pulumi run is active`);
-            await new Promise((r) => setTimeout(r, 50 + Math.floor(Math.random() * 100)));
-        }
-    }
-    try {
-        return await fn();
-    } finally {
-        fs.rmSync(lock, { recursive: true, force: true });
-    }
 }
 
 /** Removes every entry for host:port from the known-hosts file (ssh-keygen -R). Call with the file lock held. */

@@ -16,7 +16,6 @@ import {
     sshOptions,
     SshTarget,
     waitForSsh,
-    withFileLock,
 } from "../../providers/ssh";
 import { roundTrip } from "../helpers/serialize";
 
@@ -181,23 +180,6 @@ describe("known-hosts file", () => {
     test("relative paths are the project directory's (the engine's working directory for programs and providers)", () => {
         expect(localPath(".nixspark/dev/known_hosts")).toBe(path.join(process.cwd(), ".nixspark/dev/known_hosts"));
         expect(sshOptions({ ...target, identityFile: ".nixspark/dev/deploy_ed25519" }, "strict")).toContain(path.join(process.cwd(), ".nixspark/dev/deploy_ed25519"));
-    });
-
-    test("the lock serializes critical sections", async () => {
-        const file = path.join(dir, "f");
-        let inside = 0;
-        let maxInside = 0;
-        await Promise.all(
-            Array.from({ length: 5 }, () =>
-                withFileLock(file, async () => {
-                    inside++;
-                    maxInside = Math.max(maxInside, inside);
-                    await new Promise((r) => setTimeout(r, 20));
-                    inside--;
-                }),
-            ),
-        );
-        expect(maxInside).toBe(1);
     });
 });
 
