@@ -14,16 +14,18 @@
 import * as pulumi from "@pulumi/pulumi";
 import { lastLines, run } from "./run";
 import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
-import { destination, ensureKeyFile, ensureKnownHostsFile, firstContact, hostKeyLines, localPath, nixSshOpts, remoteCommand, restoreHostKeys, SshTarget, verifiedFirstContact, waitForSsh } from "./ssh";
+import { destination, ensureKeyFile, ensureKnownHostsFile, firstContact, hostKeyLines, localPath, nixSshOpts, privileged, remoteCommand, restoreHostKeys, SshTarget, verifiedFirstContact, waitForSsh } from "./ssh";
 import { withFileLock } from "./lock";
-import { fetchMasterState } from "./sparkHealth";
-import { describeMaster, matchWorkers } from "../cluster/sparkStatus";
-import type { MasterState, MasterWorker } from "../cluster/sparkStatus";
+import { decommissionWorker } from "./spark/decommission";
+import { checkSpark, daemonJournal, sparkBaseline, waitForSpark } from "./spark/verify";
+import type { SparkCheck } from "./spark/verify";
 import { deliverSecretProperties } from "./clusterSecret";
 import { describePackageChanges } from "./packageChanges";
 import { definitionChanges, restartForDefinition, vmDrift } from "./vmPower";
 import { lookup } from "./virsh";
 import type { VmRef } from "./vmPower";
+
+export type { SparkCheck } from "./spark/verify";
 
 export type RebuildFlavour = "auto" | "legacy" | "ng";
 
@@ -103,27 +105,6 @@ export interface NixosDeploymentInputs {
      * with the switch that follows it.
      */
     vm?: VmRef;
-}
-
-/**
- * What Spark must report about a node after its switch, and how a removed
- * worker is decommissioned. SparkCluster passes one per node.
- */
-export interface SparkCheck {
-    role: "master" | "worker";
-    /** The master's web UI (http://MASTER:8080), whose /json/ is asked. */
-    webUiUrl: string;
-    /** The address the node's Spark daemon serves on (master) or registers from (worker). */
-    address: string;
-    /** A worker's cores and memory as its system offers them (cluster/rollout.ts workerOffer); checked when given. */
-    cores?: number;
-    memoryMiB?: number;
-    /** The daemon's systemd unit: its journal goes into the error, a removed worker's gets SIGPWR. */
-    unit: "spark-master" | "spark-worker";
-    /** How long Spark gets to agree after the switch (deploy.rollout.verifyTimeoutSeconds). */
-    timeoutSeconds: number;
-    /** How long a removed worker's executors get after it is decommissioned (deploy.decommissionTimeoutSeconds). Default 120. */
-    decommissionTimeoutSeconds?: number;
 }
 
 export interface NixosDeploymentOutputs extends NixosDeploymentInputs {
@@ -488,210 +469,6 @@ async function rollBack(inp: NixosDeploymentInputs, flavour: "legacy" | "ng", be
     return `The node was rolled back to its previous generation and runs ${now}.`;
 }
 
-// ---------------------------------------------------------------------------
-// Spark's word on a node: after its switch, and when a worker is removed.
-
-/** check: problems with the `spark` input (unknown values pass). */
-export function checkSpark(spark: unknown): { property: string; reason: string }[] {
-    if (spark === undefined || spark === null || spark === UNKNOWN) return [];
-    const bad = (reason: string) => [{ property: "spark", reason }];
-    if (typeof spark !== "object") return bad("spark must be an object {role, webUiUrl, address, unit, timeoutSeconds, ...}");
-    const s = spark as Record<string, unknown>;
-    const known = (k: string) => s[k] !== UNKNOWN && s[k] !== undefined;
-    if (known("role") && s.role !== "master" && s.role !== "worker") return bad('spark.role must be "master" or "worker"');
-    if (known("unit") && s.unit !== "spark-master" && s.unit !== "spark-worker") return bad('spark.unit must be "spark-master" or "spark-worker"');
-    if (known("webUiUrl") && !/^https?:\/\/[^/]+\/?$/.test(String(s.webUiUrl))) return bad(`spark.webUiUrl must be http://HOST:PORT (the master's web UI), got ${JSON.stringify(s.webUiUrl)}`);
-    if (known("address") && (typeof s.address !== "string" || s.address === "")) return bad("spark.address must be the node's address");
-    for (const k of ["timeoutSeconds", "cores", "memoryMiB", "decommissionTimeoutSeconds"]) {
-        if (known(k) && (typeof s[k] !== "number" || !Number.isInteger(s[k]) || (s[k] as number) < 0)) return bad(`spark.${k} must be a whole number`);
-    }
-    if (known("timeoutSeconds") && (s.timeoutSeconds as number) < 1) return bad("spark.timeoutSeconds must be at least 1");
-    return [];
-}
-
-/** A worker's ALIVE registration right after its switch: the master must then hear from it again. */
-interface SparkBaseline {
-    id: string;
-    lastHeartbeat: number;
-}
-
-interface SparkVerdict {
-    ok: boolean;
-    /** What Spark reported, for progress and errors. */
-    said: string;
-    baseline?: SparkBaseline;
-}
-
-/**
- * Whether Spark agrees that the node runs: the master's status is ALIVE; for
- * a worker, the master lists exactly one ALIVE worker at its address, with
- * the expected cores and memory, that the master heard from after the
- * switch (a registration other than the baseline, the one the master listed
- * when the switch had completed, or a newer heartbeat of it). The last rule
- * keeps a registration the master has not yet noticed is gone from passing
- * for a worker that died or hung in the activation.
- */
-export function sparkVerdict(spark: SparkCheck, master: MasterState | undefined, error?: string, baseline?: SparkBaseline): SparkVerdict {
-    if (!master) return { ok: false, said: describeMaster(undefined, error) };
-    if (spark.role === "master") {
-        return { ok: master.status === "ALIVE", said: master.status === "ALIVE" ? `master ALIVE at ${spark.webUiUrl}` : `master status ${master.status}, expected ALIVE` };
-    }
-    const report = matchWorkers([{ name: "this node", ip: spark.address }], master);
-    const match = report.matches[0];
-    const alive = [...(match.state === "ALIVE" && match.worker ? [match.worker] : []), ...report.undeclared.filter((w) => w.host === spark.address)];
-    const context = describeMaster(master, error);
-    if (master.status !== "ALIVE") return { ok: false, said: `master status ${master.status}, expected ALIVE; ${context}` };
-    if (alive.length === 0) {
-        const what = match.state === "MISSING" ? "no worker registered" : `the newest registration is ${match.state} (${match.worker?.id ?? "?"})`;
-        return { ok: false, said: `no ALIVE worker at ${spark.address}: ${what}; ${context}` };
-    }
-    if (alive.length > 1) return { ok: false, said: `${alive.length} ALIVE workers at ${spark.address}, expected exactly one; ${context}` };
-    const w = alive[0] as MasterWorker;
-    const wrong: string[] = [];
-    if (spark.cores !== undefined && w.cores !== spark.cores) wrong.push(`${w.cores} cores, expected ${spark.cores}`);
-    if (spark.memoryMiB !== undefined && w.memoryMiB !== spark.memoryMiB) wrong.push(`${w.memoryMiB} MiB, expected ${spark.memoryMiB}`);
-    if (wrong.length > 0) return { ok: false, said: `the worker at ${spark.address} (${w.id}) offers ${wrong.join(" and ")}; ${context}` };
-    if (baseline && w.id === baseline.id && w.lastHeartbeat <= baseline.lastHeartbeat) {
-        return { ok: false, said: `the worker at ${spark.address} (${w.id}) has not sent the master a heartbeat since the switch; ${context}` };
-    }
-    return { ok: true, said: `worker ALIVE at ${spark.address} (${w.id}) with ${w.cores} cores and ${w.memoryMiB} MiB` };
-}
-
-/** The worker's ALIVE registration now, if the master answers (undefined for the master role). */
-async function sparkBaseline(spark: SparkCheck): Promise<SparkBaseline | undefined> {
-    if (spark.role !== "worker") return undefined;
-    try {
-        const m = await fetchMasterState(spark.webUiUrl, 5_000);
-        const w = m.workers.find((x) => x.host === spark.address && x.state === "ALIVE");
-        return w ? { id: w.id, lastHeartbeat: w.lastHeartbeat } : undefined;
-    } catch {
-        return undefined; // nothing registered that could pass for the new daemon
-    }
-}
-
-/** Polls the master until sparkVerdict holds, at most timeoutSeconds; returns the last verdict. */
-async function waitForSpark(spark: SparkCheck, baseline: SparkBaseline | undefined, timeoutSeconds: number, log: (m: string) => void): Promise<SparkVerdict> {
-    const started = Date.now();
-    const deadline = started + timeoutSeconds * 1000;
-    let last: SparkVerdict = { ok: false, said: "not asked yet" };
-    let lastLogged = "";
-    for (;;) {
-        let master: MasterState | undefined;
-        let error: string | undefined;
-        try {
-            master = await fetchMasterState(spark.webUiUrl, Math.max(500, Math.min(5_000, deadline - Date.now())));
-        } catch (e) {
-            error = (e as Error).message;
-        }
-        last = sparkVerdict(spark, master, error, baseline);
-        if (last.ok || Date.now() + 1_000 > deadline) return last;
-        if (last.said !== lastLogged) {
-            log(`Spark: ${Math.round((Date.now() - started) / 1000)} s: ${last.said}`);
-            lastLogged = last.said;
-        }
-        await new Promise((r) => setTimeout(r, 1_000));
-    }
-}
-
-/** The last 20 lines of the daemon's journal on the node, for the error message; never throws. */
-async function daemonJournal(inp: NixosDeploymentInputs, unit: string): Promise<string> {
-    try {
-        const out = await remoteCommand(targetOf(inp), [...(inp.useSudo ? ["sudo", "-n"] : []), "journalctl", "-u", unit, "-n", "20", "--no-pager"], 30_000);
-        return lastLines(out, 20) || "(empty)";
-    } catch (e) {
-        return `(could not read it: ${(e as Error).message.split("\n")[0]})`;
-    }
-}
-
-/** Executors a worker runs, from its own web UI (/json/ of the address the master lists); 0 when it does not answer (gone). */
-function workerExecutors(webUiAddress: string, timeoutMs: number): Promise<number> {
-    const http = require("node:http") as typeof import("node:http");
-    return new Promise((resolve) => {
-        if (!/^http:\/\//.test(webUiAddress)) return resolve(0);
-        const req = http.get(`${webUiAddress.replace(/\/+$/, "")}/json/`, { timeout: timeoutMs }, (res) => {
-            let body = "";
-            res.setEncoding("utf8");
-            res.on("data", (c: string) => (body += c));
-            res.on("end", () => {
-                try {
-                    const j = JSON.parse(body) as { executors?: unknown[] };
-                    resolve(Array.isArray(j.executors) ? j.executors.length : 0);
-                } catch {
-                    resolve(0);
-                }
-            });
-            res.on("error", () => resolve(0));
-        });
-        req.on("timeout", () => req.destroy());
-        req.on("error", () => resolve(0));
-    });
-}
-
-/**
- * Decommissions a worker through Spark before its VM stops: SIGPWR to the
- * worker daemon (Spark 3.1+ with spark.decommission.enabled: the worker tells
- * the master, which stops placing executors there and tells the drivers; the
- * executors finish their tasks, hand over their blocks and exit), then waits
- * until the master lists no ALIVE worker at the address and the worker runs
- * no executor, at most decommissionTimeoutSeconds. Only the daemon's main
- * process gets the signal (--kill-whom=main): SIGPWR ends a process that does
- * not handle it, such as an executor's Python workers. Never throws: an
- * unreachable node or master is logged and the delete goes on.
- */
-export async function decommissionWorker(inp: NixosDeploymentInputs, spark: SparkCheck, log: (m: string) => void): Promise<void> {
-    const timeoutSeconds = spark.decommissionTimeoutSeconds ?? 120;
-    let master: MasterState | undefined;
-    try {
-        master = await fetchMasterState(spark.webUiUrl, 5_000);
-    } catch (e) {
-        log(`decommission: the master does not answer (${(e as Error).message.split("\n")[0]}); signalling the worker anyway, nobody can confirm it`);
-    }
-    if (master && !master.workers.some((w) => w.host === spark.address && w.state === "ALIVE")) {
-        log(`decommission: the master lists no ALIVE worker at ${spark.address}; nothing to decommission`);
-        return;
-    }
-    const argv = [...(inp.useSudo ? ["sudo", "-n"] : []), "systemctl", "kill", "--kill-whom=main", "--signal=SIGPWR", spark.unit];
-    try {
-        await remoteCommand(targetOf(inp), argv, 30_000);
-    } catch (e) {
-        log(`decommission: could not signal the worker (${(e as Error).message.split("\n")[0]}); going on without it`);
-        return;
-    }
-    if (!master) return;
-    log(`decommission: sent SIGPWR to ${spark.unit}; waiting up to ${timeoutSeconds} s (deploy.decommissionTimeoutSeconds) until the master no longer lists it ALIVE and its executors are gone`);
-    const started = Date.now();
-    const deadline = started + timeoutSeconds * 1000;
-    let said = "";
-    for (;;) {
-        let state = "";
-        try {
-            const m = await fetchMasterState(spark.webUiUrl, 5_000);
-            const regs = m.workers.filter((w) => w.host === spark.address).sort((a, b) => b.lastHeartbeat - a.lastHeartbeat);
-            const alive = regs.filter((w) => w.state === "ALIVE");
-            if (alive.length > 0) state = `the master still lists it ALIVE (${alive.map((w) => w.id).join(", ")})`;
-            else {
-                const executors = regs.length > 0 ? await workerExecutors(regs[0].webUiAddress, 5_000) : 0;
-                if (executors === 0) {
-                    log(`decommission: done after ${Math.round((Date.now() - started) / 1000)} s: the master lists the worker as ${regs[0]?.state ?? "gone"} and it runs no executor`);
-                    return;
-                }
-                state = `${regs[0].state} at the master, still running ${executors} executor(s)`;
-            }
-        } catch (e) {
-            state = `the master does not answer: ${(e as Error).message.split("\n")[0]}`;
-        }
-        if (Date.now() + 1_000 > deadline) {
-            log(`decommission did not finish within ${timeoutSeconds} s (deploy.decommissionTimeoutSeconds): ${state}; going on, the VM is stopped now`);
-            return;
-        }
-        if (state !== said) {
-            log(`decommission: ${Math.round((Date.now() - started) / 1000)} s: ${state}`);
-            said = state;
-        }
-        await new Promise((r) => setTimeout(r, 1_000));
-    }
-}
-
 /**
  * `nix store diff-closures BEFORE AFTER` on this host, one line per package
  * whose version or size moved ("python3.11-numpy: 1.26.4 → 2.0.2, +1.2 MiB").
@@ -858,7 +635,7 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
         const units = inp.secretUnits as string[];
         log(`the cluster secret changed: restarting ${units.join(", ")}`);
         try {
-            await remoteCommand(t, [...(inp.useSudo ? ["sudo", "-n"] : []), "systemctl", "restart", ...units], 300_000);
+            await remoteCommand(t, privileged(["systemctl", "restart", ...units], { useSudo: inp.useSudo }), 300_000);
         } catch (e) {
             throw new Error(`NixosDeployment ${where}: the new cluster secret was written, but restarting ${units.join(", ")} failed: ${(e as Error).message}`);
         }
@@ -870,7 +647,7 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
         const verdict = await waitForSpark(spark, await sparkBaseline(spark), spark.timeoutSeconds, log);
         if (!verdict.ok) {
             log(`Spark did not confirm the ${spark.role}: ${verdict.said}`);
-            const journal = await daemonJournal(inp, spark.unit);
+            const journal = await daemonJournal(t, inp.useSudo, spark.unit);
             const rolled = await rollBack(inp, flavour, before, log);
             let after = "";
             if (rolled.startsWith("The node was rolled back")) {
@@ -966,7 +743,8 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
         const spark = props.spark as SparkCheck | undefined;
         if (spark && spark.role === "worker") {
             await prepareContact(inputsOf(props), props.hostKeys, logger(node)).catch((e: Error) => console.error(`[${node}] ${e.message.split("\n")[0]}`));
-            await decommissionWorker(inputsOf(props), spark, logger(node));
+            const inp = inputsOf(props);
+            await decommissionWorker(targetOf(inp), inp.useSudo, spark, logger(node));
             return;
         }
         console.error(`[${node}] nothing to do on the VM for its NixOS deployment: the VM is deleted with its domain`);

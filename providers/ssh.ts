@@ -485,3 +485,13 @@ export async function remoteCommand(t: SshTarget, command: string[], timeoutMs =
     }
     return r.stdout.trim();
 }
+
+/**
+ * A command as it runs on a node with privileges: under `sudo -n` (never a
+ * password prompt) when the deploy user is not root (useSudo), as root
+ * otherwise; `user` runs it as that user instead of root.
+ */
+export function privileged(command: string[], opts: { useSudo: boolean; user?: string }): string[] {
+    if (!opts.useSudo) return command;
+    return ["sudo", "-n", ...(opts.user ? ["-u", opts.user] : []), ...command];
+}

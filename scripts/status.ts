@@ -22,12 +22,12 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { run } from "../providers/run";
 import { sshArgv, classifySshFailure } from "../providers/ssh";
-import { fetchMasterState } from "../providers/sparkHealth";
+import type { MasterState } from "../providers/spark/master";
+import { fetchMasterState } from "../providers/spark/master";
 import {
     buildStatusReport,
     parseStackOutputs,
     renderStatus,
-    MasterState,
     NodeObservation,
     Probe,
     StackNode,
