@@ -15,7 +15,8 @@
 // would start the previous generation's daemon.
 import { rolloutOrder } from "../../cluster/rollout";
 import { fetchMasterState } from "../../providers/spark/master";
-import { checkInputs, NixosDeploymentInputs, nixosDeploymentProvider } from "../../providers/nixosDeployment";
+import { NixosDeploymentInputs, nixosDeploymentProvider } from "../../providers/nixosDeployment";
+import { checkInputs } from "../../providers/deployment/inputs";
 import { SparkCheck, sparkVerdict } from "../../providers/spark/verify";
 import { LocalSpark, startLocalSpark } from "../helpers/sparkLocal";
 import { createDeployment, SshTargetEnv } from "../helpers/sshTarget";
