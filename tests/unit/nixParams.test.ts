@@ -8,20 +8,13 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology } from "../../cluster/topology";
+import { absoluteFlakeRef, attrSegment, evalDrvPath, evalSystemPath, gcRootDir, imageAttribute, localFlakeDir, roleConfiguration } from "../../cluster/nixFlake";
 import {
-    absoluteFlakeRef,
-    attrSegment,
-    evalDrvPath,
-    evalSystemPath,
-    gcRootDir,
-    imageAttribute,
-    localFlakeDir,
     NIX_PARAMS_VERSION,
     nixStackParams,
     prepareNix,
     removeNixStackParams,
     renderNixStackParams,
-    roleConfiguration,
     stackParamsPath,
     writeNixStackParams,
 } from "../../cluster/nixParams";
