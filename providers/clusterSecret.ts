@@ -15,7 +15,7 @@
 // tests/integration/secretContract.test.ts runs the node's unit on it.
 import * as pulumi from "@pulumi/pulumi";
 import { run } from "./run";
-import { destination, sshArgv, SshTarget } from "./ssh";
+import { destination, privileged, sshArgv, SshTarget } from "./ssh";
 import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
 
 /** Where the node keeps the secret properties (nix/modules/options.nix: nixspark.security.secretFile). */
@@ -52,7 +52,7 @@ export function secretProperties(secret: string, secretSettings: Record<string, 
  */
 export async function deliverSecretProperties(t: SshTarget, content: string, opts: { useSudo: boolean; file?: string; timeoutMs?: number }): Promise<void> {
     const file = opts.file ?? SECRET_FILE;
-    const words = [...(opts.useSudo ? ["sudo", "-n"] : []), "install", "-D", "-m", "0400", "-o", "root", "-g", "root", "/proc/self/fd/0", file];
+    const words = privileged(["install", "-D", "-m", "0400", "-o", "root", "-g", "root", "/proc/self/fd/0", file], { useSudo: opts.useSudo });
     const r = await run(sshArgv(t, "strict", words), { input: content, timeoutMs: opts.timeoutMs ?? 60_000, allowFailure: true });
     if (r.code !== 0) {
         // Never echo the content; ssh's and install's own words are safe.

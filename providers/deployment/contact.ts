@@ -1,7 +1,10 @@
 // Reaching a deployment's node: its SSH target, and what this checkout needs
 // from the state to reach it (the deploy key, the pinned host keys).
 import { withFileLock } from "../lock";
-import { ensureKeyFile, hostKeyLines, localPath, restoreHostKeys, SshTarget } from "../ssh";
+import { ensureKeyFile } from "../keyFile";
+import { hostKeyLines, restoreHostKeys } from "../knownHosts";
+import { localPath } from "../paths";
+import type { SshTarget } from "../ssh";
 import type { NixosDeploymentInputs } from "./types";
 
 /** The SSH target of a deployment. */

@@ -1,7 +1,9 @@
 // A deployment's create and update: reach the node, deliver the secret,
 // switch, verify (the system, then Spark), and roll back on failure.
 import { lastLines, run } from "../run";
-import { destination, ensureKnownHostsFile, firstContact, privileged, remoteCommand, verifiedFirstContact, waitForSsh } from "../ssh";
+import { ensureKnownHostsFile } from "../knownHosts";
+import { destination, privileged, remoteCommand } from "../ssh";
+import { firstContact, verifiedFirstContact, waitForSsh } from "../sshContact";
 import { deliverSecretProperties } from "../clusterSecret";
 import { daemonJournal, sparkBaseline, waitForSpark } from "../spark/verify";
 import { UNKNOWN } from "../unknown";
