@@ -1,5 +1,5 @@
 // One `nix eval` per program run, and none for an unchanged one
-// (cluster/nixParams.ts: prepareNix and its cache in .nixspark/<stack>/nix-eval.json).
+// (cluster/nixParams.ts: prepareNix, and its cache in .nixspark/<stack>/nix-eval.json, cluster/evalCache.ts).
 //
 // Real Nix throughout. Every `nix` process is counted by a PATH shim: a
 // directory whose `nix` appends its arguments to a log and execs the real one.
