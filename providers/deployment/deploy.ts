@@ -4,7 +4,7 @@ import { lastLines, run } from "../run";
 import { ensureKnownHostsFile } from "../knownHosts";
 import { destination, privileged, remoteCommand } from "../ssh";
 import { firstContact, verifiedFirstContact, waitForSsh } from "../sshContact";
-import { deliverSecretProperties } from "../clusterSecret";
+import { deliverSecretProperties } from "../secretDelivery";
 import { daemonJournal, sparkBaseline, waitForSpark } from "../spark/verify";
 import { UNKNOWN } from "../unknown";
 import { restartForDefinition } from "../vmPower";
