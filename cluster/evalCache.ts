@@ -1,4 +1,4 @@
-// The evaluation cache: the answer of the program's \`nix eval\` kept in
+// The evaluation cache: the answer of the program's `nix eval` kept in
 // .nixspark/<stack>/nix-eval.json under a key that hashes everything the
 // evaluation reads, so an unchanged preview starts no nix process at all.
 // Only a speed-up: a missing, stale or unreadable file is a miss.

@@ -1,4 +1,4 @@
-// Spark's word on a node after its switch: the \`spark\` input of a
+// Spark's word on a node after its switch: the `spark` input of a
 // NixosDeployment (SparkCheck), its check, and the verdict on the master's
 // state that the deployment polls for before the next rollout batch.
 import { lastLines } from "../run";
