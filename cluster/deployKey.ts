@@ -16,7 +16,8 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { ClusterConfig } from "./config";
 import { DeployKey, DeployKeySource, publicKeyFingerprint } from "../providers/deployKey";
-import { ensureKeyFile } from "../providers/ssh";
+import { ensureKeyFile } from "../providers/keyFile";
+import { expandHome } from "../providers/paths";
 
 export interface KeyPair {
     /** OpenSSH private key file text. */
@@ -37,9 +38,6 @@ export interface ResolvedSsh {
     cached?: KeyPair;
 }
 
-function expandHome(p: string, home: string): string {
-    return p === "~" ? home : p.startsWith("~/") ? `${home}/${p.slice(2)}` : p;
-}
 
 /** The stack's own deploy key's cache file, used when nixspark:ssh.privateKeyPath names none. */
 export function stackDeployKey(stateDir: string): string {

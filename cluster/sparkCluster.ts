@@ -1,5 +1,5 @@
 // SparkCluster: the component that turns a validated config into the
-// resource graph of DESIGN.md: one pool and one network per stack, and per
+// resource graph of docs/design.md (Resource model): one pool and one network per stack, and per
 // node a Volume (overlay on the base image) and a Domain.
 import * as pulumi from "@pulumi/pulumi";
 import type { ClusterConfig } from "./config";

@@ -82,7 +82,7 @@ function clusterSubnet(stack: string, config: ClusterConfig): Pick<Topology, "st
 /**
  * Where the program keeps per-stack files: <project>/.nixspark/<stack>. A
  * cache, which a second checkout, a CI runner or `git clean -xdf` may lose
- * without harm (DESIGN.md, "the state is the truth"): the deploy key
+ * without harm (docs/design.md, Resource model: the state is the truth): the deploy key
  * (deploy_ed25519, from the DeployKey resource's state), the known-hosts file
  * (the deployments' pinned host keys), retired-base markers (the BaseVolume's
  * retiredBases), the Nix evaluation cache and GC roots; and the locks that

@@ -5,7 +5,7 @@
 // change: a new `generation` replaces the resource, which makes a new value,
 // and every NixosDeployment delivers it and restarts Spark.
 //
-// Delivery (deliverSecretProperties) writes the Spark properties that must
+// Delivery (deliverSecretProperties, providers/secretDelivery.ts) writes the Spark properties that must
 // not enter /nix/store (the secret, and Spark settings set with
 // `pulumi config set --secret`) to a root-only file on the node over SSH,
 // on stdin, never on a command line; nix/modules/spark.nix appends it
@@ -14,8 +14,6 @@
 // nix/modules/options.nix (nixspark.security.secretFile), and
 // tests/integration/secretContract.test.ts runs the node's unit on it.
 import * as pulumi from "@pulumi/pulumi";
-import { run } from "./run";
-import { destination, sshArgv, SshTarget } from "./ssh";
 import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
 
 /** Where the node keeps the secret properties (nix/modules/options.nix: nixspark.security.secretFile). */
@@ -41,24 +39,6 @@ export function secretProperties(secret: string, secretSettings: Record<string, 
     }
     for (const l of lines) if (/[\r\n]/.test(l)) throw new Error("the cluster secret must be one line");
     return lines.join("\n") + "\n";
-}
-
-/**
- * Writes the secret properties to the node: root-owned, mode 0400, through
- * `install` reading its stdin as /proc/self/fd/0 (there on every Linux with
- * /proc, unlike /dev/stdin on a bare devtmpfs); the content is never an
- * argument, so no process list on either side shows it. With useSudo the
- * deploy user escalates without a password (nix/modules/common.nix).
- */
-export async function deliverSecretProperties(t: SshTarget, content: string, opts: { useSudo: boolean; file?: string; timeoutMs?: number }): Promise<void> {
-    const file = opts.file ?? SECRET_FILE;
-    const words = [...(opts.useSudo ? ["sudo", "-n"] : []), "install", "-D", "-m", "0400", "-o", "root", "-g", "root", "/proc/self/fd/0", file];
-    const r = await run(sshArgv(t, "strict", words), { input: content, timeoutMs: opts.timeoutMs ?? 60_000, allowFailure: true });
-    if (r.code !== 0) {
-        // Never echo the content; ssh's and install's own words are safe.
-        const why = (r.stderr || r.stdout).trim().split("\n").pop() ?? "";
-        throw new Error(`writing the cluster secret to ${destination(t)}:${file} failed with exit code ${r.code}: ${why}`);
-    }
 }
 
 /** Inputs: the generation; outputs add the value. */

@@ -1,6 +1,6 @@
 // DeployKey: the SSH key a stack deploys with, held in the Pulumi state.
 //
-// The state is the truth (DESIGN.md): the private half is a Pulumi secret
+// The state is the truth (docs/design.md, Resource model): the private half is a Pulumi secret
 // (additionalSecretOutputs, as pulumi-tls's PrivateKey keeps its key), and
 // .nixspark/<stack>/deploy_ed25519 is only its cache, written back from the
 // state when missing (cluster/deployKey.ts). A second checkout, a CI runner

@@ -16,7 +16,8 @@
 import * as pulumi from "@pulumi/pulumi";
 import { domainXml, isHostnameLabel, readDomain } from "./libvirtXml";
 import { isUnknown } from "./unknown";
-import { diffByKeys, isGone, label, lookup, sleep, virsh, virshError, withXmlFile } from "./virsh";
+import { holderWhat, withLock } from "./lock";
+import { diffByKeys, isGone, label, lookup, virsh, virshError, withXmlFile } from "./virsh";
 import { bringUp, definitionChanges, domState, pendingChanges, powerOff, restartKeys } from "./vmPower";
 
 export interface DomainInputs {
@@ -90,53 +91,25 @@ export function replacedBy(olds: Record<string, unknown>, news: Record<string, u
 }
 
 /**
- * Runs fn while holding the stack's restart lock: <stateDir>/vm-restart.lock,
- * created exclusively, holding the holder's pid (a lock whose process is gone
- * is taken over). Waits up to timeoutMs for another restart to finish.
+ * Runs fn while holding the stack's restart lock, <stateDir>/vm-restart.lock
+ * (providers/lock.ts: taken over only when its owner is provably gone,
+ * removed only by its owner). Waits up to timeoutMs for another restart to finish.
  */
 export async function withRestartLock<T>(stateDir: string, what: string, timeoutMs: number, fn: () => Promise<T>): Promise<T> {
     const fs = require("node:fs") as typeof import("node:fs");
     const path = require("node:path") as typeof import("node:path");
     fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     const lock = path.join(stateDir, "vm-restart.lock");
-    const deadline = Date.now() + timeoutMs;
-    let said = false;
-    for (;;) {
-        try {
-            fs.writeFileSync(lock, `${process.pid} ${what}\n`, { flag: "wx", mode: 0o600 });
-            break;
-        } catch (e) {
-            if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
-            let holder = "";
-            try {
-                holder = fs.readFileSync(lock, "utf8").trim();
-            } catch {
-                continue; // released meanwhile
-            }
-            const pid = Number(holder.split(" ")[0]);
-            let alive = Number.isInteger(pid) && pid > 0;
-            if (alive) {
-                try {
-                    process.kill(pid, 0);
-                } catch (err) {
-                    alive = (err as NodeJS.ErrnoException).code === "EPERM";
-                }
-            }
-            if (!alive) {
-                fs.rmSync(lock, { force: true }); // its process is gone
-                continue;
-            }
-            if (Date.now() > deadline) throw new Error(`${what}: another VM of the stack is restarting (${lock}: ${holder}) for longer than ${Math.round(timeoutMs / 1000)} s`);
-            if (!said) console.error(`${what}: waiting for another VM's restart to finish (${holder.split(" ").slice(1).join(" ")})`);
-            said = true;
-            await sleep(500);
-        }
-    }
-    try {
-        return await fn();
-    } finally {
-        fs.rmSync(lock, { force: true });
-    }
+    return withLock(
+        lock,
+        {
+            what,
+            timeoutMs,
+            onWait: (holder) => console.error(`${what}: waiting for another VM's restart to finish (${holderWhat(holder)})`),
+            timeoutError: (holder) => new Error(`${what}: another VM of the stack is restarting (${lock}: ${holder.trim()}) for longer than ${Math.round(timeoutMs / 1000)} s`),
+        },
+        fn,
+    );
 }
 
 export const domainProvider: pulumi.dynamic.ResourceProvider = {

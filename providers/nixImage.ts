@@ -2,13 +2,13 @@
 // `nix-collect-garbage` can never delete a backing file under running VMs.
 //
 // The program evaluates the image's derivation path before registering this
-// resource (cluster/nixParams.ts: evalDrvPath), so diff compares two strings
+// resource (cluster/nixFlake.ts: evalDrvPath), so diff compares two strings
 // and preview says "replace" exactly when the image would be rebuilt, without
 // running Nix. create builds (`nix build --no-link --json`; Nix 2.8 has no
 // --print-out-paths) and registers the root; delete removes that root; read
 // notices a store path that vanished and reports the resource gone.
 //
-// Provider rules (DESIGN.md): modules are required inside functions, the
+// Provider rules (docs/design.md, Provider rules): modules are required inside functions, the
 // provider object captures neither zod nor @pulumi/pulumi, outs carry every
 // input, diff always answers `changes`. Build progress goes to console.error:
 // the Pulumi engine shows a dynamic provider's stderr to the user line by

@@ -1,6 +1,6 @@
 // The one command runner every provider uses.
 //
-// Rules it enforces (DESIGN.md): argv arrays only (never a shell string), a
+// Rules it enforces (docs/design.md, Provider rules): argv arrays only (never a shell string), a
 // timeout on every command, and stderr carried into the error message. Each
 // command runs in a process group of its own; a timeout kills the whole
 // group (a hung `nix copy` or `ssh` under nixos-rebuild too) and the promise

@@ -11,15 +11,17 @@
 // the deployed systems and the topology), and read re-polls once so that
 // `pulumi refresh` records the cluster as it is now.
 //
-// Serialization (DESIGN.md): the provider object uses only functions from
-// cluster/sparkStatus.ts (plain, import-free) and requires node:http inside
-// its methods; it never touches `pulumi` itself.
+// Serialization (docs/design.md, Provider rules): the provider object uses
+// only functions from ./spark/master.ts (plain, import-free, node:http
+// required inside) and never touches `pulumi` itself.
 import * as pulumi from "@pulumi/pulumi";
-import { describeMaster, healthVerdict, parseMasterJson } from "../cluster/sparkStatus";
-import type { ExpectedWorker, HealthVerdict, MasterState } from "../cluster/sparkStatus";
+import { describeMaster, fetchMasterState, healthVerdict } from "./spark/master";
+import type { ExpectedWorker, HealthVerdict, MasterState } from "./spark/master";
 import { isUnknown, keptOutputs, providerCodeChanged } from "./unknown";
 
-export type { ExpectedWorker } from "../cluster/sparkStatus";
+export type { ExpectedWorker } from "./spark/master";
+// For callers that fetched the master's state from here before (scripts/bench.d/rollout.ts).
+export { fetchMasterState } from "./spark/master";
 
 /** The resource's inputs as the provider sees them. */
 export interface SparkHealthInputs {
@@ -93,42 +95,6 @@ function canonical(v: unknown): string {
             .join(",")}}`;
     }
     return JSON.stringify(v) ?? "null";
-}
-
-/** One GET of `${webUiUrl}/json/`; resolves with the parsed state or rejects with why not. */
-export function fetchMasterState(webUiUrl: string, timeoutMs: number): Promise<MasterState> {
-    const http = require("node:http") as typeof import("node:http");
-    const https = require("node:https") as typeof import("node:https");
-    const url = `${webUiUrl.replace(/\/+$/, "")}/json/`;
-    return new Promise((resolve, reject) => {
-        let settled = false;
-        const done = (err: Error | undefined, state?: MasterState) => {
-            if (settled) return;
-            settled = true;
-            if (err) reject(err);
-            else resolve(state as MasterState);
-        };
-        const client = url.startsWith("https:") ? https : http;
-        const req = client.get(url, { timeout: timeoutMs, headers: { accept: "application/json" } }, (res) => {
-            let body = "";
-            res.setEncoding("utf8");
-            res.on("data", (c: string) => (body += c));
-            res.on("end", () => {
-                if (res.statusCode !== 200) return done(new Error(`GET ${url}: HTTP ${res.statusCode}: ${body.slice(0, 200)}`));
-                try {
-                    done(undefined, parseMasterJson(body));
-                } catch (e) {
-                    done(e as Error);
-                }
-            });
-            res.on("error", (e: Error) => done(new Error(`GET ${url}: ${e.message}`)));
-        });
-        req.on("timeout", () => {
-            req.destroy();
-            done(new Error(`GET ${url}: no answer within ${Math.round(timeoutMs / 1000)} s`));
-        });
-        req.on("error", (e: Error) => done(new Error(`GET ${url}: ${e.message}`)));
-    });
 }
 
 function outputsOf(inputs: SparkHealthInputs, verdict: HealthVerdict, master: MasterState | undefined): SparkHealthOutputs {

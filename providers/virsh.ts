@@ -3,7 +3,7 @@
 // XML handed over in a private temp file, and errors that name the object and
 // carry libvirt's own message.
 //
-// "Gone" (DESIGN.md) is decided from libvirt's not-found errors for the kind
+// "Gone" (docs/design.md, Provider rules) is decided from libvirt's not-found errors for the kind
 // of object asked about, nothing else: VIR_ERR_NO_NETWORK "Network not found",
 // VIR_ERR_NO_STORAGE_POOL "Storage pool not found", VIR_ERR_NO_STORAGE_VOL
 // "Storage volume not found", VIR_ERR_NO_DOMAIN "Domain not found". virsh 9
@@ -114,11 +114,6 @@ export async function lookup(uri: string, kind: LibvirtKind, name: string, args:
     if (r.code === 0) return r.stdout;
     if (await isGone(uri, kind, name, r.stderr)) return undefined;
     throw virshError(args, r, what);
-}
-
-/** The XML of a libvirt object, or undefined when it does not exist (see lookup). */
-export function dumpXml(uri: string, kind: LibvirtKind, name: string, args: string[]): Promise<string | undefined> {
-    return lookup(uri, kind, name, args);
 }
 
 /** Runs `fn` with the XML written to a fresh private file, removed afterwards. */

@@ -115,7 +115,7 @@ export interface DefinitionChange {
 }
 
 // Everything a restart applies, in the order messages name it. Not exported
-// (see nixosDeployment.ts: an exported const would be captured as exports.X).
+// (see providers/deployment/inputs.ts: an exported const would be captured as exports.X).
 const RESTART_FIELDS: [key: string, label: string][] = [
     ["memoryMiB", "memory"],
     ["vcpus", "vCPUs"],

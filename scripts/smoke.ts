@@ -27,8 +27,8 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { run } from "../providers/run";
-import { sshArgv } from "../providers/ssh";
-import { fetchMasterState } from "../providers/sparkHealth";
+import { privileged, sshArgv } from "../providers/ssh";
+import { fetchMasterState } from "../providers/spark/master";
 import { SMOKE_EXPECTED_SUM, SMOKE_PARTITIONS, StackOutputs, verifySmokeOutput } from "../cluster/sparkStatus";
 import { loadStackOutputs, parseArgs, UsageError } from "./status";
 
@@ -140,8 +140,8 @@ export async function main(argv: string[]): Promise<number> {
                 // With Spark authentication the configuration holding the secret is
                 // readable by root and the spark group only (nix/modules/spark.nix):
                 // the deploy user submits as `spark` (its sudo needs no password).
-                const asSpark = outputs.security?.authenticate && outputs.ssh.user !== "root" ? ["sudo", "-n", "-u", "spark"] : [];
-                const r = await run(sshArgv(target, "strict", [...asSpark, NODE_SPARK_SUBMIT, ...conf, remoteJob]), { timeoutMs, onLine: echo, allowFailure: true });
+                const submit = privileged([NODE_SPARK_SUBMIT, ...conf, remoteJob], { useSudo: outputs.security?.authenticate === true && outputs.ssh.user !== "root", user: "spark" });
+                const r = await run(sshArgv(target, "strict", submit), { timeoutMs, onLine: echo, allowFailure: true });
                 stdout = r.stdout;
                 if (r.code === 127) say("spark-submit is not on the master's PATH: the master role must install Spark (environment.systemPackages)");
                 else if (r.code !== 0) say(`spark-submit on the master exited with code ${r.code}`);

@@ -4,7 +4,8 @@
 // every domain's state, every node over SSH which NixOS system it runs, and
 // the Spark master's JSON for worker state, cores and memory. Prints a table
 // and exits non-zero when anything is degraded. The logic (matching,
-// verdicts, rendering) is pure and lives in cluster/sparkStatus.ts; this file
+// verdicts, rendering) is pure and lives in providers/spark/master.ts and
+// cluster/sparkStatus.ts; this file
 // only does I/O, and every source can be overridden or switched off, so a
 // missing virsh or ssh makes a column "unknown" instead of a crash.
 //
@@ -22,12 +23,12 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { run } from "../providers/run";
 import { sshArgv, classifySshFailure } from "../providers/ssh";
-import { fetchMasterState } from "../providers/sparkHealth";
+import type { MasterState } from "../providers/spark/master";
+import { fetchMasterState } from "../providers/spark/master";
 import {
     buildStatusReport,
     parseStackOutputs,
     renderStatus,
-    MasterState,
     NodeObservation,
     Probe,
     StackNode,

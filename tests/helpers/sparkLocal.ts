@@ -16,8 +16,8 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { run } from "../../providers/run";
-import { fetchMasterState } from "../../providers/sparkHealth";
-import type { MasterState } from "../../cluster/sparkStatus";
+import { fetchMasterState } from "../../providers/spark/master";
+import type { MasterState } from "../../providers/spark/master";
 
 export const REPO = path.resolve(__dirname, "../..");
 const VENV = path.join(REPO, ".tools/spark-venv");

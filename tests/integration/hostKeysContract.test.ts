@@ -11,7 +11,7 @@ import * as path from "node:path";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology } from "../../cluster/topology";
 import { nixStackParams } from "../../cluster/nixParams";
-import { consoleHostKeys, PUBLISHED_HOST_KEYS } from "../../providers/ssh";
+import { consoleHostKeys, PUBLISHED_HOST_KEYS } from "../../providers/sshContact";
 import { run } from "../../providers/run";
 import { evalModuleUnit, evalUnit, removeContractDirs, ScratchRoot, stackFlake } from "../helpers/nixContract";
 

@@ -9,7 +9,8 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { closureDiff, NixosDeploymentInputs, nixosDeploymentProvider } from "../../providers/nixosDeployment";
+import { NixosDeploymentInputs, nixosDeploymentProvider } from "../../providers/nixosDeployment";
+import { closureDiff } from "../../providers/deployment/closureDiff";
 import { nix } from "../fixtures/nix-env";
 import { createDeployment, SshTargetEnv } from "../helpers/sshTarget";
 

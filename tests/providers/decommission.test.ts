@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import * as http from "node:http";
 import * as path from "node:path";
 import { ChildProcess, spawn } from "node:child_process";
-import { fetchMasterState } from "../../providers/sparkHealth";
+import { fetchMasterState } from "../../providers/spark/master";
 import { NixosDeploymentInputs, nixosDeploymentProvider, SparkCheck } from "../../providers/nixosDeployment";
 import { submitConf } from "../../scripts/smoke";
 import { LocalSpark, livingInGroup, startLocalSpark, waitForMaster } from "../helpers/sparkLocal";

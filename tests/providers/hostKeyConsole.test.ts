@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { execFileSync } from "node:child_process";
 import { NixosDeploymentInputs } from "../../providers/nixosDeployment";
-import { CONSOLE_HOST_KEYS_MARKER, consoleHostKeys, keyFingerprint } from "../../providers/ssh";
+import { CONSOLE_HOST_KEYS_MARKER, consoleHostKeys, keyFingerprint } from "../../providers/sshContact";
 import { createDeployment, SshTargetEnv } from "../helpers/sshTarget";
 
 jest.setTimeout(90_000);

@@ -12,7 +12,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { domainProvider } from "../../providers/domain";
 import { domainXml, readDomain } from "../../providers/libvirtXml";
-import { deploymentDiff, sameVmIdentity } from "../../providers/nixosDeployment";
+import { deploymentDiff, sameVmIdentity } from "../../providers/deployment/diff";
 import { definitionChanges, restartForDefinition } from "../../providers/vmPower";
 import { ensureHostTools } from "../helpers/hostTools";
 import { networkProvider, planHostChanges } from "../../providers/network";

@@ -3,7 +3,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { evalDrvPath } from "../../cluster/nixParams";
+import { evalDrvPath } from "../../cluster/nixFlake";
 import {
     buildNixImage,
     checkNixImageInputs,

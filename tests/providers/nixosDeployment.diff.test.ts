@@ -1,16 +1,10 @@
 // Pure decisions of the NixosDeployment provider: diff (update vs no-op,
 // never replace), input checks, and the exact nixos-rebuild argv/env for both
 // generations. No SSH here; see nixosDeployment.switch.test.ts for that.
-import {
-    checkInputs,
-    deploymentDiff,
-    NixosDeploymentInputs,
-    nixosDeploymentProvider,
-    rebuildArgv,
-    rebuildEnv,
-    switchKeys,
-    withDefaults,
-} from "../../providers/nixosDeployment";
+import { NixosDeploymentInputs, nixosDeploymentProvider } from "../../providers/nixosDeployment";
+import { deploymentDiff, switchKeys } from "../../providers/deployment/diff";
+import { checkInputs, withDefaults } from "../../providers/deployment/inputs";
+import { rebuildArgv, rebuildEnv } from "../../providers/deployment/rebuild";
 import { roundTrip } from "../helpers/serialize";
 
 const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"; // pulumi.runtime.unknownValue

@@ -14,8 +14,10 @@
 // activating the previous system again resumes it (SIGCONT), as systemd
 // would start the previous generation's daemon.
 import { rolloutOrder } from "../../cluster/rollout";
-import { fetchMasterState } from "../../providers/sparkHealth";
-import { checkInputs, NixosDeploymentInputs, nixosDeploymentProvider, SparkCheck, sparkVerdict } from "../../providers/nixosDeployment";
+import { fetchMasterState } from "../../providers/spark/master";
+import { NixosDeploymentInputs, nixosDeploymentProvider } from "../../providers/nixosDeployment";
+import { checkInputs } from "../../providers/deployment/inputs";
+import { SparkCheck, sparkVerdict } from "../../providers/spark/verify";
 import { LocalSpark, startLocalSpark } from "../helpers/sparkLocal";
 import { createDeployment, SshTargetEnv } from "../helpers/sshTarget";
 

@@ -1,6 +1,6 @@
 // Every dynamic provider of the stack is serialized into state as a closure.
 // It must be self-contained and small: no @pulumi/pulumi, no zod, no grpc
-// captured by accident (DESIGN.md), and loadable the way the engine's
+// captured by accident (docs/design.md, Provider rules), and loadable the way the engine's
 // dynamic-provider runner loads it.
 import { clusterSecretProvider } from "../../providers/clusterSecret";
 import { domainProvider } from "../../providers/domain";

@@ -14,7 +14,7 @@ import { buildTopology } from "../../cluster/topology";
 import { nixStackParams } from "../../cluster/nixParams";
 import { generateDeployKey, readKeyFile, resolveSsh, settleDeployKey, stackDeployKey } from "../../cluster/stackConfig";
 import { checkDeployKey, deployKeyOutputs, deployKeyProvider, keepStateKey, openSshPublicBlob } from "../../providers/deployKey";
-import { ensureKeyFile } from "../../providers/ssh";
+import { ensureKeyFile } from "../../providers/keyFile";
 
 /** What the state holds for the DeployKey (its outputs), or undefined for a stack without one. */
 let stored: Record<string, unknown> | undefined;

@@ -12,7 +12,7 @@ import { parseConfig } from "../../cluster/config";
 import { prepareNix } from "../../cluster/nixParams";
 import { buildTopology } from "../../cluster/topology";
 import { FIXTURES, NIX_DIR, nixEnv } from "../fixtures/nix-env";
-import { deploymentDiff } from "../../providers/nixosDeployment";
+import { deploymentDiff } from "../../providers/deployment/diff";
 
 jest.setTimeout(180_000);
 

@@ -1,5 +1,5 @@
 // One `nix eval` per program run, and none for an unchanged one
-// (cluster/nixParams.ts: prepareNix and its cache in .nixspark/<stack>/nix-eval.json).
+// (cluster/nixParams.ts: prepareNix, and its cache in .nixspark/<stack>/nix-eval.json, cluster/evalCache.ts).
 //
 // Real Nix throughout. Every `nix` process is counted by a PATH shim: a
 // directory whose `nix` appends its arguments to a log and execs the real one.
@@ -13,18 +13,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology } from "../../cluster/topology";
-import {
-    evalDrvPath,
-    evalSystemPath,
-    gcRootDir,
-    imageAttribute,
-    nixEvalCacheFile,
-    nixEvalCacheKey,
-    planNixEvaluations,
-    prepareNix,
-    PrepareNixOptions,
-    stackEvaluationsAttribute,
-} from "../../cluster/nixParams";
+import { evalDrvPath, evalSystemPath, gcRootDir, imageAttribute, stackEvaluationsAttribute } from "../../cluster/nixFlake";
+import { nixEvalCacheFile, nixEvalCacheKey } from "../../cluster/evalCache";
+import { planNixEvaluations, prepareNix, PrepareNixOptions } from "../../cluster/nixParams";
 import { FIXTURES, NIX_DIR, nixEnv } from "../fixtures/nix-env";
 
 jest.setTimeout(120_000);

@@ -8,20 +8,13 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology } from "../../cluster/topology";
+import { absoluteFlakeRef, attrSegment, evalDrvPath, evalSystemPath, gcRootDir, imageAttribute, localFlakeDir, roleConfiguration } from "../../cluster/nixFlake";
 import {
-    absoluteFlakeRef,
-    attrSegment,
-    evalDrvPath,
-    evalSystemPath,
-    gcRootDir,
-    imageAttribute,
-    localFlakeDir,
     NIX_PARAMS_VERSION,
     nixStackParams,
     prepareNix,
     removeNixStackParams,
     renderNixStackParams,
-    roleConfiguration,
     stackParamsPath,
     writeNixStackParams,
 } from "../../cluster/nixParams";
@@ -156,7 +149,7 @@ describe("the settings file", () => {
         expect(p.worker).toEqual({ cores: 3, vmMemoryMiB: 4096, osReserveMiB: 512, sparkMemoryMiB: 3072 });
         expect(p.sparkSettings["spark.sql.shuffle.partitions"]).toBe("8");
         expect(p.sparkSettings["spark.master"]).toBe(`spark://${topo.master.ip}:7077`);
-        // The config's default list, sorted (its content is config.ts's and params.nix's to agree on).
+        // The config's default list, sorted (its content is configSchema.ts's and params.nix's to agree on).
         expect(p.pythonPackages).toEqual([...cfg.spark.pythonPackages].sort());
     });
 });

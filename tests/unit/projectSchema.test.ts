@@ -2,7 +2,8 @@
 // so what `pulumi config` users read is what the program does.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { configObject, parseConfig } from "../../cluster/config";
+import { parseConfig } from "../../cluster/config";
+import { configObject } from "../../cluster/configSchema";
 
 const yaml = require("js-yaml");
 const project = yaml.load(fs.readFileSync(path.join(__dirname, "../../Pulumi.yaml"), "utf8")) as {

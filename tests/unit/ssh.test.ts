@@ -1,23 +1,10 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import {
-    classifySshFailure,
-    expandHome,
-    forgetHostKeys,
-    hostKeyError,
-    hostKeyLines,
-    knownHostNames,
-    localPath,
-    nixSshOpts,
-    replaceHostKeys,
-    restoreHostKeys,
-    sshArgv,
-    sshOptions,
-    SshTarget,
-    waitForSsh,
-    withFileLock,
-} from "../../providers/ssh";
+import { classifySshFailure, hostKeyError, knownHostNames, nixSshOpts, privileged, sshArgv, sshOptions, SshTarget } from "../../providers/ssh";
+import { forgetHostKeys, hostKeyLines, replaceHostKeys, restoreHostKeys } from "../../providers/knownHosts";
+import { expandHome, localPath } from "../../providers/paths";
+import { waitForSsh } from "../../providers/sshContact";
 import { roundTrip } from "../helpers/serialize";
 
 const target: SshTarget = { host: "10.77.0.11", user: "deploy", port: 2222, identityFile: "/keys/id_ed25519", knownHostsFile: "/state/dev/known_hosts" };
@@ -182,27 +169,23 @@ describe("known-hosts file", () => {
         expect(localPath(".nixspark/dev/known_hosts")).toBe(path.join(process.cwd(), ".nixspark/dev/known_hosts"));
         expect(sshOptions({ ...target, identityFile: ".nixspark/dev/deploy_ed25519" }, "strict")).toContain(path.join(process.cwd(), ".nixspark/dev/deploy_ed25519"));
     });
-
-    test("the lock serializes critical sections", async () => {
-        const file = path.join(dir, "f");
-        let inside = 0;
-        let maxInside = 0;
-        await Promise.all(
-            Array.from({ length: 5 }, () =>
-                withFileLock(file, async () => {
-                    inside++;
-                    maxInside = Math.max(maxInside, inside);
-                    await new Promise((r) => setTimeout(r, 20));
-                    inside--;
-                }),
-            ),
-        );
-        expect(maxInside).toBe(1);
-    });
 });
 
 test("ssh helpers survive closure serialization", async () => {
     const h = await roundTrip({ argv: () => sshArgv(target, "strict", ["true"]), opts: () => nixSshOpts(target, "accept-new") });
     expect(h.argv()).toEqual(sshArgv(target, "strict", ["true"]));
     expect(h.opts()).toContain("StrictHostKeyChecking=accept-new");
+});
+
+test("one privilege prefix: sudo -n (never a prompt) only for a deploy user that is not root, -u for another user", () => {
+    expect(privileged(["systemctl", "restart", "spark-worker"], { useSudo: true })).toEqual(["sudo", "-n", "systemctl", "restart", "spark-worker"]);
+    expect(privileged(["systemctl", "restart", "spark-worker"], { useSudo: false })).toEqual(["systemctl", "restart", "spark-worker"]);
+    expect(privileged(["spark-submit", "job.py"], { useSudo: true, user: "spark" })).toEqual(["sudo", "-n", "-u", "spark", "spark-submit", "job.py"]);
+});
+
+test("one home-dir expansion, for the providers and the program (cluster/deployKey.ts)", () => {
+    expect(expandHome("~", "/home/u")).toBe("/home/u");
+    expect(expandHome("~/.ssh/id", "/home/u")).toBe("/home/u/.ssh/id");
+    expect(expandHome("~other/x", "/home/u")).toBe("~other/x");
+    expect(expandHome("/abs/~/x", "/home/u")).toBe("/abs/~/x");
 });
