@@ -4,7 +4,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { run } from "../providers/run";
-import { expandHome } from "../providers/ssh";
+import { expandHome } from "../providers/paths";
 import { parseStackOutputs, StackOutputs, StackSsh } from "../cluster/sparkStatus";
 import { GlobalOptions, UsageError } from "./common";
 
