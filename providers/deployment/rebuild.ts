@@ -60,10 +60,26 @@ export interface RollbackResult {
 
 const PROFILE = "/nix/var/nix/profiles/system";
 
-/** The system profile's current generation link ("system-42-link"), or undefined if it cannot be read. */
-export async function profileGeneration(t: SshTarget): Promise<string | undefined> {
+/**
+ * The system profile's current generation link ("system-42-link"), or
+ * undefined if it cannot be read. A dropped connection is tried again twice:
+ * the rollback decision rests on this answer (rollBack).
+ */
+export async function profileGeneration(t: SshTarget, attempts = 3): Promise<string | undefined> {
+    for (let i = 1; i <= attempts; i++) {
+        try {
+            return (await remoteCommand(t, ["readlink", PROFILE], 30_000)) || undefined;
+        } catch {
+            if (i < attempts) await new Promise((r) => setTimeout(r, 1_000 * i));
+        }
+    }
+    return undefined;
+}
+
+/** Where the system profile points now (its store path), or undefined if that cannot be read. */
+async function profileSystem(t: SshTarget): Promise<string | undefined> {
     try {
-        return (await remoteCommand(t, ["readlink", PROFILE], 30_000)) || undefined;
+        return (await remoteCommand(t, ["readlink", "-f", PROFILE], 30_000)) || undefined;
     } catch {
         return undefined;
     }
@@ -86,6 +102,16 @@ export async function rollBack(inp: NixosDeploymentInputs, flavour: "legacy" | "
     if (before !== undefined && after !== undefined && before === after) {
         log(`the system profile is still ${before}: nothing was activated, no rollback needed`);
         return { outcome: "not-needed", sentence: `Nothing was activated (the system profile is still ${before}), so no rollback was needed.` };
+    }
+    // The generation before the switch could not be read: roll back only if
+    // the profile now points at the system this switch was to activate (a
+    // failure before that moved nothing, and a rollback would step behind).
+    if (before === undefined && typeof inp.expectedSystem === "string") {
+        const points = await profileSystem(t);
+        if (points !== undefined && points !== inp.expectedSystem) {
+            log(`the system profile does not point at ${inp.expectedSystem} (it points at ${points}): nothing was activated, no rollback needed`);
+            return { outcome: "not-needed", sentence: `Nothing was activated (the system profile points at ${points}, not the new system), so no rollback was needed.` };
+        }
     }
     const argv = rebuildArgv(inp, flavour, { rollback: true });
     log(`rolling back: ${argv.join(" ")}`);

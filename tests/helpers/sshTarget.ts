@@ -291,6 +291,11 @@ export class SshTargetEnv {
     }
 
     /** Commands the node received over SSH, in order. */
+    /** The next `times` remote commands with exactly these words fail (exit 255, as a dropped connection). */
+    failOnce(words: string[], times = 1): void {
+        fs.writeFileSync(path.join(this.root, "fail-once.json"), JSON.stringify({ words, times }));
+    }
+
     remoteCalls(): RemoteCall[] {
         return readJsonLines(path.join(this.root, "commands.log")) as RemoteCall[];
     }

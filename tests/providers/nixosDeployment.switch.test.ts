@@ -190,6 +190,43 @@ describe("failing switches", () => {
         expect(env.currentSystem()).toBe(SYS_A);
     });
 
+    test("the build fails after a transient failure to read the profile: still nothing is rolled back", async () => {
+        restoreEnv = env.useStandin({ NIXSPARK_STANDIN_FLAVOUR: "legacy" });
+        const first = await create(inputs());
+        env.failOnce(["readlink", "/nix/var/nix/profiles/system"]);
+        process.env.NIXSPARK_STANDIN_FAIL = "build";
+        const err = await nixosDeploymentProvider.update!("id", asRecord(first), asRecord(inputs({ expectedSystem: SYS_B }))).then(() => undefined, (e: Error) => e);
+        expect(err?.message).toMatch(/worker-1 .*exit code 1\. Nothing was activated \(the system profile is still system-2-link\), so no rollback was needed\./);
+        expect(switches().filter((c) => c.argv.includes("--rollback"))).toEqual([]);
+        expect(env.remoteCalls().filter((c) => c.words.includes("--rollback"))).toEqual([]);
+        expect(env.profileLink()).toBe("system-2-link");
+        expect(env.currentSystem()).toBe(SYS_A);
+    });
+
+    test("the build fails and the profile could not be read at all before it: the profile does not point at the new system, so nothing is rolled back", async () => {
+        restoreEnv = env.useStandin({ NIXSPARK_STANDIN_FLAVOUR: "legacy" });
+        const first = await create(inputs());
+        env.failOnce(["readlink", "/nix/var/nix/profiles/system"], 3);
+        process.env.NIXSPARK_STANDIN_FAIL = "build";
+        const err = await nixosDeploymentProvider.update!("id", asRecord(first), asRecord(inputs({ expectedSystem: SYS_B }))).then(() => undefined, (e: Error) => e);
+        expect(err?.message).toMatch(new RegExp(`worker-1 .*exit code 1\\. Nothing was activated \\(the system profile points at ${SYS_A}, not the new system\\), so no rollback was needed\\.`));
+        expect(switches().filter((c) => c.argv.includes("--rollback"))).toEqual([]);
+        expect(env.profileLink()).toBe("system-2-link");
+        expect(env.currentSystem()).toBe(SYS_A);
+    });
+
+    test("activation fails and the profile could not be read before it: the profile points at the new system, so the node is rolled back", async () => {
+        restoreEnv = env.useStandin({ NIXSPARK_STANDIN_FLAVOUR: "legacy" });
+        const first = await create(inputs());
+        env.setSystem("dev-worker", SYS_B);
+        env.failOnce(["readlink", "/nix/var/nix/profiles/system"], 3);
+        process.env.NIXSPARK_STANDIN_FAIL = "activate";
+        const err = await nixosDeploymentProvider.update!("id", asRecord(first), asRecord(inputs({ expectedSystem: SYS_B }))).then(() => undefined, (e: Error) => e);
+        expect(err?.message).toMatch(/worker-1 .*The node was rolled back to its previous generation and runs /);
+        expect(switches().filter((c) => c.argv.includes("--rollback"))).toHaveLength(1);
+        expect(env.currentSystem()).toBe(SYS_A);
+    });
+
     test("when the rollback fails too, the error says so and gives the command to run by hand", async () => {
         restoreEnv = env.useStandin({ NIXSPARK_STANDIN_FLAVOUR: "legacy", NIXSPARK_STANDIN_FAIL: "activate", NIXSPARK_STANDIN_FAIL_ROLLBACK: "1" });
         const err = await create(inputs()).then(() => undefined, (e: Error) => e);
