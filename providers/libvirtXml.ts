@@ -71,6 +71,16 @@ export function dnsHostXml(h: DhcpHost): string {
     return `<host ip='${esc(h.ip)}'><hostname>${esc(h.name)}</hostname></host>`;
 }
 
+/** A DNS entry as libvirt holds it (one address, its names): what `net-update delete dns-host` matches. */
+export interface DnsEntry {
+    ip: string;
+    names: string[];
+}
+
+export function dnsEntryXml(e: DnsEntry): string {
+    return `<host ip='${esc(e.ip)}'>${e.names.map((n) => `<hostname>${esc(n)}</hostname>`).join("")}</host>`;
+}
+
 export function networkXml(n: NetworkSpec): string {
     return [
         `<network>`,
@@ -250,6 +260,8 @@ export interface NetworkFacts {
     dhcpStart?: string;
     dhcpEnd?: string;
     hosts: DhcpHost[];
+    /** The DNS entries (<dns><host ip=...><hostname>...), as libvirt holds them. */
+    dnsHosts: DnsEntry[];
 }
 
 export function readNetwork(xml: string): NetworkFacts {
@@ -269,6 +281,10 @@ export function readNetwork(xml: string): NetworkFacts {
         hosts: children(dhcp, "host")
             .map((h) => ({ mac: (attr(h, "mac") ?? "").toLowerCase(), ip: attr(h, "ip") ?? "", name: attr(h, "name") ?? "" }))
             .sort(byMac),
+        dnsHosts: children(child(n, "dns"), "host").map((h) => ({
+            ip: attr(h, "ip") ?? "",
+            names: children(h, "hostname").map((x) => textOf(x) ?? "").filter((x) => x !== ""),
+        })),
     };
 }
 

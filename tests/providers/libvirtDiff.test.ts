@@ -11,7 +11,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { domainProvider } from "../../providers/domain";
-import { domainXml, readDomain } from "../../providers/libvirtXml";
+import { dhcpHostXml, dnsHostXml, domainXml, networkXml, readDomain } from "../../providers/libvirtXml";
 import { deploymentDiff, sameVmIdentity } from "../../providers/nixosDeployment";
 import { definitionChanges, restartForDefinition } from "../../providers/vmPower";
 import { ensureHostTools } from "../helpers/hostTools";
@@ -407,5 +407,77 @@ describe("planHostChanges", () => {
         expect(plan.remove).toEqual([hosts[1]]);
         expect(plan.modify).toEqual([{ from: hosts[0], to: { ...hosts[0], ip: "10.77.0.20" } }]);
         expect(planHostChanges(hosts, [...hosts].reverse())).toEqual({ add: [], remove: [], modify: [] });
+    });
+});
+
+// A stand-in virsh for the network's update: net-dumpxml prints net.xml,
+// net-update is recorded, and a DNS delete fails when dns-fail holds a message.
+const FAKE_NET_VIRSH = `#!/bin/bash
+d="$(dirname "$0")"
+args=()
+while [ $# -gt 0 ]; do case "$1" in --quiet) shift;; -c) shift 2;; *) args+=("$1"); shift;; esac; done
+printf '%s\\n' "\${args[*]}" >>"$d/calls"
+set -- "\${args[@]}"
+case "$1" in
+  net-info) printf 'Name: dev-net\\nActive: yes\\nAutostart: yes\\nBridge: nxs-dev\\n' ;;
+  net-dumpxml) cat "$d/net.xml" ;;
+  net-autostart) ;;
+  net-update) if [ "$3 $4" = "delete dns-host" ] && [ -s "$d/dns-fail" ]; then cat "$d/dns-fail" >&2; exit 1; fi ;;
+  *) echo "stand-in virsh: unexpected: $*" >&2; exit 1 ;;
+esac
+`;
+
+describe("network update: DNS entries are deleted as the live network has them, and a failure is an error", () => {
+    let dir: string;
+    let oldPath: string | undefined;
+    const calls = () => fs.readFileSync(path.join(dir, "calls"), "utf8").trim().split("\n").filter(Boolean);
+    const dnsCalls = () => calls().filter((c) => c.includes(" dns-host "));
+    const w2 = { mac: "02:00:00:00:00:03", ip: "10.77.0.12", name: "dev-worker-2" };
+    /** The live network: every reservation, and DNS entries for `dns` only. */
+    const live = (reservations: typeof hosts, dns: typeof hosts) => {
+        const xml = networkXml({ ...net, hosts: reservations }).replace(/<dns>[\s\S]*<\/dns>/, `<dns>\n${dns.map((h) => `    ${dnsHostXml(h)}`).join("\n")}\n  </dns>`);
+        fs.writeFileSync(path.join(dir, "net.xml"), xml);
+        fs.writeFileSync(path.join(dir, "calls"), "");
+        fs.writeFileSync(path.join(dir, "dns-fail"), "");
+    };
+    beforeAll(() => {
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-fake-virsh-"));
+        fs.writeFileSync(path.join(dir, "virsh"), FAKE_NET_VIRSH, { mode: 0o755 });
+        oldPath = process.env.PATH;
+        process.env.PATH = `${dir}:${oldPath}`;
+    });
+    afterAll(() => {
+        process.env.PATH = oldPath;
+        fs.rmSync(dir, { recursive: true, force: true });
+    });
+    const outs = { ...netOut, hosts: [...hosts, w2] };
+
+    test("a removed node whose DNS entry is already gone: only its reservation is deleted, no DNS delete is tried", async () => {
+        live([...hosts, w2], hosts);
+        await networkProvider.update!("dev-net", outs, net);
+        expect(calls().filter((c) => c.startsWith("net-update"))).toEqual([`net-update dev-net delete ip-dhcp-host ${dhcpHostXml(w2)} --live --config`]);
+    });
+
+    test("a removed node's DNS entry is deleted as libvirt holds it (its names), a changed address's entry too", async () => {
+        const byHand = { ...w2, name: "w2-alias" };
+        live([...hosts, w2], [...hosts, byHand]);
+        await networkProvider.update!("dev-net", outs, net);
+        expect(dnsCalls()).toEqual([`net-update dev-net delete dns-host ${dnsHostXml(byHand)} --live --config`]);
+
+        const moved = { ...hosts[1], ip: "10.77.0.21" };
+        live(hosts, hosts);
+        await networkProvider.update!("dev-net", netOut, { ...net, hosts: [hosts[0], moved] });
+        expect(dnsCalls()).toEqual([
+            `net-update dev-net delete dns-host ${dnsHostXml(hosts[1])} --live --config`,
+            `net-update dev-net add-last dns-host ${dnsHostXml(moved)} --live --config`,
+        ]);
+    });
+
+    test("libvirt failing to delete a DNS entry that is there fails the update, naming the network, the node and libvirt's message", async () => {
+        live([...hosts, w2], [...hosts, w2]);
+        fs.writeFileSync(path.join(dir, "dns-fail"), "error: internal error: dnsmasq refused to reload\n");
+        await expect(networkProvider.update!("dev-net", outs, net)).rejects.toThrow(
+            /libvirt network "dev-net": removing the DNS entry of dev-worker-2 \(10\.77\.0\.12\) failed: .*internal error: dnsmasq refused to reload/,
+        );
     });
 });
