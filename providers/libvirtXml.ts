@@ -338,6 +338,28 @@ export function readDomain(xml: string): DomainFacts {
     return out;
 }
 
+/** A network interface of a running domain, from its live XML. */
+export interface InterfaceFacts {
+    mac?: string;
+    /** The libvirt network it is on (<source network=...>). */
+    network?: string;
+    /** The bridge libvirt plugged it into (<source bridge=...>, live XML only). */
+    bridge?: string;
+    /** The host-side tap device (<target dev=...>, live XML only). */
+    tap?: string;
+}
+
+/** Every <interface> of a domain: the live XML (virsh dumpxml) carries the tap and the bridge it was plugged into. */
+export function readInterfaces(xml: string): InterfaceFacts[] {
+    const d = root(xml, "domain");
+    return children(child(d, "devices"), "interface").map((i) => ({
+        mac: attr(child(i, "mac"), "address")?.toLowerCase(),
+        network: attr(child(i, "source"), "network"),
+        bridge: attr(child(i, "source"), "bridge"),
+        tap: attr(child(i, "target"), "dev"),
+    }));
+}
+
 function hostnameOf(d: XmlNode): string | undefined {
     const prefix = "io.systemd.credential:system.hostname=";
     for (const e of children(child(d, "sysinfo", "oemStrings"), "entry")) {

@@ -153,6 +153,21 @@ describe.each([
     test("domain: a refresh that saw the VM run an older definition than saved makes the next up an update", async () => {
         expect(await ddiff({}, { pendingRestart: true })).toMatchObject({ changes: true, replaces: [] });
     });
+    test("domain: a refresh that found an interface off its network's bridge (the network was re-created) makes the next up an update: no replace, no restart", async () => {
+        const detachedInterfaces = ["interface vnet0 (02:00:00:00:00:01) is on no bridge, not on nxs-dev of network dev-net"];
+        expect(await ddiff({}, { detachedInterfaces })).toMatchObject({ changes: true, replaces: [] });
+        expect(await ddiff({}, { detachedInterfaces: [] })).toMatchObject({ changes: false, replaces: [] });
+        expect((await p.domainProvider.check!({ ...domOut, detachedInterfaces }, dom)).inputs.restartRequired).toBe("");
+        // What preview prints (the provider as written: a loaded one writes to the process's own console).
+        const said: string[] = [];
+        const spy = jest.spyOn(console, "error").mockImplementation((m: unknown) => void said.push(String(m)));
+        try {
+            await domainProvider.diff!("dev-master", { ...domOut, detachedInterfaces }, dom);
+        } finally {
+            spy.mockRestore();
+        }
+        expect(said).toEqual([`[dev-master] ${detachedInterfaces[0]}: \`pulumi up\` plugs it back into the bridge (an update, no restart)`]);
+    });
     test("domain: a VM that refresh saw shut off or paused is brought back by an update", async () => {
         expect(await ddiff({}, { state: "shut off" })).toMatchObject({ changes: true, replaces: [] });
         expect(await ddiff({}, { state: "paused" })).toMatchObject({ changes: true, replaces: [] });
@@ -228,6 +243,7 @@ case "$1" in
   shutdown|destroy) echo "shut off" >"$d/state" ;;
   start) cp "$d/saved.xml" "$d/live.xml"; echo running >"$d/state" ;;
   list) echo dev-master ;;
+  net-info) printf 'Name: dev-net\\nActive: yes\\nBridge: nxs-dev\\n' ;;
   *) echo "stand-in virsh: unexpected: $*" >&2; exit 1 ;;
 esac
 `;
@@ -343,6 +359,28 @@ describe("a restart-applied change against a stand-in virsh", () => {
         const up = await quiet(() => P.dom.update!("dev-master", { ...olds, consoleLog: "/l3/x.log", pendingRestart: true }, { ...base, consoleLog: "/l3/x.log", restartBy: "deployment" }));
         expect(up.value.outs).toMatchObject({ pendingRestart: false });
         expect(up.said.join("\n")).toMatch(/console log \/l2\/x\.log -> \/l3\/x\.log saved in the definition; its NixOS deployment restarts the VM in rollout order/);
+    });
+
+    // The kernel's word on where a tap is: a device this process sees that is
+    // on no bridge (here `lo`, as a tap left behind by a re-created network).
+    test("detachedInterfaces: read finds a tap off its network's bridge; update tries to plug it back without a restart and says the fix when it cannot", async () => {
+        boot(base);
+        const onTap = (dev: string) =>
+            domainXml({ ...base, uuid: olds.uuid }).replace(/<source network='dev-net'\/>/, `<source network='dev-net' bridge='nxs-dev'/>\n      <target dev='${dev}'/>`);
+        fs.writeFileSync(path.join(dir, "live.xml"), onTap("lo"));
+        const seen = await quiet(() => P.dom.read!("dev-master", olds));
+        const line = "interface lo (02:00:00:00:00:01) is on no bridge, not on nxs-dev of network dev-net";
+        expect(seen.value.props).toMatchObject({ detachedInterfaces: [line], pendingRestart: false });
+        expect(seen.said.join("\n")).toContain(`${line}: the guest cannot be reached; the next \`pulumi up\` plugs it back (no restart)`);
+        // Here the bridge does not exist: the update fails naming the tap, the bridge and the command that fixes it; no restart was tried.
+        const up = quiet(() => P.dom.update!("dev-master", seen.value.props as typeof olds, { ...base, restartBy: "deployment" }));
+        await expect(up).rejects.toThrow(/could not plug interface lo back into bridge nxs-dev: .*; as root run `ip link set dev lo master nxs-dev` \(or restart the VM\), then `pulumi refresh`/);
+        expect(calls().filter((c) => /^(define|shutdown|destroy|start)\b/.test(c))).toEqual([]);
+        // A tap this process cannot see (libvirtd in another network namespace) says nothing.
+        fs.writeFileSync(path.join(dir, "live.xml"), onTap("nxs-notthere0"));
+        expect((await quiet(() => P.dom.read!("dev-master", olds))).value.props).toMatchObject({ detachedInterfaces: [] });
+        const ok = await quiet(() => P.dom.update!("dev-master", { ...olds, detachedInterfaces: [line] }, { ...base, restartBy: "deployment" }));
+        expect(ok.value.outs).toMatchObject({ detachedInterfaces: [], state: "running" });
     });
 });
 
