@@ -176,7 +176,7 @@ export interface NixosDeploymentArgs {
     /** Versions of what the expected system runs, for a package-level preview. */
     packages?: pulumi.Input<Record<string, unknown>>;
     /** The VM and its definition: a new one restarts it, in rollout order, before the switch. */
-    vm?: pulumi.Input<VmRef>;
+    vm?: pulumi.Input<VmRef> | { [K in keyof VmRef]: pulumi.Input<VmRef[K]> };
     /** Print `nix store diff-closures` of the old and new system after the switch (one node per role). */
     closureDiff?: pulumi.Input<boolean>;
 }
@@ -278,10 +278,16 @@ export function checkInputs(news: Record<string, unknown>): { property: string; 
  */
 export function deploymentDiff(olds: Record<string, unknown>, news: Record<string, unknown>): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean; reasons: string[] } {
     const reasons: string[] = [];
+    // An unknown UUID of the same VM, not gone (its Domain only updated: a
+    // restart, an interface plugged back, a start): the same VM after apply.
+    const sameVm = olds.vmGone !== true && typeof olds.machineId === "string" && olds.machineId !== "" && sameVmIdentity(olds.vm, news.vm);
     for (const k of SWITCH_KEYS) {
-        if (news[k] === UNKNOWN) reasons.push(`${k} is not known until apply`);
-        else if (olds[k] !== news[k]) reasons.push(`${k} changed`);
+        if (news[k] === UNKNOWN) {
+            if (!(k === "machineId" && sameVm)) reasons.push(`${k} is not known until apply`);
+        } else if (olds[k] !== news[k]) reasons.push(`${k} changed`);
     }
+    // The node's disk re-created under the same VM: nothing of the role is on it.
+    if (diskRecreated(olds, news)) reasons.push("the node's disk was re-created (a new Volume): its role is applied again, from a first contact");
     const current = olds.currentSystem;
     if (typeof current === "string" && current !== "" && news.expectedSystem !== UNKNOWN && current !== news.expectedSystem && current !== UNKNOWN) {
         reasons.push(`the node runs ${current}, not the expected system`);
@@ -322,6 +328,40 @@ export function deploymentDiff(olds: Record<string, unknown>, news: Record<strin
     const newVm =
         typeof oldId === "string" && oldId !== "" && oldId !== UNKNOWN && (news.machineId === UNKNOWN ? olds.vmGone === true || !sameVmIdentity(olds.vm, news.vm) : news.machineId !== oldId);
     return { changes: reasons.length > 0, replaces: newVm ? ["machineId"] : [], deleteBeforeReplace: newVm, reasons: [...new Set(reasons)] };
+}
+
+/**
+ * True when the VM's disk is not the one the deployment switched: its
+ * Volume's identity (vm.diskId, set when the Volume is created) differs, or,
+ * in preview where a new Volume's diskId is unknown, a refresh found the disk
+ * gone (diskGone). Never for state without a diskId in the new inputs, nor
+ * for a Volume only updated (diskId unknown, the disk there).
+ */
+export function diskRecreated(olds: Record<string, unknown>, news: Record<string, unknown>): boolean {
+    const ov = olds.vm as Partial<VmRef> | undefined;
+    const nv = news.vm as Partial<VmRef> | typeof UNKNOWN | undefined;
+    if (!ov || typeof ov !== "object" || !nv || nv === UNKNOWN || typeof nv !== "object") return false;
+    const now = nv.diskId as unknown;
+    if (now === undefined || now === null) return false;
+    if (olds.diskGone === true) return now === UNKNOWN || now !== ov.diskId;
+    return now !== UNKNOWN && typeof ov.diskId === "string" && ov.diskId !== "" && ov.diskId !== now;
+}
+
+/**
+ * refresh: whether the disk the VM runs from (vm.diskPath) is gone from
+ * libvirt (a `virsh vol-delete` by hand), as diskGone: preview then shows
+ * this deployment updated with the Volume that `up` creates again.
+ */
+export async function diskGoneOf(inp: NixosDeploymentInputs, log: (m: string) => void): Promise<{ diskGone?: boolean }> {
+    if (!inp.vm || typeof inp.vm !== "object" || typeof inp.vm.diskPath !== "string" || inp.vm.diskPath === "") return {};
+    try {
+        const gone = (await lookup(inp.vm.uri, "volume", inp.vm.diskPath, ["vol-name", inp.vm.diskPath])) === undefined;
+        if (gone) log(`refresh: its disk ${inp.vm.diskPath} is gone; the next \`pulumi up\` applies its role again to the disk it creates`);
+        return { diskGone: gone };
+    } catch (e) {
+        log(`refresh: could not ask libvirt whether its disk is there: ${(e as Error).message.split("\n")[0]}`);
+        return {};
+    }
 }
 
 /** True when both `vm` inputs name the same VM: libvirt URI, domain, disk and MAC all recorded, known and equal. */
@@ -934,7 +974,8 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
         const inp = inputsOf(news);
         // A different VM (same address, new machine) is a first contact: this
         // stack created it, so its new host key replaces the recorded one.
-        const contact = olds.machineId !== undefined && olds.machineId !== inp.machineId ? "first" : olds.host !== inp.host ? "new-address" : "known";
+        // So is a new disk under the same VM: a fresh system with new host keys.
+        const contact = (olds.machineId !== undefined && olds.machineId !== inp.machineId) || diskRecreated(olds, news) ? "first" : olds.host !== inp.host ? "new-address" : "known";
         const previousSecret = typeof olds.secretProperties === "string" ? olds.secretProperties : undefined;
         const previousSystem = typeof olds.currentSystem === "string" && olds.currentSystem !== "" ? olds.currentSystem : undefined;
         return { outs: await deploy(inp, contact, previousSecret, previousSystem, olds.hostKeys) };
@@ -944,7 +985,7 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
         const inp = inputsOf(props);
         const log = logger(inp.node ?? id);
         // Does the VM run the definition its deployment restarted it for? (Its Domain saved another one.)
-        const vm = { ...(await vmPendingOf(inp, log)), ...(await vmGoneOf(inp, log)) };
+        const vm = { ...(await vmPendingOf(inp, log)), ...(await vmGoneOf(inp, log)), ...(await diskGoneOf(inp, log)) };
         try {
             // From the state when this checkout lacks them: a refresh runs before the program.
             await prepareContact(inp, props.hostKeys, log);

@@ -196,6 +196,12 @@ describe.each([
         expect((await vdiff({ name: "other.qcow2" })).replaces).toEqual(["name"]);
         expect((await vdiff({ pool: "p2" })).replaces).toEqual(["pool"]);
     });
+    test("volume: an update keeps the disk's identity (diskId, which the deployment compares); state from before it stays without one", async () => {
+        const kept = await p.volumeProvider.update!("x", { ...vol, path: "/p/x", backingPath: vol.basePath, diskId: "disk-1" }, { ...vol, basePath: "/pool/dev-base-bbbbbbbbbbbb.qcow2" });
+        expect(kept.outs).toMatchObject({ diskId: "disk-1", path: "/p/x", backingPath: vol.basePath });
+        const older = await p.volumeProvider.update!("x", { ...vol, path: "/p/x", backingPath: vol.basePath }, vol);
+        expect(older.outs).not.toHaveProperty("diskId");
+    });
     test("volume: check refuses a smaller disk in preview, naming both sizes and the fix", async () => {
         const r = await p.volumeProvider.check!({ ...vol, capacityBytes: 2 * 1024 ** 3 }, { ...vol, capacityBytes: 1024 ** 3 });
         expect(r.failures).toEqual([
