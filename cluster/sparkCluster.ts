@@ -262,6 +262,9 @@ export class SparkCluster extends pulumi.ComponentResource {
                             uri,
                             domain: node.spec.domainName,
                             diskPath: `${t.poolPath}/${node.spec.volumeName}`,
+                            // Which disk: new when the Volume is created again (a disk deleted
+                            // behind the stack's back), and the deployment then re-applies the role.
+                            diskId: node.volume.diskId,
                             mac: node.spec.mac,
                             vcpus: node.spec.vcpus,
                             memoryMiB: node.spec.memoryMiB,

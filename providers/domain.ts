@@ -13,11 +13,24 @@
 // A VM that is not running (a host reboot, `virsh destroy` or `suspend` by
 // hand) is reported by `read` (its state) and started or resumed by the next
 // `up` (update), so `pulumi refresh` then `pulumi up` brings a stack back.
+//
+// A running VM whose network was undefined and re-created (net-destroy and
+// net-undefine by hand, then `up` re-creates the Network) keeps a tap device
+// on no bridge: libvirt re-plugs taps neither on net-start nor on an
+// update-device with the same interface (tried on the bench, libvirt 9.0),
+// only when libvirtd itself restarts. `read` records such interfaces
+// (`detachedInterfaces`: the tap's /sys/class/net/<tap>/master is not the
+// network's bridge), diff makes that an update, and update plugs the tap back
+// into the bridge as libvirt does when it starts the VM (`ip link set dev
+// <tap> master <bridge>`): no restart, the guest keeps its NIC. (A provider
+// that runs in another network namespace than libvirtd sees no tap and
+// records nothing.)
 import * as pulumi from "@pulumi/pulumi";
-import { domainXml, isHostnameLabel, readDomain } from "./libvirtXml";
+import { domainXml, isHostnameLabel, readDomain, readInterfaces } from "./libvirtXml";
+import { run } from "./run";
 import { isUnknown } from "./unknown";
 import { holderWhat, withLock } from "./lock";
-import { diffByKeys, isGone, label, lookup, virsh, virshError, withXmlFile } from "./virsh";
+import { diffByKeys, infoFields, isGone, label, lookup, virsh, virshError, withXmlFile } from "./virsh";
 import { bringUp, definitionChanges, domState, pendingChanges, powerOff, restartKeys } from "./vmPower";
 
 export interface DomainInputs {
@@ -66,6 +79,13 @@ export interface DomainOutputs extends DomainInputs {
      * the node's deployment, which tracks it from then on (its `vmPending`).
      */
     pendingRestart: boolean;
+    /**
+     * Interfaces of the running VM that are not on their network's bridge (the
+     * network was re-created under it), as refresh found them: "interface
+     * vnet0 (52:54:..) is on no bridge, not on nxs-dev of network dev-net".
+     * The next `up` plugs them back (an update, no restart).
+     */
+    detachedInterfaces?: string[];
 }
 
 // A new disk or a new identity: a new VM. The MAC is identity too: the
@@ -88,6 +108,81 @@ export function restartReason(olds: Record<string, unknown> | undefined, news: R
 /** The keys whose change replaces the VM (a new disk or identity); unknown values count. */
 export function replacedBy(olds: Record<string, unknown>, news: Record<string, unknown>): string[] {
     return REPLACE_KEYS.filter((k) => isUnknown(news[k]) || JSON.stringify(olds[k] ?? null) !== JSON.stringify(news[k] ?? null));
+}
+
+/** A network interface name as the kernel allows it (at most 15 characters, no '/'): only such names are looked up in /sys. */
+export function isIfName(s: unknown): s is string {
+    return typeof s === "string" && /^[A-Za-z0-9_.:-]{1,15}$/.test(s) && s !== "." && s !== "..";
+}
+
+/**
+ * The bridge a network device is plugged into (/sys/class/net/<dev>/master):
+ * "" when it is on none, undefined when this process cannot see the device
+ * (it runs in another network namespace than libvirtd: nothing can be told).
+ */
+export function bridgeOf(dev: string): string | undefined {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const path = require("node:path") as typeof import("node:path");
+    if (!isIfName(dev) || !fs.existsSync(`/sys/class/net/${dev}`)) return undefined;
+    try {
+        return path.basename(fs.readlinkSync(`/sys/class/net/${dev}/master`));
+    } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === "ENOENT") return "";
+        throw e;
+    }
+}
+
+export interface DetachedInterface {
+    tap: string;
+    mac?: string;
+    network?: string;
+    /** The bridge it belongs on: its network's bridge now (libvirt's record when the network is gone). */
+    bridge: string;
+    /** The bridge it is on ("" for none). */
+    on: string;
+}
+
+export function describeDetached(i: DetachedInterface): string {
+    return `interface ${i.tap}${i.mac ? ` (${i.mac})` : ""} is ${i.on ? `on bridge ${i.on}` : "on no bridge"}, not on ${i.bridge}${i.network ? ` of network ${i.network}` : ""}`;
+}
+
+/**
+ * The running VM's interfaces whose tap is not on its network's bridge
+ * (libvirt's live XML names the tap and the network; the kernel says where
+ * the tap is). Undefined when the domain does not exist.
+ */
+export async function detachedInterfaces(uri: string, name: string): Promise<DetachedInterface[] | undefined> {
+    const xml = await lookup(uri, "domain", name, ["dumpxml", name]);
+    if (xml === undefined) return undefined;
+    const out: DetachedInterface[] = [];
+    for (const i of readInterfaces(xml)) {
+        if (!i.tap) continue;
+        const on = bridgeOf(i.tap);
+        if (on === undefined) continue; // not visible from here
+        const info = i.network ? await lookup(uri, "network", i.network, ["net-info", i.network]) : undefined;
+        const bridge = (info !== undefined ? infoFields(info).Bridge : undefined) || i.bridge;
+        if (bridge && on !== bridge) out.push({ tap: i.tap, mac: i.mac, network: i.network, bridge, on });
+    }
+    return out;
+}
+
+/** Plugs every detached interface of the running VM back into its network's bridge, as libvirt does when it starts the VM. */
+export async function plugBack(uri: string, name: string, what: string): Promise<void> {
+    for (const i of (await detachedInterfaces(uri, name)) ?? []) {
+        if (!isIfName(i.bridge)) throw new Error(`${what}: ${describeDetached(i)}, and "${i.bridge}" is no bridge name it could be plugged into`);
+        if (i.network && !(await lookup(uri, "network", i.network, ["net-info", i.network]))) {
+            throw new Error(`${what}: ${describeDetached(i)}, and the network does not exist; run \`pulumi up\` again once it is created (the Domain depends on it)`);
+        }
+        console.error(`${what}: ${describeDetached(i)} (its network was re-created): plugging it back into ${i.bridge}; the VM keeps running`);
+        try {
+            await run(["ip", "link", "set", "dev", i.tap, "master", i.bridge], { timeoutMs: 30_000 });
+        } catch (e) {
+            throw new Error(
+                `${what}: could not plug interface ${i.tap} back into bridge ${i.bridge}: ${(e as Error).message.split("\n")[0]}; ` +
+                    `as root run \`ip link set dev ${i.tap} master ${i.bridge}\` (or restart the VM), then \`pulumi refresh\``,
+            );
+        }
+    }
 }
 
 /**
@@ -145,6 +240,12 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
         if (olds.state && olds.state !== "running" && !d.changes) return { changes: true, replaces: [], deleteBeforeReplace: true, stables };
         // Refresh saw it running an older definition than saved: the next `up` restarts it (or hands that to its deployment).
         if (olds.pendingRestart && !d.changes) return { changes: true, replaces: [], deleteBeforeReplace: true, stables };
+        // Refresh saw an interface off its network's bridge (the network was re-created): the next `up` plugs it back.
+        const detached = Array.isArray(olds.detachedInterfaces) ? olds.detachedInterfaces : [];
+        if (detached.length > 0) {
+            console.error(`[${olds.name ?? _id}] ${detached.join("; ")}: \`pulumi up\` plugs it back into the bridge (an update, no restart)`);
+            return { changes: true, replaces: [], deleteBeforeReplace: true, stables };
+        }
         return { ...d, stables };
     },
 
@@ -179,7 +280,7 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
             throw e;
         }
         const f = readDomain((await virsh(inputs.uri, ["dumpxml", inputs.name], { what })).stdout);
-        const outs: DomainOutputs = { ...inputs, uuid: f.uuid ?? "", state: "running", pendingRestart: false };
+        const outs: DomainOutputs = { ...inputs, uuid: f.uuid ?? "", state: "running", pendingRestart: false, detachedInterfaces: [] };
         return { id: inputs.name, outs };
     },
 
@@ -221,7 +322,9 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
             state = await bringUp(uri, id, state);
             if (state !== "running") throw new Error(`${what} did not start: state is "${state}"; see ${news.consoleLog}`);
         }
-        const outs: DomainOutputs = { ...news, uuid: olds.uuid, state: state ?? "unknown", pendingRestart: false };
+        // A running VM whose network was re-created: its taps back onto the bridge.
+        await plugBack(uri, id, what);
+        const outs: DomainOutputs = { ...news, uuid: olds.uuid, state: state ?? "unknown", pendingRestart: false, detachedInterfaces: [] };
         return { outs };
     },
 
@@ -249,6 +352,10 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
             if (f[k] !== undefined) outs[k] = f[k];
             else if (outs[k]) delete outs[k]; // ("" and absent are the same: none)
         }
+        // Interfaces left off their network's bridge (the network was re-created under the running VM).
+        const detached = state === "running" ? ((await detachedInterfaces(props.uri, id)) ?? []) : [];
+        outs.detachedInterfaces = detached.map(describeDetached);
+        if (detached.length > 0) console.error(`${what}: ${outs.detachedInterfaces.join("; ")}: the guest cannot be reached; the next \`pulumi up\` plugs it back (no restart)`);
         // The running VM against its saved definition: what a restart would still apply.
         const pending = await pendingChanges(props.uri, id);
         outs.pendingRestart = pending.length > 0;

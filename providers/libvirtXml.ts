@@ -71,6 +71,16 @@ export function dnsHostXml(h: DhcpHost): string {
     return `<host ip='${esc(h.ip)}'><hostname>${esc(h.name)}</hostname></host>`;
 }
 
+/** A DNS entry as libvirt holds it (one address, its names): what `net-update delete dns-host` matches. */
+export interface DnsEntry {
+    ip: string;
+    names: string[];
+}
+
+export function dnsEntryXml(e: DnsEntry): string {
+    return `<host ip='${esc(e.ip)}'>${e.names.map((n) => `<hostname>${esc(n)}</hostname>`).join("")}</host>`;
+}
+
 export function networkXml(n: NetworkSpec): string {
     return [
         `<network>`,
@@ -250,6 +260,8 @@ export interface NetworkFacts {
     dhcpStart?: string;
     dhcpEnd?: string;
     hosts: DhcpHost[];
+    /** The DNS entries (<dns><host ip=...><hostname>...), as libvirt holds them. */
+    dnsHosts: DnsEntry[];
 }
 
 export function readNetwork(xml: string): NetworkFacts {
@@ -269,6 +281,10 @@ export function readNetwork(xml: string): NetworkFacts {
         hosts: children(dhcp, "host")
             .map((h) => ({ mac: (attr(h, "mac") ?? "").toLowerCase(), ip: attr(h, "ip") ?? "", name: attr(h, "name") ?? "" }))
             .sort(byMac),
+        dnsHosts: children(child(n, "dns"), "host").map((h) => ({
+            ip: attr(h, "ip") ?? "",
+            names: children(h, "hostname").map((x) => textOf(x) ?? "").filter((x) => x !== ""),
+        })),
     };
 }
 
@@ -320,6 +336,28 @@ export function readDomain(xml: string): DomainFacts {
     const log = attr(child(children(devices, "serial")[0], "log"), "file") ?? attr(child(children(devices, "console")[0], "log"), "file");
     if (log !== undefined) out.consoleLog = log;
     return out;
+}
+
+/** A network interface of a running domain, from its live XML. */
+export interface InterfaceFacts {
+    mac?: string;
+    /** The libvirt network it is on (<source network=...>). */
+    network?: string;
+    /** The bridge libvirt plugged it into (<source bridge=...>, live XML only). */
+    bridge?: string;
+    /** The host-side tap device (<target dev=...>, live XML only). */
+    tap?: string;
+}
+
+/** Every <interface> of a domain: the live XML (virsh dumpxml) carries the tap and the bridge it was plugged into. */
+export function readInterfaces(xml: string): InterfaceFacts[] {
+    const d = root(xml, "domain");
+    return children(child(d, "devices"), "interface").map((i) => ({
+        mac: attr(child(i, "mac"), "address")?.toLowerCase(),
+        network: attr(child(i, "source"), "network"),
+        bridge: attr(child(i, "source"), "bridge"),
+        tap: attr(child(i, "target"), "dev"),
+    }));
 }
 
 function hostnameOf(d: XmlNode): string | undefined {

@@ -5,7 +5,7 @@
 // reboot, net-destroy by hand) is reported by `read` (active: false, the
 // resource stays in state) and started again by the next `up`.
 import * as pulumi from "@pulumi/pulumi";
-import { byMac, DhcpHost, dhcpHostXml, dnsHostXml, networkXml, NetworkSpec, readNetwork } from "./libvirtXml";
+import { byMac, DhcpHost, dhcpHostXml, DnsEntry, dnsEntryXml, dnsHostXml, networkXml, NetworkSpec, readNetwork } from "./libvirtXml";
 import { diffByKeys, infoFields, label, lookup, virsh, withXmlFile } from "./virsh";
 
 export interface NetworkInputs extends NetworkSpec {
@@ -36,6 +36,20 @@ export function planHostChanges(from: DhcpHost[], to: DhcpHost[]): { add: DhcpHo
         .filter((h) => before.has(h.mac) && JSON.stringify(before.get(h.mac)) !== JSON.stringify(h))
         .map((h) => ({ from: before.get(h.mac)!, to: h }));
     return { add, remove, modify };
+}
+
+/**
+ * The DNS entries to delete, by address: those libvirt holds for an address
+ * that loses its node (`leaving`) or that a node moves to (`arriving`), as
+ * libvirt holds them. An address with no entry deletes nothing.
+ */
+export function planDnsDeletes(live: DnsEntry[], leaving: DhcpHost[], arriving: DhcpHost[]): Map<string, DnsEntry[]> {
+    const out = new Map<string, DnsEntry[]>();
+    for (const ip of new Set([...leaving, ...arriving].map((h) => h.ip))) {
+        const entries = live.filter((e) => e.ip === ip);
+        if (entries.length > 0) out.set(ip, entries);
+    }
+    return out;
 }
 
 /** Starts the network if it is not running. */
@@ -105,17 +119,34 @@ export const networkProvider: pulumi.dynamic.ResourceProvider = {
         await ensureActive(uri, news.name);
         const scope = ["--live", "--config"];
         // Plan against what libvirt has now, not only the recorded state: a
-        // reservation added or removed by hand must not make net-update fail.
-        const current = readNetwork((await virsh(uri, ["net-dumpxml", news.name, "--inactive"], { what })).stdout).hosts;
-        const plan = planHostChanges(current, news.hosts);
+        // reservation or DNS entry added or removed by hand must not make
+        // net-update fail. DNS entries are deleted as libvirt holds them (by
+        // address, with the names it has), and only when they are there; a
+        // failure to delete one is an error.
+        const live = readNetwork((await virsh(uri, ["net-dumpxml", news.name, "--inactive"], { what })).stdout);
+        const plan = planHostChanges(live.hosts, news.hosts);
         const upd = (command: string, section: string, xml: string) => virsh(uri, ["net-update", news.name, command, section, xml, ...scope], { what });
+        const dnsDeletes = planDnsDeletes(live.dnsHosts, [...plan.remove, ...plan.modify.map((m) => m.from)], plan.modify.map((m) => m.to));
+        const deleteDns = async (e: DnsEntry, of: string) => {
+            try {
+                await upd("delete", "dns-host", dnsEntryXml(e));
+            } catch (err) {
+                throw new Error(
+                    `${what}: removing the DNS entry of ${of} (${e.ip}) failed: ${(err as Error).message}; ` +
+                        `see \`virsh net-dumpxml ${news.name}\`, remove the entry by hand (virsh net-update ${news.name} delete dns-host ...) and run \`pulumi up\` again`,
+                );
+            }
+        };
         for (const h of plan.remove) {
             await upd("delete", "ip-dhcp-host", dhcpHostXml(h));
-            await upd("delete", "dns-host", dnsHostXml(h)).catch(() => undefined); // absent DNS entry: nothing to remove
+            for (const e of dnsDeletes.get(h.ip) ?? []) await deleteDns(e, h.name);
         }
         for (const { from, to } of plan.modify) {
             await upd("modify", "ip-dhcp-host", dhcpHostXml(to));
-            await upd("delete", "dns-host", dnsHostXml(from)).catch(() => undefined);
+            for (const ip of new Set([from.ip, to.ip])) {
+                for (const e of dnsDeletes.get(ip) ?? []) await deleteDns(e, from.name);
+                dnsDeletes.delete(ip);
+            }
             await upd("add-last", "dns-host", dnsHostXml(to));
         }
         for (const h of plan.add) {

@@ -24,10 +24,10 @@ import { decommissionWorker } from "./spark/decommission";
 import type { SparkCheck } from "./spark/verify";
 import { prepareContact, recordedHostKeys, targetOf } from "./deployment/contact";
 import { deploy, logger } from "./deployment/deploy";
-import { deploymentDiff } from "./deployment/diff";
+import { deploymentDiff, diskRecreated } from "./deployment/diff";
 import { defaultInputs, checkInputs, inputsOf, reachOf, withDefaults } from "./deployment/inputs";
 import { readCurrentSystem } from "./deployment/rebuild";
-import { vmGoneOf, vmPendingOf } from "./deployment/vmState";
+import { diskGoneOf, vmGoneOf, vmPendingOf } from "./deployment/vmState";
 import type { NixosDeploymentArgs } from "./deployment/types";
 
 export type { NixosDeploymentArgs, NixosDeploymentInputs, NixosDeploymentOutputs, RebuildFlavour } from "./deployment/types";
@@ -78,7 +78,8 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
         const inp = inputsOf(news);
         // A different VM (same address, new machine) is a first contact: this
         // stack created it, so its new host key replaces the recorded one.
-        const contact = olds.machineId !== undefined && olds.machineId !== inp.machineId ? "first" : olds.host !== inp.host ? "new-address" : "known";
+        // So is a new disk under the same VM: a fresh system with new host keys.
+        const contact = (olds.machineId !== undefined && olds.machineId !== inp.machineId) || diskRecreated(olds, news) ? "first" : olds.host !== inp.host ? "new-address" : "known";
         const previousSecret = typeof olds.secretProperties === "string" ? olds.secretProperties : undefined;
         const previousSystem = typeof olds.currentSystem === "string" && olds.currentSystem !== "" ? olds.currentSystem : undefined;
         return { outs: await deploy(inp, contact, previousSecret, previousSystem, olds.hostKeys) };
@@ -88,7 +89,7 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
         const inp = inputsOf(props);
         const log = logger(inp.node ?? id);
         // Does the VM run the definition its deployment restarted it for? (Its Domain saved another one.)
-        const vm = { ...(await vmPendingOf(inp, log)), ...(await vmGoneOf(inp, log)) };
+        const vm = { ...(await vmPendingOf(inp, log)), ...(await vmGoneOf(inp, log)), ...(await diskGoneOf(inp, log)) };
         try {
             // From the state when this checkout lacks them: a refresh runs before the program.
             await prepareContact(inp, props.hostKeys, log);

@@ -96,6 +96,8 @@ export interface VmRef {
      */
     diskPath?: string;
     mac?: string;
+    /** The disk's identity, set when its Volume is created: another one is a re-created disk (its role is applied again). */
+    diskId?: string;
     /**
      * The rest of the definition a restart applies. Absent in state recorded
      * before it existed: then only the size is compared.

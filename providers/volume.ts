@@ -55,6 +55,15 @@ export interface VolumeOutputs extends VolumeInputs {
     path: string;
     /** The base this overlay actually backs onto (recorded at create, read back on refresh). */
     backingPath: string;
+    /**
+     * This disk's identity: new whenever the Volume is created (also when
+     * `up` re-creates a disk deleted behind the stack's back), kept by
+     * updates (state from before it has none until a re-create: its
+     * deployment then sees a disk found gone by refresh, see
+     * nixosDeployment.ts diskRecreated). The node's deployment re-applies
+     * its role when it changes.
+     */
+    diskId: string;
 }
 
 const GiB = 1024 ** 3;
@@ -264,6 +273,11 @@ async function volumeXmlOf(p: VolumeInputs, start: boolean): Promise<string | un
     }
 }
 
+/** A fresh disk identity (see VolumeOutputs.diskId). */
+function newDiskId(): string {
+    return (require("node:crypto") as typeof import("node:crypto")).randomUUID();
+}
+
 export const volumeProvider: pulumi.dynamic.ResourceProvider = {
     async check(olds: any, news: any) {
         return { inputs: { ...news, moveRequired: moveReason(olds, news) }, failures: checkVolumeInputs(olds, news) };
@@ -306,7 +320,7 @@ export const volumeProvider: pulumi.dynamic.ResourceProvider = {
             );
         }
         const path = (await virsh(inputs.uri, ["vol-path", "--pool", inputs.pool, inputs.name], { what: label("volume", `${inputs.pool}/${inputs.name}`) })).stdout.trim();
-        const outs: VolumeOutputs = { ...inputs, path, backingPath: actual };
+        const outs: VolumeOutputs = { ...inputs, path, backingPath: actual, diskId: newDiskId() };
         return { id: `${inputs.pool}/${inputs.name}`, outs };
     },
 
@@ -376,7 +390,8 @@ export const volumeProvider: pulumi.dynamic.ResourceProvider = {
 export class Volume extends pulumi.dynamic.Resource {
     declare readonly path: pulumi.Output<string>;
     declare readonly backingPath: pulumi.Output<string>;
+    declare readonly diskId: pulumi.Output<string>;
     constructor(name: string, args: { [K in keyof VolumeInputs]: pulumi.Input<VolumeInputs[K]> }, opts?: pulumi.CustomResourceOptions) {
-        super(volumeProvider, name, { path: undefined, ...args, backingPath: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "Volume");
+        super(volumeProvider, name, { path: undefined, ...args, backingPath: undefined, diskId: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "Volume");
     }
 }

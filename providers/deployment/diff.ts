@@ -32,10 +32,16 @@ export function switchKeys(): string[] {
  */
 export function deploymentDiff(olds: Record<string, unknown>, news: Record<string, unknown>): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean; reasons: string[] } {
     const reasons: string[] = [];
+    // An unknown UUID of the same VM, not gone (its Domain only updated: a
+    // restart, an interface plugged back, a start): the same VM after apply.
+    const sameVm = olds.vmGone !== true && typeof olds.machineId === "string" && olds.machineId !== "" && sameVmIdentity(olds.vm, news.vm);
     for (const k of SWITCH_KEYS) {
-        if (news[k] === UNKNOWN) reasons.push(`${k} is not known until apply`);
-        else if (olds[k] !== news[k]) reasons.push(`${k} changed`);
+        if (news[k] === UNKNOWN) {
+            if (!(k === "machineId" && sameVm)) reasons.push(`${k} is not known until apply`);
+        } else if (olds[k] !== news[k]) reasons.push(`${k} changed`);
     }
+    // The node's disk re-created under the same VM: nothing of the role is on it.
+    if (diskRecreated(olds, news)) reasons.push("the node's disk was re-created (a new Volume): its role is applied again, from a first contact");
     const current = olds.currentSystem;
     if (typeof current === "string" && current !== "" && news.expectedSystem !== UNKNOWN && current !== news.expectedSystem && current !== UNKNOWN) {
         reasons.push(`the node runs ${current}, not the expected system`);
@@ -76,6 +82,23 @@ export function deploymentDiff(olds: Record<string, unknown>, news: Record<strin
     const newVm =
         typeof oldId === "string" && oldId !== "" && oldId !== UNKNOWN && (news.machineId === UNKNOWN ? olds.vmGone === true || !sameVmIdentity(olds.vm, news.vm) : news.machineId !== oldId);
     return { changes: reasons.length > 0, replaces: newVm ? ["machineId"] : [], deleteBeforeReplace: newVm, reasons: [...new Set(reasons)] };
+}
+
+/**
+ * True when the VM's disk is not the one the deployment switched: its
+ * Volume's identity (vm.diskId, set when the Volume is created) differs, or,
+ * in preview where a new Volume's diskId is unknown, a refresh found the disk
+ * gone (diskGone). Never for state without a diskId in the new inputs, nor
+ * for a Volume only updated (diskId unknown, the disk there).
+ */
+export function diskRecreated(olds: Record<string, unknown>, news: Record<string, unknown>): boolean {
+    const ov = olds.vm as Partial<VmRef> | undefined;
+    const nv = news.vm as Partial<VmRef> | typeof UNKNOWN | undefined;
+    if (!ov || typeof ov !== "object" || !nv || nv === UNKNOWN || typeof nv !== "object") return false;
+    const now = nv.diskId as unknown;
+    if (now === undefined || now === null) return false;
+    if (olds.diskGone === true) return now === UNKNOWN || now !== ov.diskId;
+    return now !== UNKNOWN && typeof ov.diskId === "string" && ov.diskId !== "" && ov.diskId !== now;
 }
 
 /** True when both `vm` inputs name the same VM: libvirt URI, domain, disk and MAC all recorded, known and equal. */

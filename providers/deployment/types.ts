@@ -134,7 +134,7 @@ export interface NixosDeploymentArgs {
     /** Versions of what the expected system runs, for a package-level preview. */
     packages?: pulumi.Input<Record<string, unknown>>;
     /** The VM and its definition: a new one restarts it, in rollout order, before the switch. */
-    vm?: pulumi.Input<VmRef>;
+    vm?: pulumi.Input<VmRef> | { [K in keyof VmRef]: pulumi.Input<VmRef[K]> };
     /** Print `nix store diff-closures` of the old and new system after the switch (one node per role). */
     closureDiff?: pulumi.Input<boolean>;
 }

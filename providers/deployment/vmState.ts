@@ -40,3 +40,20 @@ export async function vmPendingOf(inp: NixosDeploymentInputs, log: (m: string) =
         return {};
     }
 }
+
+/**
+ * refresh: whether the disk the VM runs from (vm.diskPath) is gone from
+ * libvirt (a `virsh vol-delete` by hand), as diskGone: preview then shows
+ * this deployment updated with the Volume that `up` creates again.
+ */
+export async function diskGoneOf(inp: NixosDeploymentInputs, log: (m: string) => void): Promise<{ diskGone?: boolean }> {
+    if (!inp.vm || typeof inp.vm !== "object" || typeof inp.vm.diskPath !== "string" || inp.vm.diskPath === "") return {};
+    try {
+        const gone = (await lookup(inp.vm.uri, "volume", inp.vm.diskPath, ["vol-name", inp.vm.diskPath])) === undefined;
+        if (gone) log(`refresh: its disk ${inp.vm.diskPath} is gone; the next \`pulumi up\` applies its role again to the disk it creates`);
+        return { diskGone: gone };
+    } catch (e) {
+        log(`refresh: could not ask libvirt whether its disk is there: ${(e as Error).message.split("\n")[0]}`);
+        return {};
+    }
+}

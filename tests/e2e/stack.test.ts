@@ -11,7 +11,10 @@
 //   network updated in place (same UUID) -> a Spark setting: the four
 //   deployments update, nothing is replaced, no VM is touched -> a VM removed
 //   behind the stack's back: refresh notices, up brings it back and deploys
-//   it (its deployment replaced, delete first) -> an invalid config in a fresh stack fails with the schema's own
+//   it (its deployment replaced, delete first) -> the network undefined
+//   behind the stack's back: refresh + up re-create it and plug the running
+//   VMs back, no restart -> a stopped worker's disk deleted: refresh + up
+//   re-create it and switch the node again -> an invalid config in a fresh stack fails with the schema's own
 //   messages and leaves the stack empty -> destroy leaves no libvirt object
 //   and no GC root.
 //
@@ -412,6 +415,70 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
             running: systems.worker,
         });
         await expectNodesRun(3, systems);
+    });
+
+    // Issue 16, drift repairs. (a) The libvirt network undefined behind the
+    // stack's back while the VMs run (an admin's net-destroy + net-undefine):
+    // their tap devices stay on no bridge, and libvirt re-plugs them neither
+    // when the network is started again nor on an update-device. Refresh
+    // drops the Network and records each running Domain's detached
+    // interface; preview shows the network created and every Domain updated
+    // (no restart: the deployments stay as they are); up creates the network
+    // and plugs each tap back. The same VMs, the same NICs, not restarted.
+    test("5c. the network undefined behind the stack's back: one refresh + up re-creates it and plugs every running VM back without a restart; every node answers", async () => {
+        const nodes = nodeNames(3);
+        const uuid = async (n: string) => (await bench.virsh(["domuuid", names.domain(n)])).stdout.trim();
+        const taps = async (n: string) => (await bench.virsh(["domiflist", names.domain(n)])).stdout.split("\n").map((l) => l.trim().split(/\s+/)[0]).filter((t) => /^vnet\d+$/.test(t));
+        const uptime = async (n: string) => Number((await bench.ssh(ipOf(n), ["cat", "/proc/uptime"], { timeoutMs: 30_000 })).stdout.trim().split(/\s+/)[0]);
+        const before = { uuids: await Promise.all(nodes.map(uuid)), taps: await Promise.all(nodes.map(taps)), uptimes: await Promise.all(nodes.map(uptime)) };
+        expect(before.taps.map((t) => t.length)).toEqual(nodes.map(() => 1));
+        const switches = rebuilds().length;
+
+        await bench.virsh(["net-destroy", names.network]);
+        await bench.virsh(["net-undefine", names.network]);
+        const r = await timed("refresh (network gone)", () => cli.refresh());
+        expect(stepList(r.steps, (s) => s.op === "delete")).toEqual([`delete ${names.networkResource}`]);
+
+        const expected = [`create ${names.networkResource}`, ...nodes.map((n) => `update ${names.domain(n)}`)].sort();
+        const p = await timed("preview (network gone)", () => cli.preview());
+        expect(stepList(changed(p))).toEqual(expected);
+        const u = await timed("up (network re-created)", () => cli.up());
+        expect(stepList(changed(u))).toEqual(expected);
+
+        for (const n of nodes) await expectReservedAddress(n);
+        const after = { uuids: await Promise.all(nodes.map(uuid)), taps: await Promise.all(nodes.map(taps)), uptimes: await Promise.all(nodes.map(uptime)) };
+        // The same VMs with the same NICs, never restarted (their uptime went on), and no node switched.
+        expect({ uuids: after.uuids, taps: after.taps }).toEqual({ uuids: before.uuids, taps: before.taps });
+        nodes.forEach((n, i) => expect({ node: n, restarted: after.uptimes[i] < before.uptimes[i] }).toEqual({ node: n, restarted: false }));
+        expect(rebuilds().length).toBe(switches);
+        const again = await timed("preview (network repaired)", () => cli.preview());
+        expect(stepList(changed(again))).toEqual([]);
+    });
+
+    // (b) A stopped worker's disk deleted (virsh vol-delete): refresh drops its
+    // Volume, and its deployment's refresh finds the disk gone. Preview shows
+    // the disk created, the VM started (its Domain updated) and the
+    // deployment updated, not replaced (the same VM); up switches the node
+    // again from a first contact: the new disk has nothing of the role.
+    test("5d. a stopped worker's disk deleted behind the stack's back: one refresh + up re-creates it, starts the VM and re-applies its role", async () => {
+        const w = "worker-2";
+        const dom = names.domain(w);
+        await bench.virsh(["destroy", dom]);
+        await bench.virsh(["vol-delete", "--pool", names.pool, `${dom}.qcow2`]);
+        const r = await timed("refresh (a disk gone)", () => cli.refresh());
+        expect(stepList(r.steps, (s) => s.op === "delete")).toEqual([`delete ${names.volume(w)}`]);
+
+        const expected = [`create ${names.volume(w)}`, `update ${names.domain(w)}`, `update ${names.deployment(w)}`].sort();
+        const p = await timed("preview (a disk gone)", () => cli.preview());
+        expect(stepList(changed(p))).toEqual(expected);
+        const switches = rebuilds().length;
+        const u = await timed("up (disk re-created)", () => cli.up());
+        expect({ applied: stepList(changed(u)), switched: rebuilds().slice(switches).map((x) => x.target) }).toEqual({ applied: expected, switched: [`root@${ipOf(w)}`] });
+
+        await expectReservedAddress(w);
+        await expectNodesRun(3, systems);
+        const again = await timed("preview (disk repaired)", () => cli.preview());
+        expect(stepList(changed(again))).toEqual([]);
     });
 
     test("6. invalid config in a fresh stack: preview and up fail with the schema's messages and the stack stays empty", async () => {

@@ -24,6 +24,8 @@ import { buildTopology, NodeSpec, Topology } from "../../cluster/topology";
 import { domainProvider, DomainOutputs } from "../../providers/domain";
 import { restartForDefinition } from "../../providers/vmPower";
 import { readNetwork } from "../../providers/libvirtXml";
+import type { NixosDeploymentInputs } from "../../providers/nixosDeployment";
+import { diskGoneOf } from "../../providers/deployment/vmState";
 import { networkProvider, NetworkOutputs } from "../../providers/network";
 import { poolProvider, PoolOutputs } from "../../providers/pool";
 import { volumeProvider, VolumeOutputs } from "../../providers/volume";
@@ -374,6 +376,35 @@ describe("libvirt providers on a real libvirtd", () => {
         // A network removed by hand is noticed too.
         const netRead = await P.net.read!(netOuts!.name, netOuts!);
         expect(netRead.props.uuid).toBe(uuid);
+    });
+
+    // Issue 16: a disk deleted behind the stack's back. The Volume's refresh
+    // drops it, the node's deployment learns from libvirt that the disk it
+    // switched is gone (diskGone), and the disk `up` creates has another
+    // identity (diskId), so the deployment applies the role again.
+    test("a disk deleted by hand: refresh drops the Volume and the deployment's refresh finds it gone; the re-created disk has a new diskId", async () => {
+        const t = topo(1);
+        const inputs = { uri, pool: t.poolName, name: `${stack}-scratch.qcow2`, basePath: bench!.guest.baseImage, capacityBytes: 1024 ** 3 };
+        const first = await P.vol.create!(inputs);
+        created.volumes.set(first.id, first.outs);
+        const vm = { uri, domain: `${stack}-scratch`, diskPath: first.outs.path, vcpus: 1, memoryMiB: 256, shutdownTimeoutSeconds: 5 };
+        const log: string[] = [];
+        const dep = { node: "scratch", vm } as unknown as NixosDeploymentInputs;
+        expect(first.outs.diskId).toMatch(/^[0-9a-f-]{36}$/);
+        expect(await diskGoneOf(dep, (m) => log.push(m))).toEqual({ diskGone: false });
+
+        await bench!.virsh(["vol-delete", "--pool", t.poolName, inputs.name]);
+        expect((await P.vol.read!(first.id, first.outs)).id).toBeFalsy();
+        expect(await diskGoneOf(dep, (m) => log.push(m))).toEqual({ diskGone: true });
+        expect(log).toEqual([`refresh: its disk ${first.outs.path} is gone; the next \`pulumi up\` applies its role again to the disk it creates`]);
+
+        const again = await P.vol.create!(inputs);
+        created.volumes.set(again.id, again.outs);
+        expect(again.outs.path).toBe(first.outs.path);
+        expect(again.outs.diskId).toMatch(/^[0-9a-f-]{36}$/);
+        expect(again.outs.diskId).not.toBe(first.outs.diskId);
+        await P.vol.delete!(again.id, again.outs);
+        created.volumes.delete(again.id);
     });
 
     test("adopt only what matches; a failed create leaves nothing behind", async () => {

@@ -11,7 +11,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { domainProvider } from "../../providers/domain";
-import { domainXml, readDomain } from "../../providers/libvirtXml";
+import { dhcpHostXml, dnsHostXml, domainXml, networkXml, readDomain } from "../../providers/libvirtXml";
 import { deploymentDiff, sameVmIdentity } from "../../providers/deployment/diff";
 import { definitionChanges, restartForDefinition } from "../../providers/vmPower";
 import { ensureHostTools } from "../helpers/hostTools";
@@ -153,6 +153,21 @@ describe.each([
     test("domain: a refresh that saw the VM run an older definition than saved makes the next up an update", async () => {
         expect(await ddiff({}, { pendingRestart: true })).toMatchObject({ changes: true, replaces: [] });
     });
+    test("domain: a refresh that found an interface off its network's bridge (the network was re-created) makes the next up an update: no replace, no restart", async () => {
+        const detachedInterfaces = ["interface vnet0 (02:00:00:00:00:01) is on no bridge, not on nxs-dev of network dev-net"];
+        expect(await ddiff({}, { detachedInterfaces })).toMatchObject({ changes: true, replaces: [] });
+        expect(await ddiff({}, { detachedInterfaces: [] })).toMatchObject({ changes: false, replaces: [] });
+        expect((await p.domainProvider.check!({ ...domOut, detachedInterfaces }, dom)).inputs.restartRequired).toBe("");
+        // What preview prints (the provider as written: a loaded one writes to the process's own console).
+        const said: string[] = [];
+        const spy = jest.spyOn(console, "error").mockImplementation((m: unknown) => void said.push(String(m)));
+        try {
+            await domainProvider.diff!("dev-master", { ...domOut, detachedInterfaces }, dom);
+        } finally {
+            spy.mockRestore();
+        }
+        expect(said).toEqual([`[dev-master] ${detachedInterfaces[0]}: \`pulumi up\` plugs it back into the bridge (an update, no restart)`]);
+    });
     test("domain: a VM that refresh saw shut off or paused is brought back by an update", async () => {
         expect(await ddiff({}, { state: "shut off" })).toMatchObject({ changes: true, replaces: [] });
         expect(await ddiff({}, { state: "paused" })).toMatchObject({ changes: true, replaces: [] });
@@ -180,6 +195,12 @@ describe.each([
         expect(await vdiff({ capacityBytes: 2 * vol.capacityBytes })).toMatchObject({ changes: true, replaces: [] });
         expect((await vdiff({ name: "other.qcow2" })).replaces).toEqual(["name"]);
         expect((await vdiff({ pool: "p2" })).replaces).toEqual(["pool"]);
+    });
+    test("volume: an update keeps the disk's identity (diskId, which the deployment compares); state from before it stays without one", async () => {
+        const kept = await p.volumeProvider.update!("x", { ...vol, path: "/p/x", backingPath: vol.basePath, diskId: "disk-1" }, { ...vol, basePath: "/pool/dev-base-bbbbbbbbbbbb.qcow2" });
+        expect(kept.outs).toMatchObject({ diskId: "disk-1", path: "/p/x", backingPath: vol.basePath });
+        const older = await p.volumeProvider.update!("x", { ...vol, path: "/p/x", backingPath: vol.basePath }, vol);
+        expect(older.outs).not.toHaveProperty("diskId");
     });
     test("volume: check refuses a smaller disk in preview, naming both sizes and the fix", async () => {
         const r = await p.volumeProvider.check!({ ...vol, capacityBytes: 2 * 1024 ** 3 }, { ...vol, capacityBytes: 1024 ** 3 });
@@ -228,6 +249,7 @@ case "$1" in
   shutdown|destroy) echo "shut off" >"$d/state" ;;
   start) cp "$d/saved.xml" "$d/live.xml"; echo running >"$d/state" ;;
   list) echo dev-master ;;
+  net-info) printf 'Name: dev-net\\nActive: yes\\nBridge: nxs-dev\\n' ;;
   *) echo "stand-in virsh: unexpected: $*" >&2; exit 1 ;;
 esac
 `;
@@ -343,6 +365,28 @@ describe("a restart-applied change against a stand-in virsh", () => {
         const up = await quiet(() => P.dom.update!("dev-master", { ...olds, consoleLog: "/l3/x.log", pendingRestart: true }, { ...base, consoleLog: "/l3/x.log", restartBy: "deployment" }));
         expect(up.value.outs).toMatchObject({ pendingRestart: false });
         expect(up.said.join("\n")).toMatch(/console log \/l2\/x\.log -> \/l3\/x\.log saved in the definition; its NixOS deployment restarts the VM in rollout order/);
+    });
+
+    // The kernel's word on where a tap is: a device this process sees that is
+    // on no bridge (here `lo`, as a tap left behind by a re-created network).
+    test("detachedInterfaces: read finds a tap off its network's bridge; update tries to plug it back without a restart and says the fix when it cannot", async () => {
+        boot(base);
+        const onTap = (dev: string) =>
+            domainXml({ ...base, uuid: olds.uuid }).replace(/<source network='dev-net'\/>/, `<source network='dev-net' bridge='nxs-dev'/>\n      <target dev='${dev}'/>`);
+        fs.writeFileSync(path.join(dir, "live.xml"), onTap("lo"));
+        const seen = await quiet(() => P.dom.read!("dev-master", olds));
+        const line = "interface lo (02:00:00:00:00:01) is on no bridge, not on nxs-dev of network dev-net";
+        expect(seen.value.props).toMatchObject({ detachedInterfaces: [line], pendingRestart: false });
+        expect(seen.said.join("\n")).toContain(`${line}: the guest cannot be reached; the next \`pulumi up\` plugs it back (no restart)`);
+        // Here the bridge does not exist: the update fails naming the tap, the bridge and the command that fixes it; no restart was tried.
+        const up = quiet(() => P.dom.update!("dev-master", seen.value.props as typeof olds, { ...base, restartBy: "deployment" }));
+        await expect(up).rejects.toThrow(/could not plug interface lo back into bridge nxs-dev: .*; as root run `ip link set dev lo master nxs-dev` \(or restart the VM\), then `pulumi refresh`/);
+        expect(calls().filter((c) => /^(define|shutdown|destroy|start)\b/.test(c))).toEqual([]);
+        // A tap this process cannot see (libvirtd in another network namespace) says nothing.
+        fs.writeFileSync(path.join(dir, "live.xml"), onTap("nxs-notthere0"));
+        expect((await quiet(() => P.dom.read!("dev-master", olds))).value.props).toMatchObject({ detachedInterfaces: [] });
+        const ok = await quiet(() => P.dom.update!("dev-master", { ...olds, detachedInterfaces: [line] }, { ...base, restartBy: "deployment" }));
+        expect(ok.value.outs).toMatchObject({ detachedInterfaces: [], state: "running" });
     });
 });
 
@@ -482,5 +526,77 @@ describe("Volume: a disk from before base volumes (backing outside the pool)", (
         } finally {
             fs.rmSync(dir, { recursive: true, force: true });
         }
+    });
+});
+
+// A stand-in virsh for the network's update: net-dumpxml prints net.xml,
+// net-update is recorded, and a DNS delete fails when dns-fail holds a message.
+const FAKE_NET_VIRSH = `#!/bin/bash
+d="$(dirname "$0")"
+args=()
+while [ $# -gt 0 ]; do case "$1" in --quiet) shift;; -c) shift 2;; *) args+=("$1"); shift;; esac; done
+printf '%s\\n' "\${args[*]}" >>"$d/calls"
+set -- "\${args[@]}"
+case "$1" in
+  net-info) printf 'Name: dev-net\\nActive: yes\\nAutostart: yes\\nBridge: nxs-dev\\n' ;;
+  net-dumpxml) cat "$d/net.xml" ;;
+  net-autostart) ;;
+  net-update) if [ "$3 $4" = "delete dns-host" ] && [ -s "$d/dns-fail" ]; then cat "$d/dns-fail" >&2; exit 1; fi ;;
+  *) echo "stand-in virsh: unexpected: $*" >&2; exit 1 ;;
+esac
+`;
+
+describe("network update: DNS entries are deleted as the live network has them, and a failure is an error", () => {
+    let dir: string;
+    let oldPath: string | undefined;
+    const calls = () => fs.readFileSync(path.join(dir, "calls"), "utf8").trim().split("\n").filter(Boolean);
+    const dnsCalls = () => calls().filter((c) => c.includes(" dns-host "));
+    const w2 = { mac: "02:00:00:00:00:03", ip: "10.77.0.12", name: "dev-worker-2" };
+    /** The live network: every reservation, and DNS entries for `dns` only. */
+    const live = (reservations: typeof hosts, dns: typeof hosts) => {
+        const xml = networkXml({ ...net, hosts: reservations }).replace(/<dns>[\s\S]*<\/dns>/, `<dns>\n${dns.map((h) => `    ${dnsHostXml(h)}`).join("\n")}\n  </dns>`);
+        fs.writeFileSync(path.join(dir, "net.xml"), xml);
+        fs.writeFileSync(path.join(dir, "calls"), "");
+        fs.writeFileSync(path.join(dir, "dns-fail"), "");
+    };
+    beforeAll(() => {
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-fake-virsh-"));
+        fs.writeFileSync(path.join(dir, "virsh"), FAKE_NET_VIRSH, { mode: 0o755 });
+        oldPath = process.env.PATH;
+        process.env.PATH = `${dir}:${oldPath}`;
+    });
+    afterAll(() => {
+        process.env.PATH = oldPath;
+        fs.rmSync(dir, { recursive: true, force: true });
+    });
+    const outs = { ...netOut, hosts: [...hosts, w2] };
+
+    test("a removed node whose DNS entry is already gone: only its reservation is deleted, no DNS delete is tried", async () => {
+        live([...hosts, w2], hosts);
+        await networkProvider.update!("dev-net", outs, net);
+        expect(calls().filter((c) => c.startsWith("net-update"))).toEqual([`net-update dev-net delete ip-dhcp-host ${dhcpHostXml(w2)} --live --config`]);
+    });
+
+    test("a removed node's DNS entry is deleted as libvirt holds it (its names), a changed address's entry too", async () => {
+        const byHand = { ...w2, name: "w2-alias" };
+        live([...hosts, w2], [...hosts, byHand]);
+        await networkProvider.update!("dev-net", outs, net);
+        expect(dnsCalls()).toEqual([`net-update dev-net delete dns-host ${dnsHostXml(byHand)} --live --config`]);
+
+        const moved = { ...hosts[1], ip: "10.77.0.21" };
+        live(hosts, hosts);
+        await networkProvider.update!("dev-net", netOut, { ...net, hosts: [hosts[0], moved] });
+        expect(dnsCalls()).toEqual([
+            `net-update dev-net delete dns-host ${dnsHostXml(hosts[1])} --live --config`,
+            `net-update dev-net add-last dns-host ${dnsHostXml(moved)} --live --config`,
+        ]);
+    });
+
+    test("libvirt failing to delete a DNS entry that is there fails the update, naming the network, the node and libvirt's message", async () => {
+        live([...hosts, w2], [...hosts, w2]);
+        fs.writeFileSync(path.join(dir, "dns-fail"), "error: internal error: dnsmasq refused to reload\n");
+        await expect(networkProvider.update!("dev-net", outs, net)).rejects.toThrow(
+            /libvirt network "dev-net": removing the DNS entry of dev-worker-2 \(10\.77\.0\.12\) failed: .*internal error: dnsmasq refused to reload/,
+        );
     });
 });

@@ -85,6 +85,47 @@ describe("diff", () => {
         expect(deploymentDiff({ ...withId, vmGone: true }, { ...inputs, vm, machineId: UNKNOWN })).toMatchObject({ changes: true, replaces: ["machineId"], deleteBeforeReplace: true });
     });
 
+    test("an updated Domain (its UUID unknown in preview, the same VM identity, not gone) is no reason to switch: the deployment stays as it is", () => {
+        const vm = { uri: "qemu:///system", domain: "dev-worker-1", diskPath: "/pool/dev-worker-1.qcow2", mac: "52:54:00:00:00:01", vcpus: 2, memoryMiB: 2048, shutdownTimeoutSeconds: 60 };
+        const withId = { ...outs, machineId: "uuid-1", vm };
+        // E.g. a Domain whose interface is plugged back into a re-created network, or that is started again: same VM, same UUID after apply.
+        expect(deploymentDiff(withId, { ...inputs, vm, machineId: UNKNOWN })).toMatchObject({ changes: false, replaces: [] });
+        expect(deploymentDiff({ ...withId, vmGone: false }, { ...inputs, vm, machineId: UNKNOWN })).toMatchObject({ changes: false, replaces: [] });
+        // Without a recorded identity an unknown UUID still says nothing for sure: a new VM.
+        expect(deploymentDiff({ ...outs, machineId: "uuid-1" }, { ...inputs, machineId: UNKNOWN })).toMatchObject({ changes: true, replaces: ["machineId"] });
+    });
+
+    describe("a node's disk re-created (vm.diskId: the identity its Volume gets at create)", () => {
+        const vm = { uri: "qemu:///system", domain: "dev-worker-1", diskPath: "/pool/dev-worker-1.qcow2", mac: "52:54:00:00:00:01", vcpus: 2, memoryMiB: 2048, shutdownTimeoutSeconds: 60, diskId: "disk-1" };
+        const withId = { ...outs, machineId: "uuid-1", vm };
+        const reason = "the node's disk was re-created (a new Volume): its role is applied again, from a first contact";
+
+        test("preview after a refresh that found the disk gone (diskGone; the new Volume's diskId unknown): an update that switches, not a replace", () => {
+            expect(deploymentDiff({ ...withId, diskGone: true }, { ...inputs, machineId: UNKNOWN, vm: { ...vm, diskId: UNKNOWN } })).toEqual({
+                changes: true,
+                replaces: [],
+                deleteBeforeReplace: false,
+                reasons: [reason],
+            });
+        });
+        test("at apply: another diskId than the one it deployed onto re-applies the role; the same one does not", () => {
+            expect(deploymentDiff({ ...withId, diskGone: true }, { ...inputs, machineId: "uuid-1", vm: { ...vm, diskId: "disk-2" } })).toMatchObject({ changes: true, replaces: [], reasons: [reason] });
+            expect(deploymentDiff(withId, { ...inputs, machineId: "uuid-1", vm: { ...vm, diskId: "disk-2" } })).toMatchObject({ changes: true, reasons: [reason] });
+            // A refresh that could not find the disk (a stopped pool) while the Volume kept it: nothing to do.
+            expect(deploymentDiff({ ...withId, diskGone: true }, { ...inputs, machineId: "uuid-1", vm })).toMatchObject({ changes: false });
+        });
+        test("a Volume only updated (a bigger disk, new provider code: diskId unknown in preview) with the disk there: no change", () => {
+            expect(deploymentDiff({ ...withId, diskGone: false }, { ...inputs, machineId: "uuid-1", vm: { ...vm, diskId: UNKNOWN } })).toMatchObject({ changes: false });
+            expect(deploymentDiff(withId, { ...inputs, machineId: "uuid-1", vm: { ...vm, diskId: UNKNOWN } })).toMatchObject({ changes: false });
+        });
+        test("state from before diskId: a Volume that gets one is no change, unless a refresh found the disk gone", () => {
+            const { diskId: _d, ...older } = vm;
+            expect(deploymentDiff({ ...withId, vm: older }, { ...inputs, machineId: "uuid-1", vm })).toMatchObject({ changes: false });
+            expect(deploymentDiff({ ...withId, vm: older, diskGone: true }, { ...inputs, machineId: "uuid-1", vm })).toMatchObject({ changes: true, reasons: [reason] });
+            expect(deploymentDiff({ ...withId, vm: older, diskGone: true }, { ...inputs, machineId: "uuid-1", vm: older })).toMatchObject({ changes: false });
+        });
+    });
+
     test("a new VM size is an update (the VM restarts in its rollout turn, before the switch); a VM recorded before `vm` existed is not", () => {
         const vm = { uri: "qemu:///system", domain: "dev-worker-1", vcpus: 2, memoryMiB: 2048, shutdownTimeoutSeconds: 60 };
         expect(deploymentDiff({ ...outs, vm }, { ...inputs, vm }).changes).toBe(false);

@@ -21,6 +21,7 @@ pulumi.runtime.setMocks(
             const state: Record<string, any> = { ...args.inputs };
             if (args.type === "pulumi-nodejs:dynamic/nixspark:Volume") {
                 state.path = `/pool/${args.inputs.name}`;
+                state.diskId = `disk-id-of-${args.name}`;
             }
             if (args.type === "pulumi-nodejs:dynamic/nixspark:ClusterSecret") {
                 state.value = "mock-cluster-secret";
@@ -173,6 +174,8 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
                 uri: def.uri,
                 domain: def.name,
                 diskPath: expect.stringMatching(new RegExp(`/${def.name}\\.qcow2$`)),
+                // Its Volume's identity: a re-created disk gets a new one, and the deployment applies the role again.
+                diskId: `disk-id-of-${def.name}-disk`,
                 mac: def.mac,
                 vcpus: def.vcpus,
                 memoryMiB: def.memoryMiB,
