@@ -1,0 +1,133 @@
+// The program runs as JavaScript compiled once with tsc (Pulumi's convention
+// for fast TypeScript programs: Pulumi.yaml's runtime option
+// `typescript: false`, package.json's "main" the compiled bin/index.js), so no
+// preview pays for ts-node's compile and type check. This file builds it and
+// keeps it from ever running stale:
+//
+//   node scripts/build.js        `npm run build` (and `npm ci`'s prepare step):
+//                                incremental, type-checked tsc of index.ts and
+//                                everything it imports (tsconfig.build.json) into
+//                                bin/, then bin/.sources.json: every source file
+//                                of that program with its SHA-256
+//   --require ./scripts/build.js the guard: Pulumi.yaml's nodeargs load it into the
+//                                program's node process before bin/index.js.
+//                                It hashes the files bin/.sources.json lists (a few
+//                                milliseconds); if one changed, is gone, or there is no
+//                                build yet, it says so in one line and rebuilds
+//                                (incremental: about 2-4 s) before the program loads.
+//                                A type error stops the run with tsc's messages,
+//                                as ts-node's check did: never stale code.
+//
+// Plain JavaScript on purpose: it must run before anything is compiled.
+"use strict";
+const crypto = require("node:crypto");
+const fs = require("node:fs");
+const path = require("node:path");
+
+const ROOT = path.resolve(__dirname, "..");
+const OUT = path.join(ROOT, "bin");
+const MANIFEST = path.join(OUT, ".sources.json");
+const CONFIG = path.join(ROOT, "tsconfig.build.json");
+/** Files that change the output without being part of the program's sources. */
+const SETTINGS = ["tsconfig.json", "tsconfig.build.json", "package.json"];
+
+const sha256 = (file) => crypto.createHash("sha256").update(fs.readFileSync(file)).digest("hex");
+
+/**
+ * Why the build in bin/ is not the program of these sources, or undefined
+ * when it is. Reads the manifest and hashes each file it lists: no TypeScript loaded.
+ */
+function staleReason(root = ROOT) {
+    let manifest;
+    try {
+        manifest = JSON.parse(fs.readFileSync(path.join(root, "bin", ".sources.json"), "utf8"));
+    } catch {
+        return "no build in bin/ yet";
+    }
+    if (!fs.existsSync(path.join(root, "bin", "index.js"))) return "bin/index.js is missing";
+    for (const [rel, hash] of Object.entries(manifest.files ?? {})) {
+        let now;
+        try {
+            now = sha256(path.join(root, rel));
+        } catch {
+            return `${rel} is gone`;
+        }
+        if (now !== hash) return `${rel} changed`;
+    }
+    return undefined;
+}
+
+/**
+ * Compiles the program (type-checked, incremental) into bin/ and records its
+ * sources. Throws with tsc's diagnostics on a type error; the manifest is then
+ * not written, so the next run tries again.
+ */
+function build(root = ROOT) {
+    const ts = require("typescript");
+    const config = path.join(root, "tsconfig.build.json");
+    const host = { ...ts.sys, onUnRecoverableConfigFileDiagnostic: (d) => { throw new Error(format(ts, [d], root)); } };
+    const parsed = ts.getParsedCommandLineOfConfigFile(config, undefined, host);
+    const program = ts.createIncrementalProgram({ rootNames: parsed.fileNames, options: parsed.options, configFileParsingDiagnostics: parsed.errors });
+    const diagnostics = [
+        ...program.getConfigFileParsingDiagnostics(),
+        ...program.getOptionsDiagnostics(),
+        ...program.getSyntacticDiagnostics(),
+        ...program.getGlobalDiagnostics(),
+        ...program.getSemanticDiagnostics(),
+    ];
+    const emitted = program.emit();
+    diagnostics.push(...emitted.diagnostics);
+    const errors = diagnostics.filter((d) => d.category === ts.DiagnosticCategory.Error);
+    fs.rmSync(path.join(root, "bin", ".sources.json"), { force: true });
+    if (errors.length > 0) throw new Error(`tsc -p tsconfig.build.json found ${errors.length} error(s):\n${format(ts, errors, root)}`);
+    // The program's own files: what tsc read from this project, not from node_modules or its lib.
+    const files = {};
+    for (const sf of program.getSourceFiles()) {
+        const rel = path.relative(root, sf.fileName);
+        if (rel.startsWith("..") || path.isAbsolute(rel) || rel.split(path.sep).includes("node_modules")) continue;
+        files[rel] = sha256(sf.fileName);
+    }
+    for (const rel of SETTINGS) if (fs.existsSync(path.join(root, rel))) files[rel] = sha256(path.join(root, rel));
+    const tmp = `${path.join(root, "bin", ".sources.json")}.${process.pid}`;
+    fs.writeFileSync(tmp, JSON.stringify({ files }, null, 1) + "\n");
+    fs.renameSync(tmp, path.join(root, "bin", ".sources.json"));
+    return Object.keys(files).length;
+}
+
+function format(ts, diagnostics, root) {
+    return ts.formatDiagnostics(diagnostics, { getCanonicalFileName: (f) => f, getCurrentDirectory: () => root, getNewLine: () => "\n" });
+}
+
+/** The guard: make bin/ match the sources before the program loads, or stop. */
+function ensureFresh(root = ROOT, say = (m) => process.stderr.write(`${m}\n`)) {
+    const reason = staleReason(root);
+    if (reason === undefined) return false;
+    say(`nixspark: ${reason} since the last build: compiling the program into bin/ (npm run build)`);
+    try {
+        build(root);
+    } catch (e) {
+        throw new Error(`nixspark: the program does not compile, nothing was run; fix it and check with \`npm run build\`:\n${e.message}`);
+    }
+    return true;
+}
+
+module.exports = { staleReason, build, ensureFresh, MANIFEST, CONFIG, OUT };
+
+if (require.main === module) {
+    // `npm run build`: always compile (incremental), so type errors are reported every time.
+    try {
+        const n = build();
+        process.stdout.write(`built bin/ from ${n} files (tsconfig.build.json)\n`);
+    } catch (e) {
+        process.stderr.write(`${e.message}\n`);
+        process.exit(1);
+    }
+} else if (require.main === undefined && process.argv.some((a) => /[\\/]@pulumi[\\/]pulumi[\\/]cmd[\\/]run/.test(a))) {
+    // Preloaded (--require) into the Pulumi program's node process.
+    try {
+        ensureFresh();
+    } catch (e) {
+        process.stderr.write(`${e.message}\n`);
+        process.exit(1);
+    }
+}
