@@ -12,7 +12,8 @@
 //   --require ./scripts/build.js the guard: Pulumi.yaml's nodeargs load it into the
 //                                program's node process before bin/index.js.
 //                                It hashes the files bin/.sources.json lists (a few
-//                                milliseconds); if one changed, is gone, or there is no
+//                                milliseconds) and checks their outputs exist; if one
+//                                changed or is gone, an output is missing, or there is no
 //                                build yet, it says so in one line and rebuilds
 //                                (incremental: about 2-4 s) before the program loads.
 //                                A type error stops the run with tsc's messages,
@@ -31,6 +32,9 @@ const CONFIG = path.join(ROOT, "tsconfig.build.json");
 /** Files that change the output without being part of the program's sources. */
 const SETTINGS = ["tsconfig.json", "tsconfig.build.json", "package.json"];
 
+/** The compiled file of a program source (bin/ mirrors the project: rootDir "."), if it has one. */
+const outputOf = (rel) => (/\.ts$/.test(rel) && !/\.d\.ts$/.test(rel) ? path.join("bin", rel.replace(/\.ts$/, ".js")) : undefined);
+
 const sha256 = (file) => crypto.createHash("sha256").update(fs.readFileSync(file)).digest("hex");
 
 /**
@@ -44,8 +48,9 @@ function staleReason(root = ROOT) {
     } catch {
         return "no build in bin/ yet";
     }
-    if (!fs.existsSync(path.join(root, "bin", "index.js"))) return "bin/index.js is missing";
     for (const [rel, hash] of Object.entries(manifest.files ?? {})) {
+        const out = outputOf(rel);
+        if (out && !fs.existsSync(path.join(root, out))) return `${out} is missing`;
         let now;
         try {
             now = sha256(path.join(root, rel));
@@ -67,7 +72,14 @@ function build(root = ROOT) {
     const config = path.join(root, "tsconfig.build.json");
     const host = { ...ts.sys, onUnRecoverableConfigFileDiagnostic: (d) => { throw new Error(format(ts, [d], root)); } };
     const parsed = ts.getParsedCommandLineOfConfigFile(config, undefined, host);
-    const program = ts.createIncrementalProgram({ rootNames: parsed.fileNames, options: parsed.options, configFileParsingDiagnostics: parsed.errors });
+    const create = () => ts.createIncrementalProgram({ rootNames: parsed.fileNames, options: parsed.options, configFileParsingDiagnostics: parsed.errors });
+    let program = create();
+    // tsc's incremental state (bin/.tsbuildinfo) knows what it emitted, not
+    // what is still on disk: with an output gone, start over without it.
+    if (ownSources(program, root).some((rel) => outputOf(rel) && !fs.existsSync(path.join(root, outputOf(rel))))) {
+        if (parsed.options.tsBuildInfoFile) fs.rmSync(parsed.options.tsBuildInfoFile, { force: true });
+        program = create();
+    }
     const diagnostics = [
         ...program.getConfigFileParsingDiagnostics(),
         ...program.getOptionsDiagnostics(),
@@ -80,18 +92,21 @@ function build(root = ROOT) {
     const errors = diagnostics.filter((d) => d.category === ts.DiagnosticCategory.Error);
     fs.rmSync(path.join(root, "bin", ".sources.json"), { force: true });
     if (errors.length > 0) throw new Error(`tsc -p tsconfig.build.json found ${errors.length} error(s):\n${format(ts, errors, root)}`);
-    // The program's own files: what tsc read from this project, not from node_modules or its lib.
     const files = {};
-    for (const sf of program.getSourceFiles()) {
-        const rel = path.relative(root, sf.fileName);
-        if (rel.startsWith("..") || path.isAbsolute(rel) || rel.split(path.sep).includes("node_modules")) continue;
-        files[rel] = sha256(sf.fileName);
-    }
+    for (const rel of ownSources(program, root)) files[rel] = sha256(path.join(root, rel));
     for (const rel of SETTINGS) if (fs.existsSync(path.join(root, rel))) files[rel] = sha256(path.join(root, rel));
     const tmp = `${path.join(root, "bin", ".sources.json")}.${process.pid}`;
     fs.writeFileSync(tmp, JSON.stringify({ files }, null, 1) + "\n");
     fs.renameSync(tmp, path.join(root, "bin", ".sources.json"));
     return Object.keys(files).length;
+}
+
+/** The program's own files, relative to root: what tsc read from this project, not from node_modules or its lib. */
+function ownSources(program, root) {
+    return program
+        .getSourceFiles()
+        .map((sf) => path.relative(root, sf.fileName))
+        .filter((rel) => !rel.startsWith("..") && !path.isAbsolute(rel) && !rel.split(path.sep).includes("node_modules"));
 }
 
 function format(ts, diagnostics, root) {
