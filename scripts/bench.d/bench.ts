@@ -490,7 +490,7 @@ async function emptyProgramCli(netns: string | undefined, env: Record<string, st
     fs.copyFileSync(path.join(REPO, "tsconfig.json"), path.join(dir, "tsconfig.json"));
     fs.copyFileSync(path.join(REPO, "package.json"), path.join(dir, "package.json"));
     if (!fs.existsSync(path.join(dir, "node_modules"))) fs.symlinkSync(path.join(REPO, "node_modules"), path.join(dir, "node_modules"));
-    if (o.precompiled) await precompileProject(dir, true);
+    if (o.precompiled) await precompileProject(dir);
     const cli = new PulumiCli({ cwd: dir, stack: "empty", backendDir: path.join(project.root, `${o.name ?? "empty"}-state`), netns, env });
     await cli.stackInit();
     await cli.up(); // so that its preview, too, is of an existing stack ("same")
