@@ -115,15 +115,47 @@ function format(ts, diagnostics, root) {
 
 /** The guard: make bin/ match the sources before the program loads, or stop. */
 function ensureFresh(root = ROOT, say = (m) => process.stderr.write(`${m}\n`)) {
-    const reason = staleReason(root);
-    if (reason === undefined) return false;
-    say(`nixspark: ${reason} since the last build: compiling the program into bin/ (npm run build)`);
-    try {
-        build(root);
-    } catch (e) {
-        throw new Error(`nixspark: the program does not compile, nothing was run; fix it and check with \`npm run build\`:\n${e.message}`);
+    if (staleReason(root) === undefined) return false;
+    // Two previews started at once (two stacks of one checkout) build one
+    // at a time; the second finds the first one's build fresh.
+    return withBuildLock(root, () => {
+        const reason = staleReason(root);
+        if (reason === undefined) return false;
+        say(`nixspark: ${reason} since the last build: compiling the program into bin/ (npm run build)`);
+        try {
+            build(root);
+        } catch (e) {
+            throw new Error(`nixspark: the program does not compile, nothing was run; fix it and check with \`npm run build\`:\n${e.message}`);
+        }
+        return true;
+    });
+}
+
+/** Runs f holding bin/.build.lock (a directory); a lock older than 10 minutes is a dead build's. */
+function withBuildLock(root, f) {
+    const lock = path.join(root, "bin", ".build.lock");
+    fs.mkdirSync(path.dirname(lock), { recursive: true });
+    const deadline = Date.now() + 10 * 60_000;
+    for (;;) {
+        try {
+            fs.mkdirSync(lock);
+            break;
+        } catch (e) {
+            if (e.code !== "EEXIST") throw e;
+            try {
+                if (Date.now() - fs.statSync(lock).mtimeMs > 10 * 60_000) fs.rmSync(lock, { recursive: true, force: true });
+            } catch {
+                // gone meanwhile: try again
+            }
+            if (Date.now() > deadline) throw new Error(`nixspark: ${lock} is held by another build for 10 minutes; remove it if no build runs`);
+            Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
+        }
     }
-    return true;
+    try {
+        return f();
+    } finally {
+        fs.rmSync(lock, { recursive: true, force: true });
+    }
 }
 
 module.exports = { staleReason, build, ensureFresh, MANIFEST, CONFIG, OUT };

@@ -15,6 +15,9 @@ const guard = require(path.join(REPO, "scripts", "build.js")) as {
     ensureFresh(root: string, say: (m: string) => void): boolean;
 };
 
+// Each build runs tsc (2-4 s on a quiet host, far more on a busy one).
+jest.setTimeout(120_000);
+
 let dir: string;
 
 beforeEach(() => {
