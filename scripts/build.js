@@ -35,7 +35,8 @@ const SETTINGS = ["tsconfig.json", "tsconfig.build.json", "package.json"];
 /** The compiled file of a program source (bin/ mirrors the project: rootDir "."), if it has one. */
 const outputOf = (rel) => (/\.ts$/.test(rel) && !/\.d\.ts$/.test(rel) ? path.join("bin", rel.replace(/\.ts$/, ".js")) : undefined);
 
-const sha256 = (file) => crypto.createHash("sha256").update(fs.readFileSync(file)).digest("hex");
+const sha256 = (data) => crypto.createHash("sha256").update(data).digest("hex");
+const sha256File = (file) => sha256(fs.readFileSync(file));
 
 /**
  * Why the build in bin/ is not the program of these sources, or undefined
@@ -53,7 +54,7 @@ function staleReason(root = ROOT) {
         if (out && !fs.existsSync(path.join(root, out))) return `${out} is missing`;
         let now;
         try {
-            now = sha256(path.join(root, rel));
+            now = sha256File(path.join(root, rel));
         } catch {
             return `${rel} is gone`;
         }
@@ -71,6 +72,10 @@ function build(root = ROOT) {
     const ts = require("typescript");
     const config = path.join(root, "tsconfig.build.json");
     const host = { ...ts.sys, onUnRecoverableConfigFileDiagnostic: (d) => { throw new Error(format(ts, [d], root)); } };
+    // Settings hashed before tsc reads them, sources as tsc read them: an edit
+    // made while this runs leaves the manifest behind, so the next run rebuilds.
+    const settings = {};
+    for (const rel of SETTINGS) if (fs.existsSync(path.join(root, rel))) settings[rel] = sha256File(path.join(root, rel));
     const parsed = ts.getParsedCommandLineOfConfigFile(config, undefined, host);
     const create = () => ts.createIncrementalProgram({ rootNames: parsed.fileNames, options: parsed.options, configFileParsingDiagnostics: parsed.errors });
     let program = create();
@@ -93,20 +98,25 @@ function build(root = ROOT) {
     fs.rmSync(path.join(root, "bin", ".sources.json"), { force: true });
     if (errors.length > 0) throw new Error(`tsc -p tsconfig.build.json found ${errors.length} error(s):\n${format(ts, errors, root)}`);
     const files = {};
-    for (const rel of ownSources(program, root)) files[rel] = sha256(path.join(root, rel));
-    for (const rel of SETTINGS) if (fs.existsSync(path.join(root, rel))) files[rel] = sha256(path.join(root, rel));
+    for (const sf of ownSourceFiles(program, root)) files[path.relative(root, sf.fileName)] = sha256(sf.text);
+    Object.assign(files, settings);
     const tmp = `${path.join(root, "bin", ".sources.json")}.${process.pid}`;
     fs.writeFileSync(tmp, JSON.stringify({ files }, null, 1) + "\n");
     fs.renameSync(tmp, path.join(root, "bin", ".sources.json"));
     return Object.keys(files).length;
 }
 
-/** The program's own files, relative to root: what tsc read from this project, not from node_modules or its lib. */
+/** The program's own source files: what tsc read from this project, not from node_modules or its lib. */
+function ownSourceFiles(program, root) {
+    return program.getSourceFiles().filter((sf) => {
+        const rel = path.relative(root, sf.fileName);
+        return !rel.startsWith("..") && !path.isAbsolute(rel) && !rel.split(path.sep).includes("node_modules");
+    });
+}
+
+/** The same, as paths relative to root. */
 function ownSources(program, root) {
-    return program
-        .getSourceFiles()
-        .map((sf) => path.relative(root, sf.fileName))
-        .filter((rel) => !rel.startsWith("..") && !path.isAbsolute(rel) && !rel.split(path.sep).includes("node_modules"));
+    return ownSourceFiles(program, root).map((sf) => path.relative(root, sf.fileName));
 }
 
 function format(ts, diagnostics, root) {
