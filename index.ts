@@ -11,6 +11,15 @@ import { markRetiredBases } from "./providers/baseVolume";
 import { NixParamsError, prepareNix } from "./cluster/nixParams";
 import { SparkCluster } from "./cluster/sparkCluster";
 
+// Stack traces in V8's own format. Pulumi's runner installs source-map-support,
+// and the SDK formats a full stack trace for every resource it registers and
+// every promise it makes (Resource.callsites, debuggablePromise): mapping each
+// of those frames through @pulumi/pulumi's source maps was about a fifth of the
+// program's CPU in a 1+64 preview (docs/benchmarks.md). The program itself is
+// compiled without source maps, so its own frames read the same either way
+// (bin/*.js, whose code follows the .ts file line for line in structure).
+delete (Error as { prepareStackTrace?: unknown }).prepareStackTrace;
+
 async function main() {
     const stack = pulumi.getStack();
     // A secret Spark setting kept inside nixspark:spark would make the whole

@@ -78,8 +78,9 @@ function install(file) {
             const cat = category(filename);
             selfMs.set(cat, (selfMs.get(cat) ?? 0) + total - frame.child);
             if (stack.length) stack[stack.length - 1].child += total;
-            // The program's own files (cmd/run has changed to its directory by then).
-            if (role === "program" && /\.(tsx?|js)$/.test(filename) && !filename.includes("/node_modules/") && filename.startsWith(process.cwd() + "/")) {
+            // The program's own files (cmd/run has changed to its directory by
+            // then); not the build guard, which Pulumi.yaml preloads before cmd/run starts.
+            if (role === "program" && /\.(tsx?|js)$/.test(filename) && !filename.includes("/node_modules/") && filename.startsWith(process.cwd() + "/") && filename !== `${process.cwd()}/scripts/build.js`) {
                 emit({ ev: "program-module", t: frame.t, end: now(), file: filename });
             }
         }

@@ -5,10 +5,9 @@
 // along its critical path; optionally also a sampled V8 CPU profile of the
 // program and the provider, summarised by what the CPU did.
 //
-// Also the what-if programs of the measurement (never the repository's own
-// files): a project copy turned into precompiled JavaScript (tsc, then
-// Pulumi.yaml's runtime option typescript: false), to show what the
-// TypeScript toolchain costs.
+// Also the empty compiled program of the measurement (precompileProject):
+// an empty TypeScript project turned into JavaScript compiled with tsc and
+// Pulumi.yaml's runtime option typescript: false, the way nixspark itself runs.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { run } from "../../providers/run";
@@ -229,16 +228,13 @@ export function summariseProfile(prof: CpuProfile): { sampled: number; byActivit
 }
 
 /**
- * Turns a project copy into precompiled JavaScript: tsc emits the program
- * next to its sources (the program finds nix/ relative to its main file's
- * directory) and Pulumi.yaml runs index.js with the runtime option
- * typescript: false (no ts-node). What-if only: the repository's program
- * stays TypeScript.
+ * Turns the empty program's project (index.ts: `export {};`) into compiled
+ * JavaScript: tsc emits index.js next to it and Pulumi.yaml runs that with
+ * the runtime option typescript: false (no ts-node), as nixspark runs bin/.
  */
-export async function precompileProject(dir: string, emptyProgram = false): Promise<void> {
+export async function precompileProject(dir: string): Promise<void> {
     const tsc = path.join(REPO, "node_modules", ".bin", "tsc");
-    const files = emptyProgram ? ["index.ts"] : ["index.ts", ...["cluster", "providers"].flatMap((d) => fs.readdirSync(path.join(dir, d)).filter((f) => f.endsWith(".ts")).map((f) => `${d}/${f}`))];
-    await run([tsc, "--noCheck", "--outDir", ".", "--target", "ES2022", "--module", "commonjs", "--moduleResolution", "node", "--esModuleInterop", "--skipLibCheck", "--resolveJsonModule", "--types", "node", ...files], {
+    await run([tsc, "--noCheck", "--outDir", ".", "--target", "ES2022", "--module", "commonjs", "--moduleResolution", "node", "--skipLibCheck", "--types", "node", "index.ts"], {
         cwd: dir,
         timeoutMs: 10 * 60_000,
     });

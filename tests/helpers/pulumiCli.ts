@@ -1,6 +1,6 @@
 // Drives the real Pulumi CLI, the way a user does, for the e2e tests and the
 // benchmarks: argv arrays, a timeout on every command, a local file backend,
-// no network (BENCH.md "Pulumi here"), and optionally inside a network
+// no network (docs/benchmarks.md, "The test host": Pulumi), and optionally inside a network
 // namespace (`ip netns exec NS pulumi ...`) so that the program, its dynamic
 // providers and the nixos-rebuild / ssh they start reach the bench's guests.
 //
