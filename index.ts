@@ -128,6 +128,8 @@ async function main() {
         masterAddress: cluster.masterAddress,
         masterUrl: cluster.masterUrl,
         webUiUrl: cluster.webUiUrl,
+        // Finished applications (their event logs on the master): nix/modules/master.nix.
+        historyUrl: cluster.historyUrl,
         ssh: { user: config.ssh.user, port: config.ssh.port, identityFile: ssh.identityFile, knownHostsFile: ssh.knownHostsFile },
         // Where the secret lives is no secret; the secret itself is never an output.
         security: { authenticate: config.security.authenticate, ioEncryption: config.security.ioEncryption, secretGeneration: config.security.secretGeneration },

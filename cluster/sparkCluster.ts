@@ -93,6 +93,8 @@ export class SparkCluster extends pulumi.ComponentResource {
     readonly masterAddress: string;
     readonly masterUrl: string;
     readonly webUiUrl: string;
+    /** The history server on the master (nix/modules/master.nix, nixspark.history.port). */
+    readonly historyUrl: string;
     readonly nodeOutputs: NodeOutput[];
 
     constructor(name: string, args: SparkClusterArgs, opts?: pulumi.ComponentResourceOptions) {
@@ -324,7 +326,8 @@ export class SparkCluster extends pulumi.ComponentResource {
         this.masterAddress = t.master.ip;
         this.masterUrl = `spark://${t.master.ip}:7077`;
         this.webUiUrl = `http://${t.master.ip}:8080`;
+        this.historyUrl = `http://${t.master.ip}:18080`;
         this.nodeOutputs = t.nodes.map((n) => ({ name: n.name, role: n.role, ip: n.ip, mac: n.mac, hostname: n.hostname, libvirtName: n.domainName }));
-        this.registerOutputs({ masterUrl: this.masterUrl, webUiUrl: this.webUiUrl, nodes: this.nodeOutputs });
+        this.registerOutputs({ masterUrl: this.masterUrl, webUiUrl: this.webUiUrl, historyUrl: this.historyUrl, nodes: this.nodeOutputs });
     }
 }

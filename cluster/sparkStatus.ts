@@ -198,6 +198,8 @@ export interface StackSsh {
 export interface StackOutputs {
     masterUrl: string;
     webUiUrl: string;
+    /** The history server; absent in stacks from before it. */
+    historyUrl?: string;
     /** Absent when the nodes are not libvirt VMs (existing NixOS hosts). */
     libvirtUri?: string;
     nodes: StackNode[];
@@ -235,6 +237,7 @@ export function parseStackOutputs(raw: unknown, source: string): StackOutputs {
     });
     const out: StackOutputs = { masterUrl, webUiUrl, nodes };
     if (typeof o.libvirtUri === "string" && o.libvirtUri) out.libvirtUri = o.libvirtUri;
+    if (o.historyUrl !== undefined) out.historyUrl = text("historyUrl", /^https?:\/\/[^/]+\/?$/, "http://10.77.0.10:18080");
     if (o.ssh && typeof o.ssh === "object") {
         const s = o.ssh as Record<string, unknown>;
         const port = typeof s.port === "string" ? Number(s.port) : s.port;

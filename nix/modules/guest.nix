@@ -60,7 +60,7 @@
   # deployment reads them from the console log libvirt writes on the host
   # (no machine on the network can write there) and pins the key that
   # answers at the node's address only if it is one of these
-  # (providers/ssh.ts, verifiedFirstContact). sshd makes its host keys before
+  # (providers/sshContact.ts, verifiedFirstContact). sshd makes its host keys before
   # it starts.
   systemd.services.nixspark-host-keys = {
     description = "Print the SSH host key fingerprints to the serial console";

@@ -111,7 +111,7 @@ in
     # Deployments check a new VM's SSH host key against the fingerprints it
     # prints on its serial console. libvirt's console logs are root's (0600);
     # the fingerprints are public, so their latest line per VM is copied to a
-    # world-readable place (providers/ssh.ts reads it when the log is not
+    # world-readable place (providers/sshContact.ts reads it when the log is not
     # readable). A loop, not a path unit: a path unit watching the log
     # directory fires on every console write, and its oneshot service then
     # hits systemd's start limit and the path unit gives up for good. The

@@ -1,7 +1,7 @@
 // The libvirt test bench for integration and e2e tests: a real libvirtd (and
 // virtlogd) in a private network namespace, plus the tiny test guest built by
-// scripts/build-test-guest. See shared BENCH.md for the measured facts this
-// follows.
+// scripts/build-test-guest. See docs/benchmarks.md, "The test host", for the
+// measured facts this follows.
 //
 // Isolation. `ip netns exec` runs the daemons in a network namespace the
 // bench created (bridge, dnsmasq, NAT rules and guests all live there) and
@@ -70,7 +70,7 @@ export interface Bench {
     virsh(args: string[], opts?: RunOptions): Promise<RunResult>;
     /** Runs a command on a guest as root over ssh (from inside the namespace). */
     ssh(host: string, command: string[], opts?: RunOptions): Promise<RunResult>;
-    /** Tears everything down (see the order in BENCH.md). Idempotent. */
+    /** Tears everything down (see the order in docs/benchmarks.md, "The test host"). Idempotent. */
     stop(): Promise<void>;
 }
 
@@ -239,7 +239,7 @@ export interface TestGuestDomainSpec {
     /** Where the serial console is logged (read it on failure). */
     serialLog: string;
     memoryMiB?: number;
-    /** `qemu` on this kind of host: /dev/kvm is not usable (BENCH.md). */
+    /** `qemu` on this kind of host: /dev/kvm is not usable (docs/benchmarks.md, "The test host"). */
     type?: "qemu" | "kvm";
 }
 

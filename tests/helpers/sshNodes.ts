@@ -4,7 +4,7 @@
 // private tmpfs at `view` (so a file copied to one node is not on another).
 // Root logs in with the test's key; the shell is the machine's real one.
 //
-// Network rule (DESIGN.md): each namespace is joined to the root namespace by
+// Network rule (docs/design.md, Tests and real components): each namespace is joined to the root namespace by
 // a veth pair in a random 10.x.y.z/30; sshd listens only on the namespace's
 // address. Cleanup kills each sshd by its PID and deletes the namespaces
 // (with their veth pairs) and the temporary directory, from afterAll and, as

@@ -1,6 +1,6 @@
 // A real sshd acting as a NixOS deployment target, for provider tests.
 //
-// Network rule (DESIGN.md): the test creates its own network namespace
+// Network rule (docs/design.md, Tests and real components): the test creates its own network namespace
 // `nxd-<rand>` joined to the root namespace by a veth pair in a random
 // 10.x.y.z/30; sshd listens only on the namespace's address, and the provider
 // under test connects to that address from the root namespace. Nothing else

@@ -89,6 +89,7 @@ beforeAll(async () => {
         masterAddress: m.ip,
         masterUrl: `spark://${m.ip}:7077`,
         webUiUrl: `http://127.0.0.1:${masterPort}`,
+        historyUrl: `http://${m.ip}:18080`,
         ssh: { user: "root", port: nodes.port, identityFile: `.nixspark/${STACK}/id_ed25519`, knownHostsFile: `.nixspark/${STACK}/known_hosts` },
         security: { authenticate: true, ioEncryption: true, secretGeneration: 1 },
         health: { aliveWorkers: 2, totalCores: 2, totalMemoryMiB: 2048 },
@@ -299,7 +300,8 @@ describe("nixspark on three nodes through the stack's outputs", () => {
             { node: "worker-1", url: `http://${nodes!.node("worker-1").ip}:8081`, local: "http://localhost:8081", source: "master" },
             { node: "worker-2", url: `http://${nodes!.node("worker-2").ip}:8081`, local: "http://localhost:8082", source: "master" },
         ]);
-        expect(ui.tunnel.argv).toEqual(expect.arrayContaining(["-N", "-L", `8081:${nodes!.node("worker-1").ip}:8081`, `root@${m.ip}`]));
+        expect(ui.history).toEqual({ url: `http://${m.ip}:18080`, local: "http://localhost:18080" });
+        expect(ui.tunnel.argv).toEqual(expect.arrayContaining(["-N", "-L", `8081:${nodes!.node("worker-1").ip}:8081`, `18080:${m.ip}:18080`, `root@${m.ip}`]));
         expect(ui.tunnel.command).toBe(ui.tunnel.argv.map(shellQuote).join(" "));
     });
 });

@@ -81,6 +81,7 @@ describe("SparkCluster under mocks", () => {
         expect([master.vcpus, master.memoryMiB, master.diskPath, master.network]).toEqual([1, 2048, "/pool/dev-master.qcow2", "dev-net"]);
         expect(g.cluster.masterUrl).toBe("spark://10.77.0.10:7077");
         expect(g.cluster.webUiUrl).toBe("http://10.77.0.10:8080");
+        expect(g.cluster.historyUrl).toBe("http://10.77.0.10:18080");
     });
 
     test("workers 2 -> 5 adds exactly 3 volumes and 3 domains and keeps the same network", async () => {
