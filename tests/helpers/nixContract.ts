@@ -130,7 +130,14 @@ export class ScratchRoot {
         let passwd = fs.readFileSync("/etc/passwd", "utf8");
         let group = fs.readFileSync("/etc/group", "utf8");
         let id = 64000;
-        for (const u of users) if (!new RegExp(`^${u}:`, "m").test(passwd)) passwd += `${u}:x:${id++}:65534::/var/empty:/bin/false\n`;
+        for (const u of users) {
+            if (new RegExp(`^${u}:`, "m").test(passwd)) continue;
+            passwd += `${u}:x:${id++}:65534::/var/empty:/bin/false\n`;
+            // A JVM run as this account (which exists only in the scratch root) makes
+            // /tmp/hsperfdata_<user> on the real /tmp: it goes with the other contract dirs.
+            const perfData = path.join("/tmp", `hsperfdata_${u}`);
+            if (!fs.existsSync(perfData)) made.push(perfData);
+        }
         for (const [g, members] of Object.entries(groups)) if (!new RegExp(`^${g}:`, "m").test(group)) group += `${g}:x:${id++}:${members.join(",")}\n`;
         fs.writeFileSync(this.at("/etc/passwd"), passwd);
         fs.writeFileSync(this.at("/etc/group"), group);

@@ -178,8 +178,13 @@ export async function startLocalSpark(opts: LocalSparkOptions = {}): Promise<Loc
         // Small daemons: the machine has 2 cores and runs other tests too.
         SPARK_DAEMON_MEMORY: "256m",
         PYSPARK_PYTHON: path.join(VENV, "bin/python"),
+        // The workers' scratch (each executor's spark-<uuid> directory) inside
+        // this cluster's directory, not /tmp: a worker the test kills with
+        // SIGKILL cannot remove its own, and stop() removes this one.
+        SPARK_LOCAL_DIRS: path.join(dir, "local"),
     };
     fs.mkdirSync(baseEnv.SPARK_LOG_DIR, { recursive: true });
+    fs.mkdirSync(baseEnv.SPARK_LOCAL_DIRS, { recursive: true });
     if (!opts.confDir) fs.mkdirSync(baseEnv.SPARK_CONF_DIR, { recursive: true });
     if (opts.sparkDefaults && !opts.confDir) {
         fs.writeFileSync(path.join(baseEnv.SPARK_CONF_DIR, "spark-defaults.conf"), Object.entries(opts.sparkDefaults).map(([k, v]) => `${k} ${v}\n`).join(""));
