@@ -138,8 +138,10 @@ export async function main(argv: string[]): Promise<number> {
             try {
                 say(`running spark-submit on the master against ${masterUrl} (${workers} executor(s), one per worker)`);
                 // With Spark authentication the configuration holding the secret is
-                // readable by root and the spark group only (nix/modules/spark.nix):
-                // the deploy user submits as `spark` (its sudo needs no password).
+                // readable by root and the Spark users' group (nix/modules/spark.nix).
+                // The deploy user is in that group on today's roles, but submits as
+                // `spark` (its sudo needs no password), which works on roles from
+                // before the group too.
                 const submit = privileged([NODE_SPARK_SUBMIT, ...conf, remoteJob], { useSudo: outputs.security?.authenticate === true && outputs.ssh.user !== "root", user: "spark" });
                 const r = await run(sshArgv(target, "strict", submit), { timeoutMs, onLine: echo, allowFailure: true });
                 stdout = r.stdout;

@@ -7,7 +7,8 @@
 // Who runs it: like the smoke job (scripts/smoke.ts), the ssh user, or
 // `spark` through `sudo -n` when Spark authentication is on and the ssh user
 // is not root (the configuration holding the secret is readable by root and
-// the spark group only).
+// the Spark users' group; the deploy user is in it on today's roles, `spark`
+// on older ones too).
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
