@@ -47,6 +47,12 @@ export interface DomainSpec {
     hostname?: string;
     /** Set when redefining an existing domain: libvirt refuses a new UUID for a known name. */
     uuid?: string;
+    /** A host directory shared with the guest by virtiofs (nixspark:data.path); with dataTag. */
+    dataDir?: string;
+    /** The tag the guest mounts dataDir by (`mount -t virtiofs TAG DIR`; at most 36 bytes). */
+    dataTag?: string;
+    /** virtiofsd's path on the host; unset: libvirt finds it through QEMU's vhost-user descriptors. */
+    virtiofsd?: string;
 }
 
 /** The SMBIOS OEM string that carries the host name as a systemd credential. */
@@ -131,6 +137,23 @@ export function domainXml(d: DomainSpec): string {
           ]
         : [`    <boot dev='hd'/>`];
     if (d.hostname !== undefined && d.hostname !== null && !isHostnameLabel(d.hostname)) throw new Error(`hostname ${JSON.stringify(d.hostname)} is not an RFC 1123 label`);
+    if (d.dataDir && !d.dataTag) throw new Error(`dataDir ${d.dataDir} needs a dataTag for the guest to mount it by`);
+    const shared = d.dataDir
+        ? [
+              // virtiofs (docs/operations.md#the-shared-data-directory): virtiofsd
+              // on the host serves the directory over vhost-user, which needs the
+              // guest's memory shared with it. No <readonly/>: libvirt 9.0 refuses
+              // it for virtiofs ("virtiofs does not yet support read-only mode"),
+              // and QEMU 7.2's C virtiofsd has no read-only option; the nodes
+              // mount it read-only instead (nix/modules/guest.nix).
+              `    <filesystem type='mount' accessmode='passthrough'>`,
+              `      <driver type='virtiofs'/>`,
+              ...(d.virtiofsd ? [`      <binary path='${esc(d.virtiofsd)}'/>`] : []),
+              `      <source dir='${esc(d.dataDir)}'/>`,
+              `      <target dir='${esc(d.dataTag!)}'/>`,
+              `    </filesystem>`,
+          ]
+        : [];
     const sysinfo = d.hostname
         ? [`  <sysinfo type='smbios'>`, `    <oemStrings>`, `      <entry>${esc(hostnameCredential(d.hostname))}</entry>`, `    </oemStrings>`, `  </sysinfo>`]
         : [];
@@ -141,6 +164,8 @@ export function domainXml(d: DomainSpec): string {
         `  <memory unit='MiB'>${d.memoryMiB}</memory>`,
         `  <currentMemory unit='MiB'>${d.memoryMiB}</currentMemory>`,
         `  <vcpu placement='static'>${d.vcpus}</vcpu>`,
+        // virtiofsd maps the guest's memory: shared, and so never overcommitted by the host.
+        ...(d.dataDir ? [`  <memoryBacking>`, `    <source type='memfd'/>`, `    <access mode='shared'/>`, `  </memoryBacking>`] : []),
         ...sysinfo,
         `  <os>`,
         `    <type arch='x86_64'>hvm</type>`,
@@ -174,6 +199,7 @@ export function domainXml(d: DomainSpec): string {
         `    <console type='pty'>`,
         `      <target type='serial' port='0'/>`,
         `    </console>`,
+        ...shared,
         `    <rng model='virtio'>`,
         `      <backend model='random'>/dev/urandom</backend>`,
         `    </rng>`,
@@ -305,6 +331,10 @@ export interface DomainFacts {
     cmdline?: string;
     /** The file the first serial port logs to (<serial><log file=...>), when defined. */
     consoleLog?: string;
+    /** The virtiofs share (<filesystem><driver type='virtiofs'/>): its host directory, tag and virtiofsd, when defined. */
+    dataDir?: string;
+    dataTag?: string;
+    virtiofsd?: string;
 }
 
 export function readDomain(xml: string): DomainFacts {
@@ -335,6 +365,11 @@ export function readDomain(xml: string): DomainFacts {
     // The serial port's log; libvirt also shows it on the <console> that mirrors serial 0.
     const log = attr(child(children(devices, "serial")[0], "log"), "file") ?? attr(child(children(devices, "console")[0], "log"), "file");
     if (log !== undefined) out.consoleLog = log;
+    const fs = children(devices, "filesystem").find((x) => attr(child(x, "driver"), "type") === "virtiofs");
+    if (fs !== undefined) {
+        const shared = { dataDir: attr(child(fs, "source"), "dir"), dataTag: attr(child(fs, "target"), "dir"), virtiofsd: attr(child(fs, "binary"), "path") };
+        for (const [k, v] of Object.entries(shared) as [keyof typeof shared, string | undefined][]) if (v !== undefined && v !== "") out[k] = v;
+    }
     return out;
 }
 

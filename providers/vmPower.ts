@@ -78,6 +78,10 @@ export interface BootDefinition {
     /** The libvirt network the VM's interface attaches to. */
     network?: string;
     hostname?: string;
+    /** The shared data directory (virtiofs): host directory, tag, virtiofsd. */
+    dataDir?: string;
+    dataTag?: string;
+    virtiofsd?: string;
 }
 
 /** Which VM a deployment runs on, and the definition its Domain gives it (SparkCluster passes it). */
@@ -128,6 +132,9 @@ const RESTART_FIELDS: [key: string, label: string][] = [
     ["consoleLog", "console log"],
     ["network", "network"],
     ["hostname", "host name"],
+    ["dataDir", "shared directory"],
+    ["dataTag", "shared directory tag"],
+    ["virtiofsd", "virtiofsd"],
 ];
 
 /** The keys of a Domain's inputs that a restart applies (redefine, then shutdown and start). */
