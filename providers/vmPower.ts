@@ -162,6 +162,9 @@ export function definitionChanges(from: Record<string, unknown> | undefined, to:
         const a = norm(from?.[k]);
         const b = norm(to?.[k]);
         if (!isUnknown(b) && (a === b || (a === "" && b === null) || (a === null && b === ""))) continue;
+        // No virtiofsd path asked for: libvirt picks one (QEMU's vhost-user
+        // descriptors) and shows it in the live XML; any is what was asked.
+        if (k === "virtiofsd" && b === null) continue;
         const unit = k === "memoryMiB" ? " MiB" : "";
         const newUnit = isUnknown(b) ? "" : unit;
         out.push({ key: k, text: `${label} ${show(k, a)} -> ${show(k, b)}${newUnit}`, was: `${label} ${show(k, a)}${unit}`, now: `${label} ${show(k, b)}${newUnit}` });

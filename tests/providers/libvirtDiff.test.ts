@@ -478,6 +478,9 @@ describe("the deployment's vm input: a new definition restarts the VM in its rol
     test("definitionChanges: absent, null and empty are none; libvirt's trimmed text is the same", () => {
         expect(definitionChanges({ kernel: undefined, cmdline: "" }, { kernel: null, cmdline: undefined })).toEqual([]);
         expect(definitionChanges({ cmdline: "quiet" }, { cmdline: " quiet " })).toEqual([]);
+        // virtiofsd's path: libvirt fills in the one it found when none was asked for (a running VM's live XML).
+        expect(definitionChanges({ virtiofsd: "/usr/lib/qemu/virtiofsd" }, { virtiofsd: undefined })).toEqual([]);
+        expect(definitionChanges({ virtiofsd: "/usr/lib/qemu/virtiofsd" }, { virtiofsd: "/opt/virtiofsd" })).toHaveLength(1);
         expect(definitionChanges({ memoryMiB: 256 }, { memoryMiB: 384 })).toEqual([{ key: "memoryMiB", text: "memory 256 -> 384 MiB", was: "memory 256 MiB", now: "memory 384 MiB" }]);
     });
 });
