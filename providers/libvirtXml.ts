@@ -5,6 +5,9 @@
 // Everything here is plain functions with no module-level state, so dynamic
 // providers can capture them by value.
 
+import { readSharedDir, sharedDirXml, sharedMemoryXml } from "./sharedDirXml";
+import type { SharedDir } from "./sharedDirXml";
+
 export interface DhcpHost {
     mac: string;
     ip: string;
@@ -27,7 +30,7 @@ export interface VolumeSpec {
     backingPath: string;
 }
 
-export interface DomainSpec {
+export interface DomainSpec extends SharedDir {
     name: string;
     domainType: "kvm" | "qemu";
     vcpus: number;
@@ -47,12 +50,6 @@ export interface DomainSpec {
     hostname?: string;
     /** Set when redefining an existing domain: libvirt refuses a new UUID for a known name. */
     uuid?: string;
-    /** A host directory shared with the guest by virtiofs (nixspark:data.path); with dataTag. */
-    dataDir?: string;
-    /** The tag the guest mounts dataDir by (`mount -t virtiofs TAG DIR`; at most 36 bytes). */
-    dataTag?: string;
-    /** virtiofsd's path on the host; unset: libvirt finds it through QEMU's vhost-user descriptors. */
-    virtiofsd?: string;
 }
 
 /** The SMBIOS OEM string that carries the host name as a systemd credential. */
@@ -137,23 +134,7 @@ export function domainXml(d: DomainSpec): string {
           ]
         : [`    <boot dev='hd'/>`];
     if (d.hostname !== undefined && d.hostname !== null && !isHostnameLabel(d.hostname)) throw new Error(`hostname ${JSON.stringify(d.hostname)} is not an RFC 1123 label`);
-    if (d.dataDir && !d.dataTag) throw new Error(`dataDir ${d.dataDir} needs a dataTag for the guest to mount it by`);
-    const shared = d.dataDir
-        ? [
-              // virtiofs (docs/operations.md#the-shared-data-directory): virtiofsd
-              // on the host serves the directory over vhost-user, which needs the
-              // guest's memory shared with it. No <readonly/>: libvirt 9.0 refuses
-              // it for virtiofs ("virtiofs does not yet support read-only mode"),
-              // and QEMU 7.2's C virtiofsd has no read-only option; the nodes
-              // mount it read-only instead (nix/modules/guest.nix).
-              `    <filesystem type='mount' accessmode='passthrough'>`,
-              `      <driver type='virtiofs'/>`,
-              ...(d.virtiofsd ? [`      <binary path='${esc(d.virtiofsd)}'/>`] : []),
-              `      <source dir='${esc(d.dataDir)}'/>`,
-              `      <target dir='${esc(d.dataTag!)}'/>`,
-              `    </filesystem>`,
-          ]
-        : [];
+    const shared = sharedDirXml(d);
     const sysinfo = d.hostname
         ? [`  <sysinfo type='smbios'>`, `    <oemStrings>`, `      <entry>${esc(hostnameCredential(d.hostname))}</entry>`, `    </oemStrings>`, `  </sysinfo>`]
         : [];
@@ -164,8 +145,7 @@ export function domainXml(d: DomainSpec): string {
         `  <memory unit='MiB'>${d.memoryMiB}</memory>`,
         `  <currentMemory unit='MiB'>${d.memoryMiB}</currentMemory>`,
         `  <vcpu placement='static'>${d.vcpus}</vcpu>`,
-        // virtiofsd maps the guest's memory: shared, and so never overcommitted by the host.
-        ...(d.dataDir ? [`  <memoryBacking>`, `    <source type='memfd'/>`, `    <access mode='shared'/>`, `  </memoryBacking>`] : []),
+        ...sharedMemoryXml(d),
         ...sysinfo,
         `  <os>`,
         `    <type arch='x86_64'>hvm</type>`,
@@ -314,7 +294,7 @@ export function readNetwork(xml: string): NetworkFacts {
     };
 }
 
-export interface DomainFacts {
+export interface DomainFacts extends SharedDir {
     name?: string;
     uuid?: string;
     domainType?: string;
@@ -331,10 +311,6 @@ export interface DomainFacts {
     cmdline?: string;
     /** The file the first serial port logs to (<serial><log file=...>), when defined. */
     consoleLog?: string;
-    /** The virtiofs share (<filesystem><driver type='virtiofs'/>): its host directory, tag and virtiofsd, when defined. */
-    dataDir?: string;
-    dataTag?: string;
-    virtiofsd?: string;
 }
 
 export function readDomain(xml: string): DomainFacts {
@@ -365,12 +341,7 @@ export function readDomain(xml: string): DomainFacts {
     // The serial port's log; libvirt also shows it on the <console> that mirrors serial 0.
     const log = attr(child(children(devices, "serial")[0], "log"), "file") ?? attr(child(children(devices, "console")[0], "log"), "file");
     if (log !== undefined) out.consoleLog = log;
-    const fs = children(devices, "filesystem").find((x) => attr(child(x, "driver"), "type") === "virtiofs");
-    if (fs !== undefined) {
-        const shared = { dataDir: attr(child(fs, "source"), "dir"), dataTag: attr(child(fs, "target"), "dir"), virtiofsd: attr(child(fs, "binary"), "path") };
-        for (const [k, v] of Object.entries(shared) as [keyof typeof shared, string | undefined][]) if (v !== undefined && v !== "") out[k] = v;
-    }
-    return out;
+    return { ...out, ...readSharedDir(children(devices, "filesystem")) };
 }
 
 /** A network interface of a running domain, from its live XML. */
