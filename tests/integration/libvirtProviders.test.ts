@@ -8,8 +8,9 @@
 // network is updated in place: same UUID) -> a memory change and a host name
 // change restart the VM (same UUID) -> with deployments the update only saves
 // the definition and the deployment's turn restarts it: a new size; a new
-// console log and kernel command line (the new log gets the boot); a new
-// domain type saved for the next boot -> refresh notices a shut-off
+// console log and kernel command line (the new log gets the boot); the
+// shared data directory (the guest mounts it by its virtiofs tag, read-only);
+// a new domain type saved for the next boot -> refresh notices a shut-off
 // domain and a destroyed one -> adopt/mismatch and a failed create leave
 // nothing behind -> what virsh says about objects that do not exist -> a host
 // reboot (domains off, network and pool stopped): refresh keeps everything
