@@ -47,6 +47,8 @@ export interface NixStackParams {
     pythonPackages: string[];
     /** Spark authentication and encryption (nix/lib/params.nix; the secret itself never comes here). */
     security: { authenticate: boolean; ioEncryption: boolean };
+    /** The shared data directory as the nodes mount it (nixspark:data; absent without data.path). The host path stays on the host. */
+    data?: { tag: string; mountPoint: string; readOnly: boolean };
 }
 
 /** The settings the flake needs for one stack, from the validated config and its topology. Pure. */
@@ -74,6 +76,7 @@ export function nixStackParams(cfg: ClusterConfig, topo: Topology): NixStackPara
         sparkSettings,
         pythonPackages: [...new Set(cfg.spark.pythonPackages)].sort(),
         security: { authenticate: cfg.security.authenticate, ioEncryption: cfg.security.ioEncryption },
+        ...(cfg.data?.path ? { data: { tag: cfg.data.tag, mountPoint: cfg.data.mountPoint, readOnly: cfg.data.readOnly } } : {}),
     };
 }
 

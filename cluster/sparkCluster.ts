@@ -63,6 +63,17 @@ export function baseVolumeName(stack: string, image: { path: string } | { drvPat
     return `${stack}-base-${crypto.createHash("sha256").update(identity).digest("hex").slice(0, 12)}.qcow2`;
 }
 
+/**
+ * The shared data directory as each Domain defines it (nixspark:data; a
+ * restart applies it, in rollout order): none unless data.path is set.
+ * mountPoint and readOnly are the nodes' business (the deployment's system).
+ */
+export function dataShare(cfg: ClusterConfig): { dataDir?: string; dataTag?: string; virtiofsd?: string } {
+    const d = cfg.data;
+    if (!d?.path) return {};
+    return { dataDir: d.path, dataTag: d.tag, ...(d.virtiofsd ? { virtiofsd: d.virtiofsd } : {}) };
+}
+
 export interface NodeOutput {
     name: string;
     role: string;
@@ -183,6 +194,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                     initrd: cfg.image.initrd,
                     cmdline: cfg.image.cmdline,
                     hostname: spec.hostname,
+                    ...dataShare(cfg),
                     shutdownTimeoutSeconds: args.shutdownTimeoutSeconds ?? 60,
                     // A change a restart applies (size, domain type, kernel, initrd,
                     // command line, console log, network, host name) restarts VMs one
@@ -279,6 +291,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                                 consoleLog: `${logDir}/${node.spec.domainName}-console.log`,
                                 network: t.networkName,
                                 hostname: node.spec.hostname,
+                                ...dataShare(cfg),
                             },
                         },
                         secretProperties: secretProps,

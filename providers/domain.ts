@@ -1,6 +1,6 @@
 // Domain: one VM. Whatever libvirt applies by redefining the domain and
 // restarting it (memory, vCPUs, domain type, kernel, initrd, command line,
-// console log, network, host name) is an update: the definition is saved
+// console log, network, host name, the shared data directory) is an update: the definition is saved
 // (same UUID) and the VM restarted (graceful shutdown with a timeout, then
 // start). With deployments the node's NixosDeployment restarts it, in
 // rollout order, right before it switches; without, this provider does, one
@@ -49,6 +49,10 @@ export interface DomainInputs {
     cmdline?: string;
     /** The guest's host name, given to it as a systemd credential (SMBIOS OEM string); an RFC 1123 label. */
     hostname?: string;
+    /** A host directory shared by virtiofs (nixspark:data.path), the tag the guest mounts it by, virtiofsd's path: a restart applies them. */
+    dataDir?: string;
+    dataTag?: string;
+    virtiofsd?: string;
     /** Seconds a guest gets to shut down (on delete, and before a restart) before it is destroyed. */
     shutdownTimeoutSeconds: number;
     /** The stack's state directory (absolute): holds the lock that lets one VM restart at a time. */
@@ -207,6 +211,38 @@ export async function withRestartLock<T>(stateDir: string, what: string, timeout
     );
 }
 
+/**
+ * What is wrong with the shared directory (nixspark:data) before anything is
+ * defined: the host directory must exist (checked when libvirt runs on this
+ * machine: a URI without a host), the tag must fit virtiofs' 36 bytes.
+ * Reads only (a stat), so check stays free of side effects.
+ */
+export function dataDirProblems(news: Record<string, unknown>): { property: string; reason: string }[] {
+    const out: { property: string; reason: string }[] = [];
+    const dir = news.dataDir;
+    if (dir === undefined || dir === null || isUnknown(dir)) return out;
+    if (typeof dir !== "string" || !dir.startsWith("/")) return [{ property: "dataDir", reason: `nixspark:data.path ${JSON.stringify(dir)} must be an absolute directory on the host` }];
+    const tag = news.dataTag;
+    if (!isUnknown(tag) && (typeof tag !== "string" || tag === "" || Buffer.byteLength(tag) > 36)) {
+        out.push({ property: "dataTag", reason: `nixspark:data.tag ${JSON.stringify(tag)} must be 1 to 36 bytes (what a virtio-fs device holds): pulumi config set --path data.tag nixspark-data` });
+    }
+    const uri = typeof news.uri === "string" && !isUnknown(news.uri) ? news.uri : "";
+    const local = /^[a-z+]+:\/\/\//.test(uri); // qemu:///system, qemu+unix:///system?socket=...: this machine
+    if (local) {
+        const fs = require("node:fs") as typeof import("node:fs");
+        let st: import("node:fs").Stats | undefined;
+        try {
+            st = fs.statSync(dir);
+        } catch {
+            st = undefined;
+        }
+        if (!st?.isDirectory()) {
+            out.push({ property: "dataDir", reason: `nixspark:data.path ${dir} is ${st ? "not a directory" : "missing"} on the host; create it (mkdir -p ${dir}) or set another: pulumi config set --path data.path DIR` });
+        }
+    }
+    return out;
+}
+
 export const domainProvider: pulumi.dynamic.ResourceProvider = {
     async check(olds: any, news: any) {
         const failures = [];
@@ -219,6 +255,7 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
                 reason: `hostname ${JSON.stringify(news.hostname)} must be an RFC 1123 label: 1 to 63 letters, digits or '-', not starting or ending with '-'`,
             });
         }
+        failures.push(...dataDirProblems(news));
         return { inputs: { ...news, restartRequired: restartReason(olds, news) }, failures };
     },
 
@@ -348,7 +385,7 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
             state,
         };
         // What is defined now, present or not: a removed or changed field is drift the next `up` repairs.
-        for (const k of ["hostname", "kernel", "initrd", "cmdline"] as const) {
+        for (const k of ["hostname", "kernel", "initrd", "cmdline", "dataDir", "dataTag", "virtiofsd"] as const) {
             if (f[k] !== undefined) outs[k] = f[k];
             else if (outs[k]) delete outs[k]; // ("" and absent are the same: none)
         }

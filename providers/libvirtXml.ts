@@ -5,6 +5,9 @@
 // Everything here is plain functions with no module-level state, so dynamic
 // providers can capture them by value.
 
+import { readSharedDir, sharedDirXml, sharedMemoryXml } from "./sharedDirXml";
+import type { SharedDir } from "./sharedDirXml";
+
 export interface DhcpHost {
     mac: string;
     ip: string;
@@ -27,7 +30,7 @@ export interface VolumeSpec {
     backingPath: string;
 }
 
-export interface DomainSpec {
+export interface DomainSpec extends SharedDir {
     name: string;
     domainType: "kvm" | "qemu";
     vcpus: number;
@@ -131,6 +134,7 @@ export function domainXml(d: DomainSpec): string {
           ]
         : [`    <boot dev='hd'/>`];
     if (d.hostname !== undefined && d.hostname !== null && !isHostnameLabel(d.hostname)) throw new Error(`hostname ${JSON.stringify(d.hostname)} is not an RFC 1123 label`);
+    const shared = sharedDirXml(d);
     const sysinfo = d.hostname
         ? [`  <sysinfo type='smbios'>`, `    <oemStrings>`, `      <entry>${esc(hostnameCredential(d.hostname))}</entry>`, `    </oemStrings>`, `  </sysinfo>`]
         : [];
@@ -141,6 +145,7 @@ export function domainXml(d: DomainSpec): string {
         `  <memory unit='MiB'>${d.memoryMiB}</memory>`,
         `  <currentMemory unit='MiB'>${d.memoryMiB}</currentMemory>`,
         `  <vcpu placement='static'>${d.vcpus}</vcpu>`,
+        ...sharedMemoryXml(d),
         ...sysinfo,
         `  <os>`,
         `    <type arch='x86_64'>hvm</type>`,
@@ -174,6 +179,7 @@ export function domainXml(d: DomainSpec): string {
         `    <console type='pty'>`,
         `      <target type='serial' port='0'/>`,
         `    </console>`,
+        ...shared,
         `    <rng model='virtio'>`,
         `      <backend model='random'>/dev/urandom</backend>`,
         `    </rng>`,
@@ -288,7 +294,7 @@ export function readNetwork(xml: string): NetworkFacts {
     };
 }
 
-export interface DomainFacts {
+export interface DomainFacts extends SharedDir {
     name?: string;
     uuid?: string;
     domainType?: string;
@@ -335,7 +341,7 @@ export function readDomain(xml: string): DomainFacts {
     // The serial port's log; libvirt also shows it on the <console> that mirrors serial 0.
     const log = attr(child(children(devices, "serial")[0], "log"), "file") ?? attr(child(children(devices, "console")[0], "log"), "file");
     if (log !== undefined) out.consoleLog = log;
-    return out;
+    return { ...out, ...readSharedDir(children(devices, "filesystem")) };
 }
 
 /** A network interface of a running domain, from its live XML. */

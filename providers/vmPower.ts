@@ -78,6 +78,10 @@ export interface BootDefinition {
     /** The libvirt network the VM's interface attaches to. */
     network?: string;
     hostname?: string;
+    /** The shared data directory (virtiofs): host directory, tag, virtiofsd. */
+    dataDir?: string;
+    dataTag?: string;
+    virtiofsd?: string;
 }
 
 /** Which VM a deployment runs on, and the definition its Domain gives it (SparkCluster passes it). */
@@ -128,6 +132,9 @@ const RESTART_FIELDS: [key: string, label: string][] = [
     ["consoleLog", "console log"],
     ["network", "network"],
     ["hostname", "host name"],
+    ["dataDir", "shared directory"],
+    ["dataTag", "shared directory tag"],
+    ["virtiofsd", "virtiofsd"],
 ];
 
 /** The keys of a Domain's inputs that a restart applies (redefine, then shutdown and start). */
@@ -155,6 +162,9 @@ export function definitionChanges(from: Record<string, unknown> | undefined, to:
         const a = norm(from?.[k]);
         const b = norm(to?.[k]);
         if (!isUnknown(b) && (a === b || (a === "" && b === null) || (a === null && b === ""))) continue;
+        // No virtiofsd path asked for: libvirt picks one (QEMU's vhost-user
+        // descriptors) and shows it in the live XML; any is what was asked.
+        if (k === "virtiofsd" && b === null) continue;
         const unit = k === "memoryMiB" ? " MiB" : "";
         const newUnit = isUnknown(b) ? "" : unit;
         out.push({ key: k, text: `${label} ${show(k, a)} -> ${show(k, b)}${newUnit}`, was: `${label} ${show(k, a)}${unit}`, now: `${label} ${show(k, b)}${newUnit}` });

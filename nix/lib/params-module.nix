@@ -23,5 +23,5 @@ params: {
     security = {
       inherit (params.security) authenticate ioEncryption;
     };
-  };
+  } // (if params.data == null then { } else { data = { inherit (params.data) tag mountPoint readOnly; }; });
 }

@@ -208,6 +208,25 @@ let
         ioEncryption = flag "ioEncryption" false;
       };
 
+  # The shared data directory (nixspark:data; none when absent): the tag the
+  # VM's virtiofs device carries, where the nodes mount it, and how.
+  data =
+    let
+      d = json.data or null;
+    in
+    if d == null then
+      null
+    else if !isAttrs d then
+      fail "data: expected an object with tag, mountPoint and readOnly"
+    else if !(isString (d.tag or null) && match "[A-Za-z0-9._-]{1,36}" d.tag != null) then
+      fail "data.tag: expected a virtiofs tag of 1 to 36 letters, digits, '.', '_' or '-'"
+    else if !(isString (d.mountPoint or null) && match "(/[A-Za-z0-9._-]+)+" d.mountPoint != null) then
+      fail "data.mountPoint: expected an absolute path such as /data"
+    else if !isBool (d.readOnly or null) then
+      fail "data.readOnly: expected true or false"
+    else
+      { inherit (d) tag mountPoint readOnly; };
+
   securitySettings =
     if security.authenticate then
       {
@@ -262,6 +281,7 @@ else
       daemonMemoryMiB
       sparkSettings
       security
+      data
       ;
     deployUser = sshUser;
     sshKeys = [ sshPublicKey ];

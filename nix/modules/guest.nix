@@ -2,11 +2,15 @@
 # and what every role configuration keeps, so that `nixos-rebuild switch`
 # onto a running VM never changes how it boots.
 {
+  config,
   lib,
   pkgs,
   modulesPath,
   ...
 }:
+let
+  data = config.nixspark.data;
+in
 {
   imports = [ (modulesPath + "/profiles/qemu-guest.nix") ];
 
@@ -33,6 +37,26 @@
     autoResize = true;
   };
   boot.growPartition = true;
+
+  # The shared data directory (nixspark:data): the VM's virtiofs device,
+  # mounted by its tag (nixos-24.11 nixos/modules/tasks/filesystems.nix: an
+  # fstab line; `mount -t virtiofs` loads the virtiofs module on demand, and
+  # no module of 24.11 handles fsType virtiofs beyond that). nofail: a VM
+  # restarted without the device (data removed: the restart comes before
+  # the switch) still boots and stays reachable. Mounted before tmpfiles
+  # runs, which makes the event-log directory under it (spark.nix).
+  fileSystems.${data.mountPoint} = lib.mkIf (data.tag != null) {
+    device = data.tag;
+    fsType = "virtiofs";
+    options = [
+      (if data.readOnly then "ro" else "rw")
+      "nofail"
+      "x-systemd.before=systemd-tmpfiles-setup.service"
+      "x-systemd.before=systemd-tmpfiles-resetup.service"
+    ];
+    # Nothing to check: no block device behind it.
+    noCheck = true;
+  };
 
   # Serial console: libvirt logs it, `virsh console` attaches to it. The last
   # console= is /dev/console, so boot messages reach the serial port.

@@ -2,9 +2,10 @@
 # stack's parameters (lib/params.nix, via lib/params-module.nix); the NixOS
 # test sets them from the test network's addresses. Defaults match
 # lib/params.nix, so a module can be tried on its own.
-{ lib, ... }:
+{ config, lib, ... }:
 let
   inherit (lib) mkOption types;
+  data = config.nixspark.data;
   portRange = types.submodule {
     options = {
       from = mkOption { type = types.port; };
@@ -205,7 +206,11 @@ in
       };
       logDirectory = mkOption {
         type = types.strMatching "/[^[:space:]]*";
-        default = "/var/lib/spark/event-logs";
+        # Derived from the shared data directory, as nixpkgs derives defaults:
+        # cluster-mode drivers run on workers, so a master-local directory
+        # would miss their logs; a read-write share holds every node's.
+        default = if data.tag != null && !data.readOnly then "${data.mountPoint}/spark-events" else "/var/lib/spark/event-logs";
+        defaultText = lib.literalExpression ''if data.tag != null && !data.readOnly then "''${data.mountPoint}/spark-events" else "/var/lib/spark/event-logs"'';
         description = ''
           Where drivers write their applications' event logs (spark.eventLog.dir
           file:<dir>) and the history server reads them
@@ -214,6 +219,31 @@ in
           logs (setgid: each file gets the group, which Spark's 660 file mode
           then lets the history server read; sticky: only the owner, or spark,
           removes a log).
+        '';
+      };
+    };
+
+    # The shared data directory (nixspark:data): a host directory that the
+    # VM's virtiofs device exports under `tag` (providers/libvirtXml.ts),
+    # mounted by guest.nix on every node.
+    data = {
+      tag = mkOption {
+        type = types.nullOr (types.strMatching "[A-Za-z0-9._-]{1,36}");
+        default = null;
+        description = "The virtiofs tag of the shared data directory (at most 36 bytes); null: no shared directory.";
+      };
+      mountPoint = mkOption {
+        type = types.strMatching "(/[A-Za-z0-9._-]+)+";
+        default = "/data";
+        description = "Where every node mounts the shared data directory.";
+      };
+      readOnly = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Mount it read-only. The nodes enforce it (the mount's `ro`); the
+          host's virtiofsd does not (libvirt 9.0 refuses <readonly/> for
+          virtiofs). Read-write also moves history.logDirectory under it.
         '';
       };
     };

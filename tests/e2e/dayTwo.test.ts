@@ -385,6 +385,29 @@ describe(`day 2 on the libvirt bench (stack ${stack})`, () => {
         expect(changed(await timed("preview (after restarts)", () => cli.preview()))).toEqual([]);
     });
 
+    // Issue 17: the shared data directory added to the running stack (preview
+    // only; the bench test boots a guest that mounts it).
+    step("c3. adding the shared data directory (nixspark:data) to the running stack: preview shows updates only, every VM restarting in rollout order, no replace", async () => {
+        const nodes = ["master", "worker-1", "worker-2"];
+        const dataDir = path.join(bench.dir, "spark-data");
+        fs.mkdirSync(dataDir, { recursive: true });
+        const current = config(stack, 2, imageB, { workers: { diskGiB: 2, memoryMiB: 384 }, rollout: { maxParallel: 1, canary: true }, consoleLogDir: path.join(bench.dir, "console-b"), cmdline: "console=ttyS0 nixspark_e2e=2" });
+        cli.writeStackConfig({ ...current, data: { path: dataDir } });
+        try {
+            const p = await timed("preview (data)", () => cli.preview());
+            expect(stepList(changed(p))).toEqual([...nodes.map((n) => `update ${dom(n)}`), ...nodes.map((n) => `update ${dom(n)}-nixos`)].sort());
+            for (const n of nodes) {
+                const raw = (p.json.steps ?? []).find((x: any) => String(x.urn).endsWith(`::${dom(n)}`) && x.op === "update");
+                expect(raw?.newState?.inputs?.restartRequired).toBe(
+                    `shared directory (none) -> ${dataDir}, shared directory tag (none) -> nixspark-data: the VM restarts (shutdown, then start), in rollout order, by its NixOS deployment before it switches (deploy.rollout)`,
+                );
+            }
+            expect(p.diagnostics.map((d) => d.message).join("\n")).not.toMatch(/warning: \[|VM (is|will be) replaced|decommission/);
+        } finally {
+            cli.writeStackConfig(current);
+        }
+    });
+
     step("e. a second stack with default network settings on the same host: both up; destroying it leaves the first running", async () => {
         expect(defaultCidr(other)).not.toBe(defaultCidr(stack));
         otherCli = new PulumiCli({ ...cli.opts, stack: other });

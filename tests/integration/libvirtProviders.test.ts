@@ -8,8 +8,9 @@
 // network is updated in place: same UUID) -> a memory change and a host name
 // change restart the VM (same UUID) -> with deployments the update only saves
 // the definition and the deployment's turn restarts it: a new size; a new
-// console log and kernel command line (the new log gets the boot); a new
-// domain type saved for the next boot -> refresh notices a shut-off
+// console log and kernel command line (the new log gets the boot); the
+// shared data directory (the guest mounts it by its virtiofs tag, read-only);
+// a new domain type saved for the next boot -> refresh notices a shut-off
 // domain and a destroyed one -> adopt/mismatch and a failed create leave
 // nothing behind -> what virsh says about objects that do not exist -> a host
 // reboot (domains off, network and pool stopped): refresh keeps everything
@@ -23,7 +24,7 @@ import { parseConfig } from "../../cluster/config";
 import { buildTopology, NodeSpec, Topology } from "../../cluster/topology";
 import { domainProvider, DomainOutputs } from "../../providers/domain";
 import { restartForDefinition } from "../../providers/vmPower";
-import { readNetwork } from "../../providers/libvirtXml";
+import { readDomain, readNetwork } from "../../providers/libvirtXml";
 import type { NixosDeploymentInputs } from "../../providers/nixosDeployment";
 import { diskGoneOf } from "../../providers/deployment/vmState";
 import { networkProvider, NetworkOutputs } from "../../providers/network";
@@ -330,6 +331,74 @@ describe("libvirt providers on a real libvirtd", () => {
         // And refresh agrees nothing is owed any more.
         const after = await P.dom.read!(n.domainName, owed.props);
         expect(after.props).toMatchObject({ pendingRestart: false });
+        expect(await P.dom.diff!(n.domainName, after.props, news)).toMatchObject({ changes: false });
+        created.domains.set(n.domainName, after.props as DomainOutputs);
+    });
+
+    // Issue 17: the shared data directory (nixspark:data). Added to a running
+    // guest it is an update whose restart the deployment takes (one boot);
+    // the guest mounts the share by its tag with virtiofs from its init, as a
+    // node's NixOS mounts it, read-only.
+    test("data directory: added to a running guest it is an update (no replace), restarted in its deployment's turn; the guest mounts it by tag with virtiofs, reads the host's file and cannot write (read-only), and can after a read-write remount", async () => {
+        const t = topo(1);
+        const n = t.workers[0];
+        const olds = created.domains.get(n.domainName)!;
+        const dataDir = path.join(bench!.dir, "shared data");
+        fs.mkdirSync(dataDir, { mode: 0o755 });
+        const content = `written by the test on the host ${randomInt(1e9)}`;
+        fs.writeFileSync(path.join(dataDir, "hello.txt"), `${content}\n`);
+        const dataTag = `${stack}-data`;
+        const cmdline = `${olds.cmdline} nixspark_test.data=${dataTag}:ro`;
+        const news = { ...domInputs(n, olds.diskPath, t), memoryMiB: olds.memoryMiB, hostname: olds.hostname, consoleLog: olds.consoleLog, cmdline, dataDir, dataTag, restartBy: "deployment" as const, stateDir: path.join(bench!.dir, "state") };
+        const checked = await P.dom.check!(olds, news);
+        expect(checked.failures).toEqual([]);
+        expect(checked.inputs.restartRequired).toMatch(new RegExp(`shared directory \\(none\\) -> ${dataDir}, shared directory tag \\(none\\) -> ${dataTag}: the VM restarts \\(shutdown, then start\\), in rollout order`));
+        expect(await P.dom.diff!(n.domainName, olds, news)).toMatchObject({ changes: true, replaces: [] });
+        const idBefore = (await bench!.virsh(["domid", n.domainName])).stdout.trim();
+        const r = await P.dom.update!(n.domainName, olds, news);
+        expect(r.outs).toMatchObject({ dataDir, dataTag, state: "running", uuid: olds.uuid });
+        created.domains.set(n.domainName, r.outs as DomainOutputs);
+        expect((await bench!.virsh(["domid", n.domainName])).stdout.trim()).toBe(idBefore); // saved, not yet applied
+        const saved = (await bench!.virsh(["dumpxml", "--inactive", n.domainName])).stdout;
+        expect(saved).toMatch(/<memoryBacking>\s*<source type='memfd'\/>\s*<access mode='shared'\/>/);
+        expect(saved).toMatch(new RegExp(`<filesystem type='mount' accessmode='passthrough'>[\\s\\S]*<driver type='virtiofs'/>[\\s\\S]*<source dir='${dataDir}'/>\\s*<target dir='${dataTag}'/>`));
+        // What libvirt 9.0 says to <readonly/> on virtiofs (why the nodes mount it read-only themselves).
+        const ro = path.join(bench!.dir, "readonly-virtiofs.xml");
+        fs.writeFileSync(ro, saved.replace(/<target dir='[^']*'\/>/, "$&<readonly/>").replace(/<name>[^<]*<\/name>/, `<name>${stack}-ro</name>`).replace(/<uuid>[^<]*<\/uuid>/, ""));
+        const refused = await bench!.virsh(["define", ro], { allowFailure: true });
+        expect(refused.code).not.toBe(0);
+        expect(refused.stderr).toMatch(/virtiofs does not yet support read-only mode/);
+
+        // The deployment's turn: one restart, with the share.
+        const vm = {
+            uri, domain: n.domainName, vcpus: news.vcpus, memoryMiB: news.memoryMiB, shutdownTimeoutSeconds: 30,
+            definition: { domainType: "qemu", kernel: news.kernel, initrd: news.initrd, cmdline, consoleLog: olds.consoleLog, network: t.networkName, hostname: olds.hostname, dataDir, dataTag },
+        };
+        const said: string[] = [];
+        expect(await restartForDefinition(vm, (m) => said.push(m))).toBe(true);
+        expect(said[0]).toContain(`shared directory (none) -> ${dataDir}, shared directory tag (none) -> ${dataTag}`);
+        expect(readDomain((await bench!.virsh(["dumpxml", n.domainName])).stdout)).toMatchObject({ dataDir, dataTag });
+        await expectReservedAddress(n);
+        const log = olds.consoleLog;
+        await waitFor(`the guest's mount in ${log}`, async () => (fs.readFileSync(log, "utf8").includes(`test-guest: mounted virtiofs ${dataTag} on /data (ro)`) ? true : undefined), {
+            timeoutMs: 60_000,
+            diagnose: () => tailFile(log),
+        });
+        const guest = (cmd: string) => bench!.ssh(n.ip, [cmd], { allowFailure: true, timeoutMs: 60_000 });
+        const mounts = await guest("grep ' /data ' /proc/mounts");
+        expect(mounts.stdout).toMatch(new RegExp(`^${dataTag} /data virtiofs ro[, ]`));
+        expect((await guest("cat /data/hello.txt")).stdout).toBe(`${content}\n`);
+        const write = await guest("echo guest >/data/hello.txt; echo guest >/data/new.txt");
+        expect(write.stderr).toMatch(/Read-only file system/);
+        expect(fs.readFileSync(path.join(dataDir, "hello.txt"), "utf8")).toBe(`${content}\n`);
+        expect(fs.existsSync(path.join(dataDir, "new.txt"))).toBe(false);
+        // Read-write (nixspark:data.readOnly false mounts it so): the guest's file reaches the host.
+        const rw = await guest("mount -o remount,rw /data && echo from-the-guest >/data/new.txt && sync");
+        expect(rw.code).toBe(0);
+        expect(fs.readFileSync(path.join(dataDir, "new.txt"), "utf8")).toBe("from-the-guest\n");
+        // And refresh reads the share back: nothing owed, no change.
+        const after = await P.dom.read!(n.domainName, r.outs);
+        expect(after.props).toMatchObject({ pendingRestart: false, dataDir, dataTag });
         expect(await P.dom.diff!(n.domainName, after.props, news)).toMatchObject({ changes: false });
         created.domains.set(n.domainName, after.props as DomainOutputs);
     });

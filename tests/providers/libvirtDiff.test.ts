@@ -178,6 +178,40 @@ describe.each([
         expect(await ddiff({ hostname: "dev-master" }, { hostname: "dev-master" })).toMatchObject({ changes: false });
         expect(await ddiff({ __provider: "new code" })).toMatchObject({ changes: true, replaces: [] });
     });
+    test("domain: adding the shared data directory (nixspark:data) is an in-place update that restarts the VM in rollout order, never a replace; so is a new path, tag or virtiofsd", async () => {
+        const share = { dataDir: os.tmpdir(), dataTag: "nixspark-data" };
+        expect(await ddiff(share)).toMatchObject({ changes: true, replaces: [] });
+        const r = await p.domainProvider.check!(dom, { ...dom, ...share, restartBy: "deployment" });
+        expect(r.failures).toEqual([]);
+        expect(r.inputs.restartRequired).toBe(
+            `shared directory (none) -> ${os.tmpdir()}, shared directory tag (none) -> nixspark-data: the VM restarts (shutdown, then start), in rollout order, by its NixOS deployment before it switches (deploy.rollout)`,
+        );
+        for (const change of [{ dataDir: "/srv/other" }, { dataTag: "other" }, { virtiofsd: "/usr/lib/qemu/virtiofsd" }]) {
+            expect(await ddiff({ ...share, ...change }, share)).toMatchObject({ changes: true, replaces: [] });
+        }
+        expect(await ddiff(share, share)).toMatchObject({ changes: false });
+        // Removing it is an update too.
+        expect(await ddiff({}, share)).toMatchObject({ changes: true, replaces: [] });
+    });
+    test("domain: check refuses a shared directory that is missing or no directory on this host, or a tag longer than virtiofs holds, naming the config key", async () => {
+        const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-data-"));
+        try {
+            const file = path.join(tmp, "f");
+            fs.writeFileSync(file, "x");
+            const fail = async (news: object) => (await p.domainProvider.check!({}, { ...dom, dataTag: "nixspark-data", ...news })).failures;
+            expect(await fail({ dataDir: tmp })).toEqual([]);
+            expect(await fail({ dataDir: path.join(tmp, "missing") })).toEqual([{ property: "dataDir", reason: expect.stringMatching(/^nixspark:data\.path \S+missing is missing on the host; create it \(mkdir -p /) }]);
+            expect(await fail({ dataDir: file })).toEqual([{ property: "dataDir", reason: expect.stringMatching(/^nixspark:data\.path \S+ is not a directory on the host/) }]);
+            expect(await fail({ dataDir: "data" })).toEqual([{ property: "dataDir", reason: expect.stringMatching(/must be an absolute directory/) }]);
+            expect(await fail({ dataDir: tmp, dataTag: "t".repeat(37) })).toEqual([{ property: "dataTag", reason: expect.stringMatching(/^nixspark:data\.tag "t{37}" must be 1 to 36 bytes/) }]);
+            expect(await fail({ dataDir: tmp, dataTag: "t".repeat(36) })).toEqual([]);
+            // libvirt on another machine: its directories are not looked up here; unknown in preview: nothing to check.
+            expect(await fail({ dataDir: path.join(tmp, "missing"), uri: "qemu+ssh://host/system" })).toEqual([]);
+            expect(await fail({ dataDir: UNKNOWN })).toEqual([]);
+        } finally {
+            fs.rmSync(tmp, { recursive: true, force: true });
+        }
+    });
     test("domain: check refuses a host name that is not an RFC 1123 label", async () => {
         for (const bad of ["-dev", "dev_master", "a".repeat(64), "dev.master", ""]) {
             const r = await p.domainProvider.check!({}, { ...dom, hostname: bad });
@@ -436,9 +470,17 @@ describe("the deployment's vm input: a new definition restarts the VM in its rol
         ]);
         expect(deploymentDiff({ ...outs, vmPending: [] }, { ...dep, machineId: "uuid-1", vm }).changes).toBe(false);
     });
+    test("the shared data directory added to a running stack: an update of the deployment (the restart, then the switch), never a replace", () => {
+        const d = deploymentDiff(outs, { ...dep, machineId: UNKNOWN, vm: { ...vm, definition: { ...definition, dataDir: "/srv/data", dataTag: "nixspark-data" } } });
+        expect(d).toMatchObject({ changes: true, replaces: [] });
+        expect(d.reasons).toEqual(["the VM's definition changed (shared directory (none) -> /srv/data, shared directory tag (none) -> nixspark-data): it restarts before the switch"]);
+    });
     test("definitionChanges: absent, null and empty are none; libvirt's trimmed text is the same", () => {
         expect(definitionChanges({ kernel: undefined, cmdline: "" }, { kernel: null, cmdline: undefined })).toEqual([]);
         expect(definitionChanges({ cmdline: "quiet" }, { cmdline: " quiet " })).toEqual([]);
+        // virtiofsd's path: libvirt fills in the one it found when none was asked for (a running VM's live XML).
+        expect(definitionChanges({ virtiofsd: "/usr/lib/qemu/virtiofsd" }, { virtiofsd: undefined })).toEqual([]);
+        expect(definitionChanges({ virtiofsd: "/usr/lib/qemu/virtiofsd" }, { virtiofsd: "/opt/virtiofsd" })).toHaveLength(1);
         expect(definitionChanges({ memoryMiB: 256 }, { memoryMiB: 384 })).toEqual([{ key: "memoryMiB", text: "memory 256 -> 384 MiB", was: "memory 256 MiB", now: "memory 384 MiB" }]);
     });
 });

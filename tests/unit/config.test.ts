@@ -118,3 +118,27 @@ describe("config schema", () => {
         expect(raw).toEqual({ workers: { count: 3 }, domainType: "qemu" });
     });
 });
+
+describe("nixspark:data, the shared data directory", () => {
+    test("unset path: no shared directory; the defaults: /data, read-only, tag nixspark-data", () => {
+        expect(parseConfig({}).data).toEqual({ mountPoint: "/data", readOnly: true, tag: "nixspark-data" });
+        expect(parseConfig({ data: { path: "/srv/spark-data/", readOnly: "false" } }).data).toEqual({ path: "/srv/spark-data", mountPoint: "/data", readOnly: false, tag: "nixspark-data" });
+    });
+
+    test("refused before anything is created, naming the key: a relative path, a mount point that is relative or a system path, a tag longer than virtiofs holds", () => {
+        expect(problemsOf({ data: { path: "data" } })).toEqual([expect.stringMatching(/^nixspark:data\.path: expected an absolute directory path on the host/)]);
+        for (const bad of ["data", "/data/", "/a b", "/x/../etc"]) {
+            expect(problemsOf({ data: { path: "/srv", mountPoint: bad } })).toEqual([expect.stringMatching(/^nixspark:data\.mountPoint: ".*": expected an absolute path/)]);
+        }
+        for (const system of ["/nix", "/nix/store", "/etc", "/etc/spark", "/var/lib/spark", "/var/lib/spark/data", "/run/data", "/", "/var", "/home", "/tmp"]) {
+            expect(problemsOf({ data: { path: "/srv", mountPoint: system } })).toEqual([
+                expect.stringMatching(/^nixspark:data\.mountPoint: \S+ is (in \S+, )?a system path the nodes need for themselves; mount the data directory elsewhere: pulumi config set --path data\.mountPoint \/data$/),
+            ]);
+        }
+        for (const fine of ["/data", "/srv/data", "/var/lib/datasets", "/home/data", "/mnt/x"]) expect(parseConfig({ data: { path: "/srv", mountPoint: fine } }).data.mountPoint).toBe(fine);
+        expect(problemsOf({ data: { path: "/srv", tag: "t".repeat(37) } })).toEqual([expect.stringMatching(/^nixspark:data\.tag: expected a virtiofs tag of at most 36 bytes/)]);
+        expect(parseConfig({ data: { path: "/srv", tag: "t".repeat(36) } }).data.tag).toHaveLength(36);
+        expect(problemsOf({ data: { path: "/srv", virtiofsd: "virtiofsd" } })).toEqual([expect.stringMatching(/^nixspark:data\.virtiofsd: expected the absolute path of virtiofsd/)]);
+        expect(problemsOf({ data: { path: "/srv", readonly: true } })).toEqual([expect.stringMatching(/^nixspark:data\.readonly: unknown key; did you mean `data\.readOnly`\?/)]);
+    });
+});

@@ -46,6 +46,9 @@ describe("libvirt XML", () => {
         ["domain", domainXml({ ...dom, domainType: "kvm" })],
         ["domain", domainXml({ ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0 quiet" })],
         ["domain", domainXml({ ...dom, hostname: "dev-master" })],
+        // The shared data directory (nixspark:data): shared memory and a virtiofs filesystem, with and without virtiofsd's path.
+        ["domain", domainXml({ ...dom, dataDir: "/srv/spark data", dataTag: "nixspark-data" })],
+        ["domain", domainXml({ ...dom, kernel: "/boot/vmlinuz", dataDir: "/srv/d", dataTag: "t".repeat(36), virtiofsd: "/usr/lib/qemu/virtiofsd" })],
         ["domain", domainXml({ ...dom, hostname: "dev-worker-1", uuid: "0f6d3c1e-5a4b-4c2d-9e8f-7a6b5c4d3e2f", kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img" })],
         // What a redefinition writes for each change a restart applies (same UUID, the new value).
         ...(
@@ -57,8 +60,9 @@ describe("libvirt XML", () => {
                 ["network", "dev-net-2"],
                 ["domainType", "kvm"],
                 ["hostname", "dev-master-2"],
+                ["dataDir", "/srv/spark-data"],
             ] as const
-        ).map(([k, v]) => ["domain", domainXml({ ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0", hostname: "dev-master", uuid: "0f6d3c1e-5a4b-4c2d-9e8f-7a6b5c4d3e2f", [k]: v })]),
+        ).map(([k, v]) => ["domain", domainXml({ ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0", hostname: "dev-master", uuid: "0f6d3c1e-5a4b-4c2d-9e8f-7a6b5c4d3e2f", dataTag: "nixspark-data", [k]: v })]),
     ])("%s XML passes virt-xml-validate", (kind, xml) => {
         const r = validate(xml, kind);
         expect(r.out).toMatch(/validates/);
@@ -81,6 +85,24 @@ describe("libvirt XML", () => {
         // libvirt's own dumpxml style (double quotes, other OEM strings first).
         const dumped = `<domain type="qemu"><name>x</name><sysinfo type="smbios"><oemStrings><entry>other</entry><entry>io.systemd.credential:system.hostname=x-1</entry></oemStrings></sysinfo></domain>`;
         expect(readDomain(dumped).hostname).toBe("x-1");
+    });
+
+    test("the shared data directory: shared memory for virtiofsd and a virtiofs filesystem by tag, read back from the definition; none without it", () => {
+        const xml = domainXml({ ...dom, dataDir: "/srv/spark-data", dataTag: "nixspark-data", virtiofsd: "/usr/lib/qemu/virtiofsd" });
+        expect(xml).toMatch(/<memoryBacking>\s*<source type='memfd'\/>\s*<access mode='shared'\/>\s*<\/memoryBacking>/);
+        expect(xml).toMatch(
+            /<filesystem type='mount' accessmode='passthrough'>\s*<driver type='virtiofs'\/>\s*<binary path='\/usr\/lib\/qemu\/virtiofsd'\/>\s*<source dir='\/srv\/spark-data'\/>\s*<target dir='nixspark-data'\/>\s*<\/filesystem>/,
+        );
+        // No <readonly/>: libvirt 9.0 refuses it for virtiofs; the nodes mount it read-only.
+        expect(xml).not.toContain("readonly");
+        expect(readDomain(xml)).toMatchObject({ dataDir: "/srv/spark-data", dataTag: "nixspark-data", virtiofsd: "/usr/lib/qemu/virtiofsd" });
+        const plain = domainXml(dom);
+        expect(plain).not.toMatch(/memoryBacking|filesystem/);
+        expect(readDomain(plain)).not.toHaveProperty("dataDir");
+        expect(() => domainXml({ ...dom, dataDir: "/srv/d" })).toThrow(/needs a dataTag/);
+        // libvirt's live XML of a running VM: an alias and a PCI address on the device, the binary's defaults.
+        const live = `<domain type='qemu' id='5'><name>x</name><devices><filesystem type='mount' accessmode='passthrough'><driver type='virtiofs' queue='1024'/><binary path='/usr/lib/qemu/virtiofsd'/><source dir='/srv/d'/><target dir='tag'/><alias name='fs0'/><address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/></filesystem></devices></domain>`;
+        expect(readDomain(live)).toMatchObject({ dataDir: "/srv/d", dataTag: "tag", virtiofsd: "/usr/lib/qemu/virtiofsd" });
     });
 
     test("a host name that is not an RFC 1123 label is refused before libvirt sees it", () => {

@@ -8,6 +8,9 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { FIXTURES, nix, NIX_DIR, nixEnv } from "../fixtures/nix-env";
+import { parseConfig } from "../../cluster/config";
+import { buildTopology } from "../../cluster/topology";
+import { nixStackParams, renderNixStackParams } from "../../cluster/nixParams";
 
 jest.setTimeout(180_000);
 
@@ -554,5 +557,66 @@ describe("event logs and the history server (nixspark.history)", () => {
         expect(script).toMatch(/zoutsider\.fail\("\S+\/bin\/nc -z -w 5 192\.168\.1\.1 18080"\)/);
         expect(script).toMatch(/worker1\.succeed\("\S+\/bin\/nc -z -w 5 192\.168\.1\.1 18080"\)/);
         expect(evalFlake(NIX_DIR, `${check}.nodes.master.systemd.services.spark-history.serviceConfig.User`)).toBe("spark");
+    });
+});
+
+// Issue 17: the shared data directory. The program's own stack settings
+// (nixStackParams with nixspark:data) reach the roles: every node mounts the
+// VM's virtiofs device by its tag, as nixos-24.11's fileSystems takes it
+// (the stand-in models tasks/filesystems.nix); read-write moves the event
+// logs under it.
+describe("the shared data directory (nixspark:data)", () => {
+    let dir: string;
+    const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
+    /** What the program writes for a stack with this config (cluster/nixParams.ts). */
+    const programWrites = (stack: string, raw: Record<string, unknown>) => {
+        const cfg = parseConfig({ ssh: { publicKey: key }, ...raw });
+        fs.writeFileSync(path.join(dir, "stacks", `${stack}.json`), renderNixStackParams(nixStackParams(cfg, buildTopology(stack, cfg))));
+    };
+    beforeAll(() => {
+        dir = flakeCopy();
+        programWrites("plain", {});
+        programWrites("ro", { data: { path: "/srv/spark-data" } });
+        programWrites("rw", { data: { path: "/srv/spark-data", mountPoint: "/srv/data", readOnly: false, tag: "shared" } });
+    });
+    const cfg = <T = any>(stack: string, role: string, attr: string): T => evalFlake<T>(dir, `nixosConfigurations.${stack}-${role}.config.${attr}`);
+
+    test("every node mounts it by its tag with virtiofs, read-only by default, nofail, before tmpfiles; without data.path nothing is mounted and the host path never reaches the nodes", () => {
+        for (const role of ["master", "worker"]) {
+            expect(cfg("ro", role, `fileSystems."/data"`)).toMatchObject({
+                device: "nixspark-data",
+                fsType: "virtiofs",
+                options: ["ro", "nofail", "x-systemd.before=systemd-tmpfiles-setup.service", "x-systemd.before=systemd-tmpfiles-resetup.service"],
+                noCheck: true,
+                mountPoint: "/data",
+            });
+        }
+        expect(cfg("rw", "worker", `fileSystems."/srv/data"`)).toMatchObject({ device: "shared", fsType: "virtiofs", options: expect.arrayContaining(["rw", "nofail"]) });
+        expect(Object.keys(cfg("plain", "worker", "fileSystems"))).toEqual(["/"]);
+        expect(fs.readFileSync(path.join(dir, "stacks", "ro.json"), "utf8")).not.toContain("/srv/spark-data");
+        expect(JSON.parse(fs.readFileSync(path.join(dir, "stacks", "plain.json"), "utf8"))).not.toHaveProperty("data");
+    });
+
+    test("event logs: under the share when it is read-write (every node's drivers and the history server on the master), else the master-local directory", () => {
+        expect(cfg("rw", "master", "nixspark.history.logDirectory")).toBe("/srv/data/spark-events");
+        expect(cfg("rw", "master", "systemd.services.spark-history.environment.SPARK_HISTORY_OPTS")).toContain("-Dspark.history.fs.logDirectory=file:/srv/data/spark-events");
+        expect(cfg<string[]>("rw", "worker", "systemd.tmpfiles.rules")).toContain("d /srv/data/spark-events 3770 spark spark-users - -");
+        for (const stack of ["ro", "plain"]) expect(cfg(stack, "master", "nixspark.history.logDirectory")).toBe("/var/lib/spark/event-logs");
+    });
+
+    test("stack settings the roles refuse, and what 24.11's fileSystems refuses (the stand-in models it)", () => {
+        const example = JSON.parse(fs.readFileSync(path.join(NIX_DIR, "stacks/example.json"), "utf8"));
+        const bad = (stack: string, data: unknown) => {
+            fs.writeFileSync(path.join(dir, "stacks", `${stack}.json`), JSON.stringify({ ...example, stack, data }));
+            return evalError(dir, `nixosConfigurations.${stack}-worker.config.fileSystems`);
+        };
+        expect(bad("longtag", { tag: "t".repeat(37), mountPoint: "/data", readOnly: true })).toMatch(/data\.tag: expected a virtiofs tag of 1 to 36/);
+        expect(bad("relative", { tag: "t", mountPoint: "data", readOnly: true })).toMatch(/data\.mountPoint: expected an absolute path/);
+        expect(bad("noflag", { tag: "t", mountPoint: "/data" })).toMatch(/data\.readOnly: expected true or false/);
+        for (const f of ["longtag", "relative", "noflag"]) fs.rmSync(path.join(dir, "stacks", `${f}.json`));
+        const fsOf = (entry: string) => `(stub.lib.nixosSystem { modules = [ { fileSystems."/" = { device = "/dev/vda"; fsType = "ext4"; }; } { fileSystems.${entry}; } ]; }).config.fileSystems`;
+        expect(() => evalExpr(fsOf(`"/data/" = { device = "t"; fsType = "virtiofs"; }`))).toThrow(/not of type/);
+        expect(() => evalExpr(fsOf(`"/data" = { device = "t"; fsType = "virtiofs"; options = [ ]; }`))).toThrow(/not of type/);
+        expect(Object.keys(evalExpr(fsOf(`"/data" = { device = "t"; fsType = "virtiofs"; enable = false; }`)))).toEqual(["/"]);
     });
 });

@@ -110,11 +110,11 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
         worker: { configuration: "dev-worker", expectedSystem: "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-dev-worker" },
     };
 
-    async function buildFull(machineUuids: Record<string, string> = {}) {
+    async function buildFull(machineUuids: Record<string, string> = {}, overrides: Record<string, unknown> = {}) {
         registered = [];
         uuids = machineUuids;
         const { SparkCluster } = await import("../../cluster/sparkCluster");
-        const config = devConfig();
+        const config = devConfig(overrides);
         const cluster = new SparkCluster("dev", { stack: "dev", config, baseImage: { path: "/images/base.qcow2" }, systems, ssh: { identityFile: "/k", knownHostsFile: "/kh" } });
         const all = [cluster.network, cluster.pool, ...cluster.nodes.flatMap((n) => [n.volume, n.domain]), ...cluster.deployments, ...(cluster.health ? [cluster.health] : [])];
         await new Promise<void>((resolve) => pulumi.all(all.map((r) => r.id)).apply(() => resolve()));
@@ -185,6 +185,15 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
             });
         }
         expect(new Set(deployments.map((d) => d.inputs.vm.domain)).size).toBe(3);
+    });
+
+    test("the shared data directory (nixspark:data): every domain shares it by its tag and each deployment restarts its VM into that same definition; none without data.path", async () => {
+        const { domains, deployments } = await buildFull({}, { data: parseConfig({ data: { path: "/srv/spark-data", tag: "datasets", virtiofsd: "/usr/lib/qemu/virtiofsd" } }).data });
+        expect(domains).toHaveLength(3);
+        for (const d of domains) expect(d.inputs).toMatchObject({ dataDir: "/srv/spark-data", dataTag: "datasets", virtiofsd: "/usr/lib/qemu/virtiofsd" });
+        for (const d of deployments) expect(d.inputs.vm.definition).toMatchObject({ dataDir: "/srv/spark-data", dataTag: "datasets", virtiofsd: "/usr/lib/qemu/virtiofsd" });
+        const plain = await buildFull();
+        for (const d of plain.domains) expect(d.inputs).not.toHaveProperty("dataDir");
     });
 
     test("the closure diff is printed once per role: by the master and by the first worker to switch (the canary), no other node", async () => {
