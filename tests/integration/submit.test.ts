@@ -8,10 +8,11 @@
 //   loopback addresses, each in its own mount namespace holding what a NixOS
 //   node has where the CLI looks: spark-submit at the system profile path
 //   (scripts/smoke.ts NODE_SPARK_SUBMIT; here a wrapper around the test
-//   Spark's, with the node's configuration directory: the cluster's
-//   spark-defaults.conf and a spark-env.sh that sets SPARK_LOCAL_IP to the
-//   node's address unless it is set, as nix/modules/spark.nix's does), and on
-//   the workers the worker's work directory at /var/lib/spark (NixOS's
+//   Spark's), SPARK_CONF_DIR in the login environment naming the nodes'
+//   configuration (the cluster's spark-defaults.conf, a spark-env.sh that
+//   sets SPARK_LOCAL_IP to the node's address unless it is set, as
+//   nix/modules/spark.nix's does, and the driver's secret argument file), and
+//   on the workers the worker's work directory at /var/lib/spark (NixOS's
 //   services.spark.worker.workDir default, cli/drivers.ts);
 // - a Spark History Server from the same Spark reading the event logs, with
 //   the master role's settings (nix/modules/master.nix spark-history).
@@ -31,7 +32,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { run, RunResult } from "../../providers/run";
 import { LoopbackNodes } from "../helpers/loopbackNodes";
-import { freePort, livingInGroup, LocalSpark, REPO, startLocalSpark } from "../helpers/sparkLocal";
+import { ensureSpark, findJavaHome, freePort, livingInGroup, LocalSpark, REPO, startLocalSpark } from "../helpers/sparkLocal";
 import { NODE_SPARK_SUBMIT } from "../../scripts/smoke";
 import { NODE_SPARK_WORK_DIR } from "../../cli/drivers";
 
@@ -49,6 +50,9 @@ let outputsFile: string;
 let dataDir: string;
 let jar: string;
 let eventLogs: string;
+/** The jobs, started at the end of beforeAll (the PySpark pair, then the JVM pair: at once they only compete for the machine's two cores); each test awaits its own. */
+let pyRuns: Promise<RunResult[]>;
+let jvmRuns: ReturnType<typeof startJvm>;
 
 beforeAll(async () => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), "nxsubmit-"));
@@ -57,6 +61,10 @@ beforeAll(async () => {
     dataDir = path.join(root, "data");
     fs.mkdirSync(eventLogs);
     fs.mkdirSync(dataDir);
+    // The jar builds while Spark starts.
+    const sparkHome = await ensureSpark();
+    const built = buildJar(sparkHome, await findJavaHome());
+    built.catch(() => undefined); // awaited below; this only keeps a failed build from being unhandled meanwhile
     spark = await startLocalSpark({
         workers: 2,
         // A cluster-mode driver takes a core and memory of its worker; executors need the rest.
@@ -71,6 +79,7 @@ beforeAll(async () => {
         },
     });
     const s = spark;
+    jar = await built;
 
     // The nodes' configuration directory (SPARK_CONF_DIR in their login environment, as on NixOS; one path on
     // every node): the cluster's defaults with the secret, spark-env.sh as nix/modules/spark.nix writes it (the
@@ -112,33 +121,6 @@ beforeAll(async () => {
     });
     fs.closeSync(log);
 
-    // A small JVM job, built here with the installed JDK against the test Spark's jars.
-    const src = path.join(root, "jvm", "Squares.java");
-    fs.mkdirSync(path.dirname(src));
-    fs.writeFileSync(
-        src,
-        [
-            "import java.util.Arrays;",
-            "import org.apache.spark.SparkConf;",
-            "import org.apache.spark.api.java.JavaSparkContext;",
-            "public class Squares {",
-            "  public static void main(String[] args) {",
-            "    JavaSparkContext sc = new JavaSparkContext(new SparkConf());",
-            "    long sum = sc.parallelize(Arrays.asList(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), 2).map(x -> (long) x * x).reduce((a, b) -> a + b);",
-            '    System.out.println("sum of squares 1..10 = " + sum);',
-            '    System.out.println("driver host " + sc.getConf().get("spark.driver.host"));',
-            "    sc.stop();",
-            '    if (args.length > 0 && args[0].equals("fail")) throw new IllegalStateException("the job fails on purpose");',
-            "  }",
-            "}",
-            "",
-        ].join("\n"),
-    );
-    const javac = path.join(s.javaHome, "bin/javac");
-    await run([javac, "-cp", `${s.sparkHome}/jars/*`, "-d", path.dirname(src), src], { timeoutMs: 180_000 });
-    jar = path.join(root, "squares.jar");
-    await run([path.join(s.javaHome, "bin/jar"), "cf", jar, "-C", path.dirname(src), "Squares.class"], { timeoutMs: 60_000 });
-
     outputsFile = path.join(root, "outputs.json");
     fs.writeFileSync(
         outputsFile,
@@ -153,6 +135,8 @@ beforeAll(async () => {
             security: { authenticate: true, ioEncryption: true, secretGeneration: 1 },
         }),
     );
+    pyRuns = startPython();
+    jvmRuns = pyRuns.then(() => startJvm());
 }, 10 * 60_000);
 
 afterAll(async () => {
@@ -174,6 +158,37 @@ afterAll(async () => {
         if (root) fs.rmSync(root, { recursive: true, force: true });
     }
 });
+
+/** A small JVM job, built with the installed JDK against the test Spark's jars. */
+async function buildJar(sparkHome: string, javaHome: string): Promise<string> {
+    const src = path.join(root, "jvm", "Squares.java");
+    fs.mkdirSync(path.dirname(src));
+    fs.writeFileSync(
+        src,
+        [
+            "import java.util.Arrays;",
+            "import org.apache.spark.SparkConf;",
+            "import org.apache.spark.api.java.JavaSparkContext;",
+            "public class Squares {",
+            "  public static void main(String[] args) {",
+            "    JavaSparkContext sc = new JavaSparkContext(new SparkConf());",
+            "    long sum = sc.parallelize(Arrays.asList(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), 2).map(x -> (long) x * x).reduce((a, b) -> a + b);",
+            '    System.out.println("sum of squares 1..10 = " + sum);',
+            '    System.out.println("driver host " + sc.getConf().get("spark.driver.host"));',
+            "    sc.stop();",
+            '    if (args.length > 0 && args[0].equals("fail")) throw new IllegalStateException("the job fails on purpose");',
+            "  }",
+            "}",
+            "",
+        ].join("\n"),
+    );
+    const javac = path.join(javaHome, "bin/javac");
+    await run([javac, "-cp", `${sparkHome}/jars/*`, "-d", path.dirname(src), src], { timeoutMs: 180_000 });
+    const out = path.join(root, "squares.jar");
+    await run([path.join(javaHome, "bin/jar"), "cf", out, "-C", path.dirname(src), "Squares.class"], { timeoutMs: 60_000 });
+
+    return out;
+}
 
 function nixspark(args: string[]): Promise<RunResult> {
     return run(["node", NIXSPARK, "--outputs", outputsFile, ...args], { cwd: root, timeoutMs: 400_000, allowFailure: true });
@@ -214,9 +229,8 @@ function scanProcesses(needle: string, seen: { driver: boolean; leaks: string[] 
     }
 }
 
-const apps: Record<string, string> = {};
-
-test("PySpark in client mode: a job reads a CSV from the data directory and writes its result, exit 0; a failing job fails the command, exit 1", async () => {
+/** The PySpark jobs: one reads a CSV from the data directory and writes its result, one fails. */
+function startPython(): Promise<RunResult[]> {
     fs.writeFileSync(path.join(dataDir, "sales.csv"), "region,amount\nnorth,3\nsouth,4\nnorth,5\nwest,1\nsouth,6\n");
     const job = path.join(root, "sales_by_region.py");
     fs.writeFileSync(
@@ -236,9 +250,28 @@ test("PySpark in client mode: a job reads a CSV from the data directory and writ
     );
     const failing = path.join(root, "missing_input.py");
     // Fails in the driver before it asks the cluster for anything (cheaper than a failing Spark action, same exit path).
-    fs.writeFileSync(failing, ["import os, sys", 'if not os.path.exists(sys.argv[1] + "/no-such.csv"):', '    raise FileNotFoundError("Path does not exist: " + sys.argv[1] + "/no-such.csv")', ""].join("\n"));
+    fs.writeFileSync(failing, ["import os, sys", "import pyspark  # a PySpark job, failing before it starts a session", 'if not os.path.exists(sys.argv[1] + "/no-such.csv"):', '    raise FileNotFoundError("Path does not exist: " + sys.argv[1] + "/no-such.csv")', ""].join("\n"));
     const small = ["--conf", "spark.executor.memory=512m", "--conf", "spark.cores.max=2", "--conf", "spark.sql.shuffle.partitions=2"];
-    const [ok, bad] = await Promise.all([nixspark(["submit", ...small, job, "--", dataDir]), nixspark(["submit", ...small, failing, "--", dataDir])]);
+    return Promise.all([nixspark(["submit", ...small, job, "--", dataDir]), nixspark(["submit", ...small, failing, "--", dataDir])]);
+}
+
+/** The JVM jobs in cluster mode (one throws), while every process's command line is sampled for the secret. */
+async function startJvm(): Promise<{ ok: RunResult; bad: RunResult; seen: { driver: boolean; leaks: string[] } }> {
+    const seen = { driver: false, leaks: [] as string[] };
+    const scanner = setInterval(() => scanProcesses(SECRET, seen), 150);
+    const opts = ["--deploy-mode", "cluster", "--class", "Squares", "--conf", "spark.driver.memory=512m", "--conf", "spark.executor.memory=512m", "--conf", "spark.cores.max=1"];
+    try {
+        const [ok, bad] = await Promise.all([nixspark(["submit", ...opts, jar]), nixspark(["submit", ...opts, "--name", "squares-failing", jar, "--", "fail"])]);
+        return { ok, bad, seen };
+    } finally {
+        clearInterval(scanner);
+    }
+}
+
+const apps: Record<string, string> = {};
+
+test("PySpark in client mode: a job reads a CSV from the data directory and writes its result, exit 0; a failing job fails the command, exit 1", async () => {
+    const [ok, bad] = await pyRuns;
 
     if (ok.code !== 0) throw new Error(`the job failed: ${explain(ok)}`);
     expect(ok.stdout.split("\n").filter((l) => /^\w+=\d+$/.test(l))).toEqual(["north=8", "south=10", "west=1"]);
@@ -256,16 +289,7 @@ test("PySpark in client mode: a job reads a CSV from the data directory and writ
 });
 
 test("a JVM job in cluster mode: its driver runs on a worker (with that worker's address), is followed to FINISHED and its output printed; one that throws ends FAILED, exit 1; the secret is in no process list, log or work directory", async () => {
-    const seen = { driver: false, leaks: [] as string[] };
-    const scanner = setInterval(() => scanProcesses(SECRET, seen), 150);
-    const opts = ["--deploy-mode", "cluster", "--class", "Squares", "--conf", "spark.driver.memory=512m", "--conf", "spark.executor.memory=512m", "--conf", "spark.cores.max=1"];
-    let ok: RunResult;
-    let bad: RunResult;
-    try {
-        [ok, bad] = await Promise.all([nixspark(["submit", ...opts, jar]), nixspark(["submit", ...opts, "--name", "squares-failing", jar, "--", "fail"])]);
-    } finally {
-        clearInterval(scanner);
-    }
+    const { ok, bad, seen } = await jvmRuns;
 
     if (ok.code !== 0) throw new Error(`the cluster-mode job failed: ${explain(ok)}`);
     const okDriver = /submit: driver (driver-\d+-\d+) submitted/.exec(ok.stderr)?.[1];
@@ -319,4 +343,32 @@ test("the history server lists the applications as completed, and nixspark statu
     for (const id of ids) expect(report.applications).toContainEqual(expect.objectContaining({ id, state: "COMPLETED", url: `http://127.0.0.1:${historyPort}/history/${id}/` }));
     const text = await nixspark(["status", "--no-libvirt", "--no-ssh"]);
     for (const id of ids) expect(text.stdout).toMatch(new RegExp(`^COMPLETED +[0-9hms]+ +${id} `, "m"));
+});
+
+test("status with a history server that does not answer: the applications are a note, not a failure", async () => {
+    const other = path.join(root, "outputs-no-history.json");
+    const raw = JSON.parse(fs.readFileSync(outputsFile, "utf8"));
+    fs.writeFileSync(other, JSON.stringify({ ...raw, historyUrl: `http://127.0.0.1:${await freePort()}` }));
+    const r = await run(["node", NIXSPARK, "--outputs", other, "status", "--json", "--no-libvirt", "--no-ssh"], { cwd: root, timeoutMs: 120_000, allowFailure: true });
+    const report = JSON.parse(r.stdout);
+    expect(report.applications).toEqual([]);
+    expect(report.applicationsNote).toMatch(/the history server at http:\/\/127\.0\.0\.1:\d+ did not answer/);
+    expect(r.code).toBe(0);
+});
+
+test("submit refuses what Spark standalone or the nodes cannot do: exit 2 before anything runs, naming the flag", async () => {
+    for (const ext of ["py", "jar", "txt"]) fs.writeFileSync(path.join(root, `usage.${ext}`), "");
+    const cases: [string[], RegExp][] = [
+        [["--deploy-mode", "cluster", "JOB.py"], /--deploy-mode cluster: Spark's standalone master runs no Python drivers/],
+        [["--packages", "org.example:lib:1.0", "JOB.jar"], /--packages is not supported: .*pass them with --jars/],
+        [["--class", "Main", "JOB.py"], /--class is for JVM jobs/],
+        [["--py-files", "JOB.py", "JOB.jar"], /--py-files is for Python jobs/],
+        [["--deploy-mode", "server", "JOB.jar"], /--deploy-mode must be client or cluster/],
+        [["JOB.txt"], /<job>: .* is neither a \.py nor a \.jar file/],
+    ];
+    const results = await Promise.all(cases.map(([args]) => nixspark(["submit", ...args.map((a) => a.replace(/^JOB\./, path.join(root, "usage.")))])));
+    for (const [i, r] of results.entries()) {
+        expect(r.stderr).toMatch(cases[i][1]);
+        expect(r.code).toBe(2);
+    }
 });
