@@ -10,7 +10,7 @@ export function register(program: Command, ctx: VerbContext): Command {
     return program
         .command("status")
         .summary("node, VM, system and Spark worker states")
-        .description("Show each node's VM state, its running NixOS system and its Spark worker state, and the Spark master's summary.")
+        .description("Show each node's VM state, its running NixOS system and its Spark worker state, the Spark master's summary, and the last 10 applications from the history server (state, duration, id; an unreachable history server is a note, not a failure).")
         .option("--json", "print the report as JSON instead of a table")
         .option("--no-libvirt", "do not ask libvirt for the VMs' states")
         .option("--no-ssh", "do not ask the nodes over ssh which system they run")
@@ -32,7 +32,11 @@ export function register(program: Command, ctx: VerbContext): Command {
                     virsh: o.virsh,
                     timeoutMs,
                 });
-                ctx.io.out(o.json ? JSON.stringify(report, null, 2) + "\n" : renderStatus(report) + "\n");
+                // The last applications, from the history server (cli/applications.ts); its absence is a note only.
+                const { fetchApplications, renderApplications } = await import("../applications");
+                const apps = await fetchApplications(stack.outputs.historyUrl, { limit: 10, timeoutMs });
+                const json = { ...report, applications: apps.applications, ...(apps.note ? { applicationsNote: apps.note } : {}) };
+                ctx.io.out(o.json ? JSON.stringify(json, null, 2) + "\n" : `${renderStatus(report)}\n${renderApplications(apps)}\n`);
                 return report.degraded ? EXIT.FAILED : EXIT.OK;
             }),
         );

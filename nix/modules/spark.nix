@@ -194,8 +194,15 @@ in
       tmp=$(mktemp -d)
       cp ${storeConfDir}/spark-env.sh "$tmp/spark-env.sh"
       cat ${storeConfDir}/spark-defaults.conf "$secret" > "$tmp/spark-defaults.conf"
+      # A driver in cluster deploy mode gets no spark.authenticate.secret
+      # from Spark's standalone Client (the worker drops it from the
+      # driver's java options), and a standalone driver takes it from that
+      # property only: `nixspark submit --deploy-mode cluster` passes this
+      # file as a java argument file (spark.driver.extraJavaOptions=@file),
+      # so the secret reaches the driver's JVM but not its command line.
+      sed -n 's|^spark\.authenticate\.secret \([A-Za-z0-9._~+/=-]*\)$|-Dspark.authenticate.secret=\1|p' "$secret" > "$tmp/driver-secret.args"
       install -d -m 0750 -o root -g ${usersGroup} ${cfg.security.confDir}
-      install -m 0440 -o root -g ${usersGroup} "$tmp/spark-env.sh" "$tmp/spark-defaults.conf" ${cfg.security.confDir}/
+      install -m 0440 -o root -g ${usersGroup} "$tmp/spark-env.sh" "$tmp/spark-defaults.conf" "$tmp/driver-secret.args" ${cfg.security.confDir}/
       rm -rf "$tmp"
     '';
   };

@@ -210,6 +210,10 @@ pkgs.testers.runNixOSTest {
           for machine in (master, worker1):
               mode = machine.succeed("stat -c '%a %U %G' /run/nixspark/spark-conf/spark-defaults.conf").strip()
               assert mode == "440 root spark-users", mode
+              # The cluster-mode driver's java argument file (nixspark submit --deploy-mode cluster).
+              mode = machine.succeed("stat -c '%a %U %G' /run/nixspark/spark-conf/driver-secret.args").strip()
+              assert mode == "440 root spark-users", mode
+              machine.succeed("grep -qx -- '-Dspark.authenticate.secret=not-a-real-secret' /run/nixspark/spark-conf/driver-secret.args")
               # The daemons read the secret as the deployment wrote it, once.
               machine.succeed("grep -qx 'spark.authenticate.secret not-a-real-secret' /run/nixspark/spark-conf/spark-defaults.conf")
               machine.fail("grep -q 'spark.authenticate.secret spark.authenticate.secret' /run/nixspark/spark-conf/spark-defaults.conf")

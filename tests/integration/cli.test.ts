@@ -317,7 +317,7 @@ describe("usage errors exit 2 and name the flag", () => {
         [["copy", "/nonexistent-nxcli", "all:/tmp/x"], /src: no such local file/],
         [["copy", __filename, "nowhere"], /destination "nowhere" must be NODES:PATH/],
         [["copy", __filename, "all:/tmp/a b"], /dest: the remote path "\/tmp\/a b" must be plain/],
-        [["submit", "/nonexistent-nxcli.py"], /<job.py>: no such local file/],
+        [["submit", "/nonexistent-nxcli.py"], /<job>: no such local file/],
         [["submit", "--conf", "spark.executor.memory", __filename], /--conf "spark.executor.memory" must be KEY=VALUE/],
     ])("nixspark %j", async (args, message) => {
         const r = await nixspark(args as string[]);

@@ -16,7 +16,7 @@ import { nixStackParams } from "../../cluster/nixParams";
 import { clusterSecretProvider, secretProperties, SECRET_FILE } from "../../providers/clusterSecret";
 import { run } from "../../providers/run";
 import { evalUnit, removeContractDirs, ScratchRoot, stackFlake } from "../helpers/nixContract";
-import { livingInGroup, LocalSpark, REPO, startLocalSpark } from "../helpers/sparkLocal";
+import { findJavaHome, livingInGroup, LocalSpark, REPO, startLocalSpark } from "../helpers/sparkLocal";
 
 jest.setTimeout(420_000);
 
@@ -73,10 +73,16 @@ test("the unit appends the program's secret properties unchanged: the secret onc
     expect(secretLines).toEqual([`spark.authenticate.secret ${secret}`]);
     expect(defaults).toMatch(/^spark\.ssl\.keyPassword kp-of-the-test$/m);
     expect(defaults).toMatch(/^spark\.authenticate true$/m);
-    for (const f of ["spark-defaults.conf", "spark-env.sh"]) {
+    for (const f of ["spark-defaults.conf", "spark-env.sh", "driver-secret.args"]) {
         const st = fs.statSync(root.at(`${CONF_DIR}/${f}`));
         expect({ mode: st.mode & 0o777, uid: st.uid, gid: st.gid }).toEqual({ mode: 0o440, uid: 0, gid: root.gid("spark-users") });
     }
+    // The java argument file a cluster-mode driver gets (cli/verbs/submit.ts): a real JVM reads the secret from it, and only that.
+    const args = root.at(`${CONF_DIR}/driver-secret.args`);
+    expect(fs.readFileSync(args, "utf8")).toBe(`-Dspark.authenticate.secret=${secret}\n`);
+    const jvm = await run([path.join(await findJavaHome(), "bin/java"), `@${args}`, "-XshowSettings:properties", "-version"], { timeoutMs: 60_000 });
+    expect(jvm.stderr.split("\n").map((l) => l.trim())).toContain(`spark.authenticate.secret = ${secret}`);
+    expect(jvm.stderr).not.toMatch(/spark\.ssl\.keyPassword/);
     const dir = fs.statSync(root.at(CONF_DIR));
     expect({ mode: dir.mode & 0o777, gid: dir.gid }).toEqual({ mode: 0o750, gid: root.gid("spark-users") });
 });
