@@ -5,7 +5,7 @@
 // the program, maps parser errors to exit code 2 and a verb's errors to 1
 // or 2, and fixes the help's width so that --help reads the same in a
 // terminal, a pipe and docs/usage.md.
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError, Option } from "commander";
 import { EXIT, EXIT_CODES_HELP, Io, processIo, UsageError } from "./common";
 import { VERBS } from "./verbs";
 
@@ -27,7 +27,11 @@ export function buildProgram(io: Io = processIo, onCode: (code: number) => void 
         .description("Use a nixspark stack: Spark clusters as NixOS VMs on libvirt, deployed with Pulumi.\nEvery verb reads the stack's outputs through the Pulumi CLI.")
         .option("--stack <name>", "the Pulumi stack (default: the selected stack)")
         .option("--cwd <dir>", "the project directory, where Pulumi.yaml is (default: the working directory)")
-        .option("--outputs <file>", "read the stack's outputs from this JSON file (as `pulumi stack output --json` prints them) instead of asking Pulumi")
+        .addOption(
+            new Option("--outputs <file>", "read the stack's outputs from this JSON file (as `pulumi stack output --json` prints them) instead of asking Pulumi").env(
+                "NIXSPARK_OUTPUTS",
+            ),
+        )
         .exitOverride()
         .configureHelp({ helpWidth: HELP_WIDTH, showGlobalOptions: true })
         .configureOutput({ writeOut: io.out, writeErr: io.err, getOutHelpWidth: () => HELP_WIDTH, getErrHelpWidth: () => HELP_WIDTH })

@@ -35,6 +35,7 @@ import { LoopbackNodes } from "../helpers/loopbackNodes";
 import { ensureSpark, findJavaHome, freePort, livingInGroup, LocalSpark, REPO, startLocalSpark } from "../helpers/sparkLocal";
 import { NODE_SPARK_SUBMIT } from "../../scripts/smoke";
 import { NODE_SPARK_WORK_DIR } from "../../cli/drivers";
+import { walkthroughBlock } from "../helpers/readmeBlocks";
 
 jest.setTimeout(10 * 60_000);
 
@@ -372,3 +373,68 @@ test("submit refuses what Spark standalone or the nodes cannot do: exit 2 before
         expect(r.code).toBe(2);
     }
 });
+
+/**
+ * The README's walkthrough (`<!-- walkthrough:use -->`), run as written: bash
+ * runs the block in the checkout, with HOME a temporary directory whose
+ * nixspark-data is what the nodes see at /data (the stack's data.mountPoint
+ * default): here /data is a symlink to it that this test makes and removes
+ * (it refuses to touch a /data it did not make), and NIXSPARK_OUTPUTS points
+ * the CLI at this loopback cluster as `pulumi stack output` would.
+ */
+test("the README walkthrough runs as written: the CSV job's totals, the JVM job's driver in the cluster, both listed by the history server", async () => {
+    const home = path.join(root, "home");
+    const data = path.join(home, "nixspark-data");
+    fs.mkdirSync(data, { recursive: true });
+    fs.chmodSync(data, 0o1777); // as walkthrough:up makes it
+    const script = path.join(root, "walkthrough.sh");
+    fs.writeFileSync(script, walkthroughBlock("use"));
+    const madeData = claimDataLink(data);
+    try {
+        const r = await run(["bash", "-euo", "pipefail", script], {
+            cwd: REPO,
+            env: { ...process.env, HOME: home, NIXSPARK_OUTPUTS: outputsFile },
+            timeoutMs: 600_000,
+            allowFailure: true,
+        });
+        if (r.code !== 0) throw new Error(`the walkthrough failed: ${explain(r)}`);
+        // The CSV job's totals on stdout and, through /data, in the host directory (cat prints them).
+        expect(r.stdout).toContain("north\t17\nsouth\t5\n");
+        expect(r.stdout).toContain("region,total\nnorth,17\nsouth,5\n");
+        const ids = [...r.stderr.matchAll(/submit: application (app-\d+-\d+)/g)].map((m) => m[1]);
+        expect(ids).toHaveLength(2);
+        // The JVM job ran its driver on a worker, followed to its end, its output printed here.
+        expect(r.stderr).toMatch(/submit: driver driver-\d+-\d+ RUNNING on worker-\d/);
+        expect(r.stderr).toMatch(/submit: driver driver-\d+-\d+ ended FINISHED/);
+        expect(r.stdout).toContain("lines containing north: 2");
+
+        // Both applications, completed, as status lists them (the history server scans every 2 s here).
+        let listed = "";
+        const deadline = Date.now() + 120_000;
+        while (Date.now() < deadline) {
+            listed = (await nixspark(["status", "--no-libvirt", "--no-ssh"])).stdout;
+            if (ids.every((id) => new RegExp(`^COMPLETED +[0-9hms]+ +${id} `, "m").test(listed))) break;
+            await new Promise((res) => setTimeout(res, 1_000));
+        }
+        for (const id of ids) expect(listed).toMatch(new RegExp(`^COMPLETED +[0-9hms]+ +${id} `, "m"));
+    } finally {
+        if (madeData) fs.unlinkSync("/data");
+    }
+});
+
+/** Makes /data a symlink to `dir`; refuses a /data this test did not make (a stale link of an earlier run into a removed temp dir is replaced). */
+function claimDataLink(dir: string): boolean {
+    let existing: fs.Stats | undefined;
+    try {
+        existing = fs.lstatSync("/data");
+    } catch {
+        /* absent */
+    }
+    if (existing) {
+        const stale = existing.isSymbolicLink() && /^\/tmp\/nxsubmit-/.test(fs.readlinkSync("/data")) && !fs.existsSync(fs.readlinkSync("/data"));
+        if (!stale) throw new Error("the walkthrough test needs /data (the nodes' data directory) for itself, and this machine has one: run it where /data does not exist");
+        fs.unlinkSync("/data");
+    }
+    fs.symlinkSync(dir, "/data");
+    return true;
+}
