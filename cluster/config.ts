@@ -7,7 +7,7 @@ import { workerMemoryBudget } from "./rollout";
 import type { z } from "zod";
 import { configObject, ConfigError, CONFIG_NAMESPACE, crossChecks, EXECUTOR_MEMORY, keyOf, parseSparkSize, SPARK_DEFAULT_EXECUTOR_MIB, SPARK_MIN_EXECUTOR_MIB } from "./configSchema";
 import type { ClusterConfig, Section } from "./configSchema";
-import { unknownKeyProblem } from "./configKeys";
+import { plainSecretProblems, unknownKeyProblem } from "./configKeys";
 
 export { ConfigError } from "./configSchema";
 export type { ClusterConfig } from "./configSchema";
@@ -55,6 +55,7 @@ export function checkConfig(raw: Record<string, unknown>, opts: { isSecret?: (to
         if (needs.some((s) => invalid.has(s))) continue;
         check(config, (path, message) => problems.push(`${keyOf(path)}: ${message}`));
     }
+    if (opts.isSecret) problems.push(...plainSecretProblems(raw, opts.isSecret)); // the S3 keys: Pulumi secrets only
     return { config, problems: [...new Set(problems)], invalid };
 }
 

@@ -156,3 +156,20 @@ export function unknownKeyProblem(raw: Record<string, unknown>, path: (string | 
     const target = [...parent, guess];
     return `${keyOf(path)}: unknown key; did you mean \`${pulumiPath(target)}\`? ${move(rm, target)}`;
 }
+
+// ---- S3: the keys must be Pulumi secrets.
+
+/**
+ * One problem per S3 key set in plain text (Pulumi keeps it unencrypted in
+ * Pulumi.<stack>.yaml), with the commands that make it a secret; `isSecret`
+ * says which top-level keys Pulumi holds as secrets. The value is never printed.
+ */
+export function plainSecretProblems(raw: Record<string, unknown>, isSecret: (topKey: string) => boolean): string[] {
+    return ["s3AccessKeyId", "s3SecretAccessKey"]
+        .filter((k) => raw[k] !== undefined && !isSecret(k))
+        .map(
+            (k) =>
+                `${keyOf([k])}: set in plain text, so Pulumi keeps it unencrypted in the stack file; set it as a secret (and rotate the key if the file was shared): ` +
+                `pulumi config rm ${CONFIG_NAMESPACE}:${k} && pulumi config set --secret ${CONFIG_NAMESPACE}:${k} VALUE`,
+        );
+}

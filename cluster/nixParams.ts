@@ -17,6 +17,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { ClusterConfig } from "./config";
+import { s3SparkSettings } from "./configSchema";
 import type { Topology } from "./topology";
 import { run } from "../providers/run";
 import { evalCacheDisabled, nixEvalCacheFile, nixEvalCacheKey, readEvalCache, writeEvalCache } from "./evalCache";
@@ -62,6 +63,8 @@ export function nixStackParams(cfg: ClusterConfig, topo: Topology): NixStackPara
     }
     const sparkSettings: Record<string, string> = {};
     for (const k of Object.keys(cfg.spark.settings).sort()) sparkSettings[k] = String(cfg.spark.settings[k]);
+    // nixspark:s3's endpoint, path style and region (never its keys: those go with the cluster secret).
+    Object.assign(sparkSettings, s3SparkSettings(cfg));
     return {
         version: NIX_PARAMS_VERSION,
         stack: topo.stack,

@@ -16,6 +16,7 @@ import { ClusterSecret, secretProperties } from "../providers/clusterSecret";
 import type { PreparedNixImage, PreparedNixSystems } from "./nixParams";
 import { rolloutOrder, workerOffer } from "./rollout";
 import type { SparkCheck } from "../providers/nixosDeployment";
+import { s3SecretSettings } from "./configSchema";
 
 export interface SparkClusterArgs {
     stack: string;
@@ -236,7 +237,7 @@ export class SparkCluster extends pulumi.ComponentResource {
             let secretProps: pulumi.Output<string> | undefined;
             if (cfg.security.authenticate) {
                 this.secret = new ClusterSecret(`${args.stack}-spark-secret`, { generation: cfg.security.secretGeneration }, child);
-                secretProps = pulumi.secret(pulumi.all([this.secret.value, args.sparkSecrets ?? {}]).apply(([v, extra]) => secretProperties(v, extra as Record<string, string>)));
+                secretProps = pulumi.secret(pulumi.all([this.secret.value, args.sparkSecrets ?? {}]).apply(([v, extra]) => secretProperties(v, { ...(extra as Record<string, string>), ...s3SecretSettings(cfg) })));
             }
             const deploy = (node: ClusterNode, dependsOn: pulumi.Resource[]) => {
                 const role = node.spec.role === "master" ? systems.master : systems.worker;

@@ -6,8 +6,10 @@
 // and every NixosDeployment delivers it and restarts Spark.
 //
 // Delivery (deliverSecretProperties, providers/secretDelivery.ts) writes the Spark properties that must
-// not enter /nix/store (the secret, and Spark settings set with
-// `pulumi config set --secret`) to a root-only file on the node over SSH,
+// not enter /nix/store (the secret, Spark settings set with
+// `pulumi config set --secret`, and the S3 keys as the S3A settings
+// spark.hadoop.fs.s3a.access.key/secret.key: s3SecretSettings,
+// cluster/configSchema.ts) to a root-only file on the node over SSH,
 // on stdin, never on a command line; nix/modules/spark.nix appends it
 // unchanged to the daemons' configuration at boot (root:spark-users, 0440,
 // under /run). The file's format is written down once, in
@@ -27,7 +29,8 @@ export function newSecret(): string {
 
 /**
  * The properties file the node appends to spark-defaults.conf at boot: the
- * cluster secret and the secret Spark settings, one `key value` line each.
+ * cluster secret and the secret Spark settings (the S3 keys among them),
+ * one `key value` line each, sorted.
  * Values are single lines (Spark's properties format would read on).
  */
 export function secretProperties(secret: string, secretSettings: Record<string, string> = {}): string {

@@ -164,7 +164,9 @@ in
           fragment of spark-defaults.conf, one `spark.<key> <value>` line
           per property and a newline after each, with
           `spark.authenticate.secret <secret>` among them (the secret Spark
-          settings follow it). The deployment writes it
+          settings follow it, the S3 keys among them as
+          `spark.hadoop.fs.s3a.access.key` and `spark.hadoop.fs.s3a.secret.key`
+          lines). The deployment writes it
           (providers/clusterSecret.ts, secretProperties); the
           nixspark-spark-conf unit appends it unchanged to the configuration.
         '';

@@ -44,8 +44,38 @@ let
     "spark.eventLog.dir" = "file:${history.logDirectory}";
   };
 
+  # The Hadoop AWS connector (s3a://) on the classpath of every driver and
+  # executor. The Spark package is Spark "without hadoop" and puts
+  # `hadoop classpath` of its own Hadoop (spark.hadoop) on
+  # SPARK_DIST_CLASSPATH; that classpath leaves out share/hadoop/tools/lib,
+  # where the Hadoop package (nixos-24.11:
+  # pkgs/applications/networking/cluster/hadoop/default.nix, hadoop_3_4
+  # 3.4.0, the full distribution) has hadoop-aws and the AWS SDK bundle it
+  # was built with. Those two jars, taken from Spark's own Hadoop, match it
+  # by construction and cost no download. The bundle's name is pinned per
+  # Hadoop version: another Hadoop stops the evaluation here, to be checked.
+  # A stack's own extraClassPath comes after ours.
+  hadoop = spark.hadoop;
+  hadoopTools = "${hadoop}/share/hadoop/tools/lib";
+  awsSdkBundle =
+    {
+      "3.4.0" = "bundle-2.23.19.jar";
+    }
+    .${hadoop.version} or (throw
+      "nixspark: no AWS SDK bundle known for Spark's Hadoop ${hadoop.version} (nix/modules/spark.nix, awsSdkBundle): add the bundle jar of its share/hadoop/tools/lib"
+    );
+  s3aClassPath = "${hadoopTools}/hadoop-aws-${hadoop.version}.jar:${hadoopTools}/${awsSdkBundle}";
+  classPath =
+    key: s3aClassPath + lib.optionalString (cfg.sparkSettings ? ${key}) ":${cfg.sparkSettings.${key}}";
+  classPathSettings = {
+    "spark.driver.extraClassPath" = classPath "spark.driver.extraClassPath";
+    "spark.executor.extraClassPath" = classPath "spark.executor.extraClassPath";
+  };
+
   sparkDefaults = pkgs.writeText "spark-defaults.conf" (
-    lib.concatStrings (lib.mapAttrsToList (key: value: "${key} ${value}\n") (eventLogSettings // cfg.sparkSettings))
+    lib.concatStrings (
+      lib.mapAttrsToList (key: value: "${key} ${value}\n") (eventLogSettings // cfg.sparkSettings // classPathSettings)
+    )
   );
 
   sparkEnv = pkgs.writeText "spark-env.sh" ''

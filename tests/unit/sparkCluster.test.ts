@@ -149,6 +149,24 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
         }
     });
 
+    test("the S3 keys reach every deployment inside the secret properties only: no other input of any resource holds them", async () => {
+        registered = [];
+        const { SparkCluster } = await import("../../cluster/sparkCluster");
+        const config = { ...devConfig(), s3: { endpoint: "http://10.77.0.1:9000" }, s3AccessKeyId: "AKIAS3KEYIDOFTHETEST", s3SecretAccessKey: "s3-secret-of-the-test" };
+        const cluster = new SparkCluster("dev", { stack: "dev", config, baseImage: { path: "/images/base.qcow2" }, systems, ssh: { identityFile: "/k", knownHostsFile: "/kh" }, sparkSecrets: pulumi.secret({}) });
+        await new Promise<void>((resolve) => pulumi.all(cluster.deployments.map((r) => r.id)).apply(() => resolve()));
+        const deps = registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:NixosDeployment");
+        expect(deps).toHaveLength(3);
+        for (const d of deps) {
+            expect(d.inputs.secretProperties).toEqual({
+                "4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270",
+                value: "spark.authenticate.secret mock-cluster-secret\nspark.hadoop.fs.s3a.access.key AKIAS3KEYIDOFTHETEST\nspark.hadoop.fs.s3a.secret.key s3-secret-of-the-test\n",
+            });
+        }
+        const elsewhere = registered.filter((r) => /AKIAS3KEYIDOFTHETEST|s3-secret-of-the-test/.test(JSON.stringify({ ...r.inputs, secretProperties: undefined })));
+        expect(elsewhere.map((r) => r.name)).toEqual([]);
+    });
+
     test("with the health gate off nothing asks Spark: no per-node verification, no decommission", async () => {
         registered = [];
         const { SparkCluster } = await import("../../cluster/sparkCluster");
