@@ -6,6 +6,7 @@
 // (`nixspark:workers.count`) and says what is expected. Defaults cover
 // everything a first-time user need not set.
 import { z } from "zod";
+import { LIBVIRT_ONLY_KEYS, targetProblems } from "./targets/hostsConfig";
 
 export const CONFIG_NAMESPACE = "nixspark";
 
@@ -120,6 +121,37 @@ const settingName = z
     .string()
     .regex(/^spark\.[A-Za-z0-9._-]+$/, "expected Spark setting names that start with 'spark.'")
     .refine((k) => !SECURITY_SETTINGS.includes(k), { message: "set by nixspark:security (authentication and encryption), not as a Spark setting" });
+
+const HOST_KEY =
+    'expected the machine\'s SSH host key fingerprint (SHA256:..., from ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub on the machine) or "first-use"';
+/** A whole number in a range, or "auto". */
+const autoOr = (min: number, max: number, what: string) =>
+    z.union([z.literal("auto"), z.number().int().min(min).max(max)], { errorMap: () => ({ message: `expected ${what}: a whole number from ${min} to ${max}, or "auto"` }) });
+/** One machine of nixspark:hosts (target "hosts", docs/targets.md). */
+const hostEntry = z
+    .object({
+        name: dnsLabel("the machine's name in the stack"),
+        address: str("the machine's IPv4 address").regex(/^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/, "expected an IPv4 address such as 192.168.1.20 (Spark binds to it)"),
+        role: z.enum(["master", "worker"], { errorMap: () => ({ message: 'expected "master" or "worker"' }) }),
+        // Default: nixspark:ssh.user / nixspark:ssh.port.
+        sshUser: dnsLabel("a Unix user name for deployments").optional(),
+        sshPort: int(1, 65535, "a TCP port").optional(),
+        // What a worker offers Spark; "auto": Spark's own default (every core; the memory less 1 GiB).
+        cores: autoOr(1, 1024, "the cores the worker offers Spark").default("auto"),
+        memoryMiB: autoOr(256, 64 * 1024 * 1024, "the memory in MiB the worker offers Spark").default("auto"),
+        // The machine's own NixOS configuration module (it imports its
+        // hardware-configuration.nix): a path inside the deploy flake's
+        // directory, relative to it (cluster/targets/hosts.ts checks it exists).
+        module: str("the machine's NixOS configuration module: a path inside the deploy flake directory, such as machines/lab1/configuration.nix").refine(
+            (p) => !p.startsWith("/") && !p.split("/").includes(".."),
+            "expected a path relative to the deploy flake directory (nixspark:deploy.flake, default nix/), without '..', such as machines/lab1/configuration.nix",
+        ),
+        // The SSH host key's fingerprint as `ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub` prints it, or "first-use".
+        hostKey: z
+            .string({ invalid_type_error: HOST_KEY, required_error: `required: ${HOST_KEY}` })
+            .refine((k) => k === "first-use" || /^SHA256:[A-Za-z0-9+/]{43}$/.test(k), HOST_KEY),
+    })
+    .strict();
 
 /** Every `nixspark:*` key (Pulumi.yaml declares exactly these). */
 export const configObject = z
@@ -257,6 +289,11 @@ export const configObject = z
         sparkSecrets: z
             .record(settingName, oneLine(z.string({ invalid_type_error: "expected each secret Spark setting's value as a string" })))
             .default({}),
+        // ---- Targets (docs/targets.md; cluster/targets/): where the nodes are.
+        // "libvirt" (the default): VMs on one libvirt host, every key above.
+        // "hosts": existing NixOS machines, listed in nixspark:hosts.
+        target: z.enum(["libvirt", "hosts"], { errorMap: () => ({ message: 'expected "libvirt" (VMs on one libvirt host) or "hosts" (existing NixOS machines listed in nixspark:hosts)' }) }).default("libvirt"),
+        hosts: z.array(hostEntry, { invalid_type_error: "expected a list of machines: [{ name, address, role, module, hostKey, ... }]" }).default([]),
     })
     .strict();
 
@@ -298,6 +335,14 @@ export const crossChecks: { needs: Section[]; check: (c: z.infer<typeof configOb
                     `so every pulumi up would wait ${c.health.timeoutSeconds} s for the health gate and fail. ` +
                     `Turn the gate off: pulumi config set --path health.enabled false, or keep authentication on: pulumi config set --path security.authenticate true`,
             );
+        },
+    },
+    {
+        // nixspark:target and nixspark:hosts (cluster/targets/hostsConfig.ts).
+        needs: ["target", "hosts", "ssh", ...LIBVIRT_ONLY_KEYS],
+        check: (c, add) => {
+            const defaults = Object.fromEntries(LIBVIRT_ONLY_KEYS.map((k) => [k, configObject.shape[k].parse(undefined)]));
+            for (const [path, message] of targetProblems(c, defaults)) add(path, message);
         },
     },
 ];

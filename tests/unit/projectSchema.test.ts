@@ -20,7 +20,7 @@ describe("Pulumi.yaml config block", () => {
     test.each(Object.keys(configObject.shape))("%s: type, description and the program's default", (key) => {
         const decl = project.config[key];
         expect(decl.description.length).toBeGreaterThan(20);
-        const expectedType = typeof defaults[key] === "object" ? "object" : typeof defaults[key] === "number" ? "integer" : typeof defaults[key];
+        const expectedType = Array.isArray(defaults[key]) ? "array" : typeof defaults[key] === "object" ? "object" : typeof defaults[key] === "number" ? "integer" : typeof defaults[key];
         expect(decl.type).toBe(expectedType);
         // The declared default, put through the schema, is the schema's own default.
         expect(parseConfig({ [key]: decl.default })).toEqual(defaults);
