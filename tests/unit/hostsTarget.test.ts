@@ -77,3 +77,13 @@ test("a hosts stack's outputs: no libvirtUri, nodes without libvirtName, and the
     expect(targetOf(out.ssh!, out.nodes[0])).toMatchObject({ host: "192.168.7.20", user: "deploy", port: 22 });
     expect(targetOf(out.ssh!, out.nodes[1])).toMatchObject({ host: "192.168.7.3", user: "ops", port: 2222 });
 });
+
+test("docs/targets.md's example stack file is a valid hosts stack", () => {
+    const yaml = require("js-yaml");
+    const md = fs.readFileSync(path.join(__dirname, "../../docs/targets.md"), "utf8");
+    const doc = yaml.load(/```yaml\n([\s\S]*?)```/.exec(md)![1]).config as Record<string, unknown>;
+    const raw = Object.fromEntries(Object.entries(doc).map(([k, v]) => [k.replace(/^nixspark:/, ""), v]));
+    const c = parseConfig(raw);
+    expect(c.target).toBe("hosts");
+    expect(c.hosts.map((h) => [h.name, h.role, h.hostKey === "first-use"])).toEqual([["lab1", "master", false], ["lab2", "worker", false], ["lab3", "worker", true]]);
+});
