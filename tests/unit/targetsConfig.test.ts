@@ -70,3 +70,14 @@ test("each machine's fields: IPv4 address, fingerprint or first-use, a relative 
     // The master's offer is checked once the fields parse.
     expect(problemsOf({ target: "hosts", hosts: [machine("lab1", "10.0.0.1", "master", { cores: 2 })] })).toEqual([expect.stringMatching(/^nixspark:hosts\.0\.cores: only a worker offers Spark cores and memory.*hosts\[0\]\.cores'$/)]);
 });
+
+test("a hosts stack is not held to VM sizes or the libvirt subnet: a big executor and a routed default subnet pass loadStackConfig", () => {
+    const { loadStackConfig } = require("../../cluster/stackConfig") as typeof import("../../cluster/stackConfig");
+    const { defaultCidr } = require("../../cluster/subnet") as typeof import("../../cluster/subnet");
+    const flat = (raw: Record<string, unknown>) => Object.fromEntries(Object.entries(raw).map(([k, v]) => [`nixspark:${k}`, typeof v === "string" ? v : JSON.stringify(v)]));
+    const routes = [{ cidr: defaultCidr("dev"), iface: "eth9" }];
+    const spark = { settings: { "spark.executor.memory": "16g" } };
+    expect(loadStackConfig("dev", flat({ target: "hosts", hosts: three, spark }), routes).config.target).toBe("hosts");
+    // The same settings on target libvirt are refused for both reasons.
+    expect(() => loadStackConfig("dev", flat({ spark }), routes)).toThrow(/spark\.executor\.memory[\s\S]*nixspark:network\.cidr/);
+});
