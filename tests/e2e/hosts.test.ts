@@ -13,7 +13,8 @@
 //   4. a Spark setting updates all three;
 //   5. removing a machine from the list switches it to its configuration
 //      without the role (its worker is decommissioned first when the gate is
-//      on: providers/nixosDeployment.ts delete; these machines run no Spark);
+//      on; these machines run no Spark, so tests/providers/hostsMachine.test.ts
+//      shows that order against a real sshd);
 //   6. a machine whose host key is not the fingerprint given is refused
 //      before anything is switched, naming the machine and both fingerprints.
 // The machines run no Spark JVM: the gate is in the preview only, and `up`

@@ -103,3 +103,26 @@ test("a failed switch on delete keeps the deployment (the error says the machine
     }
     expect(env.currentSystem()).toBe(ROLE);
 });
+
+test("a worker machine's delete decommissions it through Spark first, then switches it to its configuration without the role", async () => {
+    const outs = await createDeployment(inputs({ hostKeyFingerprint: realFingerprint() }));
+    // The worker daemon: a process the fake machine's `systemctl kill --kill-whom=main spark-worker` signals.
+    const { spawn } = require("node:child_process") as typeof import("node:child_process");
+    const daemon = spawn("sleep", ["300"], { stdio: "ignore" });
+    const died = new Promise<string | null>((resolve) => daemon.once("exit", (_code, signal) => resolve(signal)));
+    try {
+        env.setUnitPid("spark-worker", daemon.pid!);
+        // No master answers here (a closed loopback port): the decommission signals the worker anyway and goes on.
+        const spark = { role: "worker", webUiUrl: "http://127.0.0.1:9", address: env.host, unit: "spark-worker", timeoutSeconds: 10, decommissionTimeoutSeconds: 0 };
+        await nixosDeploymentProvider.delete!(`lab2@${env.host}`, { ...(outs as unknown as Record<string, unknown>), spark });
+        expect(await died).toBe("SIGPWR");
+    } finally {
+        if (daemon.exitCode === null && daemon.signalCode === null) daemon.kill("SIGKILL");
+    }
+    const words = env.remoteCalls().map((c) => c.words.join(" "));
+    const signalled = words.indexOf("systemctl kill --kill-whom=main --signal=SIGPWR spark-worker");
+    const released = words.findIndex((w) => w.includes(RELEASED));
+    expect(signalled).toBeGreaterThanOrEqual(0);
+    expect(released).toBeGreaterThan(signalled);
+    expect(env.currentSystem()).toBe(RELEASED);
+});
