@@ -8,9 +8,8 @@
 // powered off.
 import * as pulumi from "@pulumi/pulumi";
 import type { ClusterConfig } from "../config";
-import { nixStackParams } from "../nixParams";
+import { nixStackParams, pinFlakeSnapshot } from "../nixParams";
 import { gcRootDir, NixParamsError } from "../nixFlake";
-import { pinFlakeSnapshot } from "../nixParams";
 import { rolloutOrder } from "../rollout";
 import { NixosDeployment } from "../../providers/nixosDeployment";
 import type { SparkCheck } from "../../providers/nixosDeployment";

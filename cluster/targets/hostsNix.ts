@@ -8,7 +8,7 @@ import * as path from "node:path";
 import type { ClusterConfig } from "../config";
 import { writeNixStackParams } from "../nixParams";
 import type { NixStackParams } from "../nixParams";
-import { absoluteFlakeRef, attrSegment, localFlakeDir, nixEvalJson, NixParamsError, stackEvaluationsAttribute, valueAt } from "../nixFlake";
+import { absoluteFlakeRef, localFlakeDir, nixEvalJson, NixParamsError, stackEvaluationsAttribute, valueAt } from "../nixFlake";
 import type { NixEvalOptions, PackageSummary } from "../nixFlake";
 import type { HostEntry } from "./hostsConfig";
 
@@ -133,6 +133,6 @@ export async function prepareHostsNix(stack: string, cfg: ClusterConfig, base: N
     if (problems.length > 0) throw new NixParamsError(problems.join("\n  "));
     writeNixStackParams(dir, hostsStackParams(cfg, base));
     const evaluated = absoluteFlakeRef(cfg.deploy.flake, cwd);
-    const answer = await nixEvalJson(evaluated, `${stackEvaluationsAttribute(stack)}.${attrSegment("hosts")}`, opts);
+    const answer = await nixEvalJson(evaluated, `${stackEvaluationsAttribute(stack)}.hosts`, opts);
     return hostsFromAnswer(stack, answer, cfg.hosts as HostEntry[], evaluated);
 }
