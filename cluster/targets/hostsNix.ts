@@ -10,6 +10,7 @@ import { writeNixStackParams } from "../nixParams";
 import type { NixStackParams } from "../nixParams";
 import { absoluteFlakeRef, localFlakeDir, nixEvalJson, NixParamsError, stackEvaluationsAttribute, valueAt } from "../nixFlake";
 import type { NixEvalOptions, PackageSummary } from "../nixFlake";
+import { evalCacheDisabled, nixEvalCacheKey } from "../evalCache";
 import type { HostEntry } from "./hostsConfig";
 
 /** One machine as nix/lib/params.nix reads it (null: "auto"). */
@@ -95,6 +96,8 @@ export interface PreparedHosts {
     machines: Record<string, PreparedHostSystem>;
     /** The store copy of the flake, to pin against a garbage collection. */
     source?: string;
+    /** True when the answer came from the evaluation cache and no nix process ran. */
+    cached?: boolean;
 }
 
 /** What lib.stackEvaluations.<stack>.hosts answered, checked. */
@@ -123,7 +126,7 @@ export function hostsFromAnswer(stack: string, answer: unknown, hosts: { name: s
  * Writes the stack's settings into the deploy flake (a local directory: the
  * machines' modules must be in it) and evaluates every machine's systems.
  */
-export async function prepareHostsNix(stack: string, cfg: ClusterConfig, base: NixStackParams, opts: NixEvalOptions & { cwd?: string } = {}): Promise<PreparedHosts> {
+export async function prepareHostsNix(stack: string, cfg: ClusterConfig, base: NixStackParams, opts: NixEvalOptions & { cwd?: string; cache?: boolean } = {}): Promise<PreparedHosts> {
     const cwd = opts.cwd ?? process.cwd();
     const dir = localFlakeDir(cfg.deploy.flake, cwd);
     if (dir === undefined) {
@@ -133,6 +136,35 @@ export async function prepareHostsNix(stack: string, cfg: ClusterConfig, base: N
     if (problems.length > 0) throw new NixParamsError(problems.join("\n  "));
     writeNixStackParams(dir, hostsStackParams(cfg, base));
     const evaluated = absoluteFlakeRef(cfg.deploy.flake, cwd);
-    const answer = await nixEvalJson(evaluated, `${stackEvaluationsAttribute(stack)}.hosts`, opts);
-    return hostsFromAnswer(stack, answer, cfg.hosts as HostEntry[], evaluated);
+    const attrPath = `${stackEvaluationsAttribute(stack)}.hosts`;
+    // The evaluation cache of every stack (cluster/evalCache.ts): its key hashes
+    // the flake directory (the machines' modules and this stack's settings
+    // inside it), the nix arguments and NIX_CONFIG; an unchanged preview
+    // starts no nix process. Its own file: the libvirt cache holds other values.
+    const useCache = opts.cache ?? !evalCacheDisabled(opts.env ?? process.env);
+    const key = useCache ? nixEvalCacheKey(stack, [{ flake: evaluated, attrPath }], { ...opts, cwd }) : undefined;
+    const file = path.resolve(cwd, ".nixspark", stack, "nix-eval-hosts.json");
+    if (key !== undefined) {
+        try {
+            const entry = JSON.parse(fs.readFileSync(file, "utf8")) as { key?: string; answer?: unknown };
+            const prepared = entry.key === key ? hostsFromAnswer(stack, entry.answer, cfg.hosts as HostEntry[], evaluated) : undefined;
+            // The snapshot deployments switch from must still be in the store.
+            if (prepared && (prepared.source === undefined || fs.existsSync(prepared.source))) return { ...prepared, cached: true };
+        } catch {
+            /* a miss: no file, another key, an answer that lacks a machine */
+        }
+    }
+    const answer = await nixEvalJson(evaluated, attrPath, opts);
+    const prepared = hostsFromAnswer(stack, answer, cfg.hosts as HostEntry[], evaluated);
+    if (key !== undefined && nixEvalCacheKey(stack, [{ flake: evaluated, attrPath }], { ...opts, cwd }) === key) {
+        try {
+            fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+            const tmp = `${file}.${process.pid}.tmp`;
+            fs.writeFileSync(tmp, JSON.stringify({ key, answer }) + "\n", { mode: 0o600 });
+            fs.renameSync(tmp, file);
+        } catch {
+            /* only a speed-up */
+        }
+    }
+    return { ...prepared, cached: false };
 }

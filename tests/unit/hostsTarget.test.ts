@@ -7,7 +7,8 @@ import * as path from "node:path";
 import { parseConfig } from "../../cluster/config";
 import { nixStackParams } from "../../cluster/nixParams";
 import { parseStackOutputs } from "../../cluster/sparkStatus";
-import { checkHostModules, coveringSubnet, hostsStackParams } from "../../cluster/targets/hostsNix";
+import { checkHostModules, coveringSubnet, hostsStackParams, prepareHostsNix } from "../../cluster/targets/hostsNix";
+import { FIXTURES, NIX_DIR, tempDir } from "../fixtures/nix-env";
 import { firstUseWarnings } from "../../cluster/targets/hosts";
 import { targetOf } from "../../cli/remote";
 
@@ -86,4 +87,32 @@ test("docs/targets.md's example stack file is a valid hosts stack", () => {
     const c = parseConfig(raw);
     expect(c.target).toBe("hosts");
     expect(c.hosts.map((h) => [h.name, h.role, h.hostKey === "first-use"])).toEqual([["lab1", "master", false], ["lab2", "worker", false], ["lab3", "worker", true]]);
+});
+
+describe("the machines' systems from nix/flake.nix (stub nixpkgs), and the evaluation cache", () => {
+    const STUB = ["--no-write-lock-file", "--override-input", "nixpkgs", `path:${path.join(FIXTURES, "nix-stub-nixpkgs")}`];
+    jest.setTimeout(120_000);
+
+    test("each machine: its role system and its system without the role; an unchanged second run starts no nix, an edited module evaluates again", async () => {
+        const proj = tempDir("nixspark-hosts-");
+        const dir = path.join(proj, "nix");
+        fs.cpSync(NIX_DIR, dir, { recursive: true });
+        fs.mkdirSync(path.join(dir, "machines"));
+        for (const n of ["lab1", "lab2", "lab3"]) fs.writeFileSync(path.join(dir, "machines", `${n}.nix`), `{ ... }: { networking.hostName = "${n}"; }\n`);
+        const base = nixStackParams(cfg, { stack: "lab", cidr: "0.0.0.0/32", prefix: 32, master: { ip: "0.0.0.0", hostname: "x" } });
+        const first = await prepareHostsNix("lab", cfg, base, { cwd: proj, extraArgs: STUB, cache: true });
+        expect(first.cached).toBe(false);
+        expect(first.flake).toMatch(/^path:\/nix\/store\/[0-9a-z]{32}-source$/);
+        expect(Object.keys(first.machines)).toEqual(["lab1", "lab2", "lab3"]);
+        expect(first.machines.lab2).toMatchObject({ configuration: "lab-host-lab2", released: { configuration: "lab-host-lab2-released" } });
+        for (const m of Object.values(first.machines)) expect(m.expectedSystem).not.toBe(m.released.expectedSystem);
+        expect(new Set(Object.values(first.machines).map((m) => m.expectedSystem)).size).toBe(3);
+        const again = await prepareHostsNix("lab", cfg, base, { cwd: proj, extraArgs: STUB, cache: true });
+        expect(again).toEqual({ ...first, cached: true });
+        fs.writeFileSync(path.join(dir, "machines", "lab3.nix"), `{ ... }: { networking.hostName = "lab3"; boot.loader.grub.device = "/dev/sdb"; }\n`);
+        const edited = await prepareHostsNix("lab", cfg, base, { cwd: proj, extraArgs: STUB, cache: true });
+        expect(edited.cached).toBe(false);
+        expect(edited.machines.lab3.expectedSystem).not.toBe(first.machines.lab3.expectedSystem);
+        expect(edited.machines.lab1.expectedSystem).toBe(first.machines.lab1.expectedSystem);
+    });
 });
