@@ -11,24 +11,23 @@ in
   services.spark.worker = {
     enable = true;
     master = "${cfg.master.address}:${toString cfg.master.port}";
-    # null ("auto" on target hosts): unset, so Spark takes the machine's own
-    # (Spark's deploy/worker/WorkerArguments.scala: every core; the memory
-    # less 1 GiB, inferDefaultMemory).
-    extraEnvironment =
-      lib.optionalAttrs (cfg.worker.cores != null) { SPARK_WORKER_CORES = toString cfg.worker.cores; }
-      // lib.optionalAttrs (cfg.worker.memoryMiB != null) { SPARK_WORKER_MEMORY = "${toString cfg.worker.memoryMiB}m"; }
-      // {
-        SPARK_WORKER_PORT = toString cfg.worker.port;
-        SPARK_WORKER_WEBUI_PORT = toString cfg.worker.webUiPort;
-        SPARK_DAEMON_MEMORY = "${toString cfg.daemonMemoryMiB}m";
-        SPARK_WORKER_OPTS = lib.concatStringsSep " " [
-          # Heartbeats every timeout/4: the same value as the master's.
-          "-Dspark.worker.timeout=${toString cfg.worker.timeoutSeconds}"
-          # Finished applications' directories are removed after a day.
-          "-Dspark.worker.cleanup.enabled=true"
-          "-Dspark.worker.cleanup.appDataTtl=86400"
-        ];
-      };
+    extraEnvironment = {
+      SPARK_WORKER_PORT = toString cfg.worker.port;
+      SPARK_WORKER_WEBUI_PORT = toString cfg.worker.webUiPort;
+      SPARK_DAEMON_MEMORY = "${toString cfg.daemonMemoryMiB}m";
+      SPARK_WORKER_OPTS = lib.concatStringsSep " " [
+        # Heartbeats every timeout/4: the same value as the master's.
+        "-Dspark.worker.timeout=${toString cfg.worker.timeoutSeconds}"
+        # Finished applications' directories are removed after a day.
+        "-Dspark.worker.cleanup.enabled=true"
+        "-Dspark.worker.cleanup.appDataTtl=86400"
+      ];
+    }
+    # What the worker offers Spark; null ("auto" on target hosts) leaves it to
+    # Spark (deploy/worker/WorkerArguments.scala: every core; the memory less
+    # 1 GiB, inferDefaultMemory).
+    // lib.optionalAttrs (cfg.worker.cores != null) { SPARK_WORKER_CORES = toString cfg.worker.cores; }
+    // lib.optionalAttrs (cfg.worker.memoryMiB != null) { SPARK_WORKER_MEMORY = "${toString cfg.worker.memoryMiB}m"; };
   };
 
   # After losing the master, Spark's worker retries registration by itself

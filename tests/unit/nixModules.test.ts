@@ -325,6 +325,10 @@ describe("the NixOS test (checks.x86_64-linux.spark-cluster) on the stand-in tes
         expect(evalFlake(NIX_DIR, `${node}.services.spark.worker.enable`)).toBe(true);
         expect(evalFlake(NIX_DIR, `${node}.services.openssh.enable`)).toBe(true);
         expect(evalFlake(NIX_DIR, `${node}.services.spark.worker.master`)).toBe(evalFlake(NIX_DIR, `${check}.nodes.worker1.services.spark.worker.master`));
+        // Both workers offer what the stack's size says (null, "auto", only comes from a hosts stack's list).
+        for (const w of ["worker1", "worker2"]) {
+            expect(evalFlake(NIX_DIR, `${check}.nodes.${w}.services.spark.worker.extraEnvironment`)).toMatchObject({ SPARK_WORKER_CORES: "2", SPARK_WORKER_MEMORY: "1024m" });
+        }
         // The same Spark checks: registration of both workers, the job's tasks on both, the node-block firewall.
         const script = evalString(NIX_DIR, `${check}.script`);
         expect(script).toContain('assert report["hosts"] == ["worker1", "worker2"]');
