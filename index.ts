@@ -10,6 +10,7 @@ import type { ResolvedSsh } from "./cluster/stackConfig";
 import { markRetiredBases } from "./providers/baseVolume";
 import { NixParamsError, prepareNix } from "./cluster/nixParams";
 import { SparkCluster } from "./cluster/sparkCluster";
+import { hostsProgram } from "./cluster/targets/hosts";
 
 // Stack traces in V8's own format. Pulumi's runner installs source-map-support,
 // and the SDK formats a full stack trace for every resource it registers and
@@ -65,6 +66,22 @@ async function main() {
     }
     const config = { ...loaded.config, ssh: { ...loaded.config.ssh, publicKey: ssh.publicKey } };
     const topology = loaded.topology;
+    // nixspark:target "hosts": existing NixOS machines, no libvirt object (cluster/targets/hosts.ts).
+    if (config.target === "hosts") {
+        const rel = (p: string) => require("node:path").relative(process.cwd(), p) as string;
+        const local = (p: string) => (rel(p) !== "" && !rel(p).startsWith("..") && !require("node:path").isAbsolute(rel(p)) ? rel(p) : p);
+        return hostsProgram(
+            {
+                stack,
+                config,
+                ssh: { identityFile: ssh.keySource === "stack" ? local(ssh.identityFile) : ssh.identityFile, knownHostsFile: local(ssh.knownHostsFile) },
+                privateKey,
+                sparkSecrets: pulumi.secret(config.sparkSecrets),
+                log: { info: (m) => void pulumi.log.info(m), warn: (m) => void pulumi.log.warn(m), debug: (m) => void pulumi.log.debug(m) },
+            },
+            { user: config.ssh.user, port: config.ssh.port, identityFile: ssh.identityFile, knownHostsFile: ssh.knownHostsFile },
+        );
+    }
 
     let prepared;
     try {

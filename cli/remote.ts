@@ -35,7 +35,8 @@ export function selectNodes(outputs: StackOutputs, selector: string, flag: strin
 }
 
 export function targetOf(ssh: StackSsh, node: StackNode): SshTarget {
-    return { host: node.ip, user: ssh.user, port: ssh.port, identityFile: ssh.identityFile, knownHostsFile: ssh.knownHostsFile };
+    // A machine of a hosts stack may have its own user and port (nixspark:hosts[i]).
+    return { host: node.ip, user: node.sshUser ?? ssh.user, port: node.sshPort ?? ssh.port, identityFile: ssh.identityFile, knownHostsFile: ssh.knownHostsFile };
 }
 
 /**

@@ -6,47 +6,23 @@
 // (`nixspark:workers.count`) and says what is expected. Defaults cover
 // everything a first-time user need not set.
 import { z } from "zod";
+import { LIBVIRT_ONLY_KEYS, targetProblems } from "./targets/hostsConfig";
+import { hostEntry } from "./targets/hostsSchema";
+import { bool, dnsLabel, int, oneLine, str } from "./configPrimitives";
+import { dataSchema } from "./dataConfig";
+import { s3CrossChecks, s3KeySchema, s3Schema } from "./s3Config";
+
+// The sections in files of their own, for those who import them from here.
+export { dataMountPointProblem, DATA_RESERVED_PATHS, DATA_RESERVED_TREES, VIRTIOFS_TAG_MAX } from "./dataConfig";
+export { S3_SECRET_SETTINGS, S3_SETTINGS, s3SecretSettings, s3SparkSettings } from "./s3Config";
 
 export const CONFIG_NAMESPACE = "nixspark";
-
-/** Accepts 3 and "3" (top-level Pulumi config values arrive as strings). */
-const int = (min: number, max: number, what: string) =>
-    z.preprocess(
-        (v) => (typeof v === "string" && /^-?\d+$/.test(v.trim()) ? Number(v) : v),
-        z
-            .number({ invalid_type_error: `expected ${what}: a whole number from ${min} to ${max}` })
-            .int(`expected ${what}: a whole number from ${min} to ${max}`)
-            .min(min, `expected ${what}: a whole number from ${min} to ${max}`)
-            .max(max, `expected ${what}: a whole number from ${min} to ${max}`),
-    );
-
-const bool = (what: string) =>
-    z.preprocess(
-        (v) => (v === "true" ? true : v === "false" ? false : v),
-        z.boolean({ invalid_type_error: `expected ${what}: true or false` }),
-    );
-
-const str = (what: string) =>
-    z.string({ invalid_type_error: `expected ${what}`, required_error: `required: ${what}` }).min(1, `expected ${what}, got an empty string`);
-
-/** A name that is safe inside libvirt object names, hostnames and file names. */
-const dnsLabel = (what: string) =>
-    str(what).regex(/^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$/, `expected ${what}: lower-case letters, digits and '-', starting with a letter`);
 
 const nodeSize = (defaults: { vcpus: number; memoryMiB: number; diskGiB: number }) => ({
     vcpus: int(1, 64, "the number of virtual CPUs").default(defaults.vcpus),
     memoryMiB: int(256, 1024 * 1024, "memory in MiB").default(defaults.memoryMiB),
     diskGiB: int(1, 16 * 1024, "the disk size in GiB").default(defaults.diskGiB),
 });
-
-/**
- * Every Spark setting becomes one line "<name> <value>" of spark-defaults.conf
- * (nix/modules/spark.nix; the secret ones are appended on the node), which
- * Spark reads with java.util.Properties.load: a line feed or a carriage
- * return in a value would end it and start a setting of its own.
- */
-const ONE_LINE = "expected a one-line value: a line break would start another line of spark-defaults.conf";
-const oneLine = (s: z.ZodString) => s.regex(/^[^\r\n]*$/, ONE_LINE);
 
 const sparkValue = z.union([oneLine(z.string()), z.number(), z.boolean()], {
     errorMap: () => ({ message: "expected a string, number or boolean for each Spark setting" }),
@@ -120,61 +96,6 @@ const settingName = z
     .string()
     .regex(/^spark\.[A-Za-z0-9._-]+$/, "expected Spark setting names that start with 'spark.'")
     .refine((k) => !SECURITY_SETTINGS.includes(k), { message: "set by nixspark:security (authentication and encryption), not as a Spark setting" });
-
-// ---- nixspark:data: the shared data directory (issue 17) ----
-// A host directory every node mounts at the same path with virtiofs
-// (providers/libvirtXml.ts: the domain's <filesystem>; nix/modules/guest.nix:
-// the mount by tag). Unset path: no shared directory.
-
-/** The longest virtiofs tag: the virtio-fs device's config space holds 36 bytes (QEMU refuses a longer tag). */
-export const VIRTIOFS_TAG_MAX = 36;
-/**
- * Guest paths the data directory may not be mounted on or under: the store,
- * the system's own state and the Spark daemons' (nix/modules/spark.nix), and
- * the kernel's and systemd's file systems.
- */
-export const DATA_RESERVED_TREES = ["/nix", "/etc", "/boot", "/proc", "/sys", "/dev", "/run", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/var/lib/spark", "/var/lib/nixspark", "/var/lib/nixos", "/var/log"];
-/** ... and paths it may not be mounted on (it would hide what they hold), though below them is fine. */
-export const DATA_RESERVED_PATHS = ["/", "/var", "/var/lib", "/home", "/root", "/tmp"];
-
-/** What is wrong with a guest mount point, or undefined. */
-export function dataMountPointProblem(p: string): string | undefined {
-    if (p !== "/" && (!/^(\/[A-Za-z0-9._-]+)+$/.test(p)) || p.split("/").some((seg) => seg === "." || seg === "..")) {
-        return `"${p}": expected an absolute path of letters, digits, '.', '_' and '-' without a trailing '/', such as /data`;
-    }
-    const tree = DATA_RESERVED_TREES.find((t) => p === t || p.startsWith(`${t}/`));
-    if (tree !== undefined || DATA_RESERVED_PATHS.includes(p)) {
-        return `${p} is ${tree ? `in ${tree}, ` : ""}a system path the nodes need for themselves; mount the data directory elsewhere: pulumi config set --path data.mountPoint /data`;
-    }
-    return undefined;
-}
-
-const dataSchema = z
-    .object({
-        // The host directory shared with every node (absolute; the provider checks that it is a directory).
-        path: str("an absolute directory on the host to share with every node")
-            .refine((p) => p.startsWith("/"), "expected an absolute directory path on the host, such as /srv/spark-data")
-            .transform((p) => (p.length > 1 ? p.replace(/\/+$/, "") : p))
-            .optional(),
-        mountPoint: str("the absolute path every node mounts the data directory on")
-            .superRefine((p, ctx) => {
-                const problem = dataMountPointProblem(p);
-                if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, message: problem });
-            })
-            .default("/data"),
-        // Read-only by default: jobs read input from it; read-write also puts the event logs there.
-        readOnly: bool("whether the nodes mount the data directory read-only").default(true),
-        tag: str("the virtiofs tag the nodes mount the data directory by")
-            .refine((t) => Buffer.byteLength(t) <= VIRTIOFS_TAG_MAX, `expected a virtiofs tag of at most ${VIRTIOFS_TAG_MAX} bytes (the virtio-fs device holds no more)`)
-            .refine((t) => /^[A-Za-z0-9._-]+$/.test(t), "expected a tag of letters, digits, '.', '_' and '-'")
-            .default("nixspark-data"),
-        // Default: libvirt finds virtiofsd through QEMU's vhost-user descriptors (Debian: /usr/lib/qemu/virtiofsd).
-        virtiofsd: str("the absolute path of virtiofsd on the host")
-            .refine((p) => p.startsWith("/"), "expected the absolute path of virtiofsd, such as /usr/lib/qemu/virtiofsd")
-            .optional(),
-    })
-    .strict()
-    .default({});
 
 /** Every `nixspark:*` key (Pulumi.yaml declares exactly these). */
 export const configObject = z
@@ -312,33 +233,22 @@ export const configObject = z
         sparkSecrets: z
             .record(settingName, oneLine(z.string({ invalid_type_error: "expected each secret Spark setting's value as a string" })))
             .default({}),
-        // The shared data directory (see dataSchema above).
+        // The shared data directory (cluster/dataConfig.ts).
         data: dataSchema,
-        // ---- S3-compatible storage, for s3a:// paths (docs/operations.md, "S3").
-        // The endpoint, path-style access and region reach every node's
-        // spark-defaults.conf through Nix (s3SparkSettings, cluster/nixParams.ts);
-        // the two keys are Pulumi secrets (`pulumi config set --secret
-        // nixspark:s3SecretAccessKey ...`, refused in plain text by
-        // plainSecretProblems, cluster/configKeys.ts) and reach the nodes with
-        // the cluster secret (s3SecretSettings), never the store.
-        s3: z
-            .object({
-                endpoint: str("the S3 endpoint URL, such as http://10.77.0.1:9000")
-                    .regex(/^https?:\/\/[^\s/]+(\/\S*)?$/, "expected an http:// or https:// URL such as http://10.77.0.1:9000")
-                    .optional(),
-                pathStyleAccess: bool("whether buckets are addressed by path (http://host/bucket, as most S3-compatible servers want) rather than by host name").optional(),
-                region: str("an S3 region such as us-east-1").regex(/^[A-Za-z0-9-]+$/, "expected a region name such as us-east-1").optional(),
-            })
-            .strict()
-            .default({}),
-        s3AccessKeyId: oneLine(str("the S3 access key id")).optional(),
-        s3SecretAccessKey: oneLine(str("the S3 secret access key")).optional(),
-        // ---- end of S3
+        // S3-compatible storage, for s3a:// paths (cluster/s3Config.ts).
+        s3: s3Schema,
+        s3AccessKeyId: s3KeySchema("the S3 access key id"),
+        s3SecretAccessKey: s3KeySchema("the S3 secret access key"),
+        // ---- Targets (docs/targets.md; cluster/targets/): where the nodes are.
+        // "libvirt" (the default): VMs on one libvirt host, every key above.
+        // "hosts": existing NixOS machines, listed in nixspark:hosts.
+        target: z.enum(["libvirt", "hosts"], { errorMap: () => ({ message: 'expected "libvirt" (VMs on one libvirt host) or "hosts" (existing NixOS machines listed in nixspark:hosts)' }) }).default("libvirt"),
+        hosts: z.array(hostEntry, { invalid_type_error: "expected a list of machines: [{ name, address, role, module, hostKey, ... }]" }).default([]),
     })
     .strict();
 
 export type Section = keyof typeof configObject.shape;
-type AddIssue = (path: (string | number)[], message: string) => void;
+export type AddIssue = (path: (string | number)[], message: string) => void;
 
 /**
  * Rules across sections. Each names the sections it reads: checkConfig runs
@@ -378,89 +288,15 @@ export const crossChecks: { needs: Section[]; check: (c: z.infer<typeof configOb
             );
         },
     },
+    {
+        // nixspark:target and nixspark:hosts (cluster/targets/hostsConfig.ts).
+        needs: ["target", "hosts", "ssh", ...LIBVIRT_ONLY_KEYS],
+        check: (c, add) => {
+            const defaults = Object.fromEntries(LIBVIRT_ONLY_KEYS.map((k) => [k, configObject.shape[k].parse(undefined)]));
+            for (const [path, message] of targetProblems(c, defaults)) add(path, message);
+        },
+    },
 ];
-
-// ---- S3 (nixspark:s3, s3AccessKeyId, s3SecretAccessKey)
-
-/** The Hadoop S3A properties nixspark:s3 sets, as Spark settings (spark.hadoop.* reach Hadoop's configuration). */
-export const S3_SETTINGS = {
-    endpoint: "spark.hadoop.fs.s3a.endpoint",
-    pathStyleAccess: "spark.hadoop.fs.s3a.path.style.access",
-    region: "spark.hadoop.fs.s3a.endpoint.region",
-    credentialsProvider: "spark.hadoop.fs.s3a.aws.credentials.provider",
-} as const;
-/** The secret ones: delivered with the cluster secret (providers/clusterSecret.ts), never in the store. */
-export const S3_SECRET_SETTINGS = { accessKeyId: "spark.hadoop.fs.s3a.access.key", secretAccessKey: "spark.hadoop.fs.s3a.secret.key" } as const;
-const S3_SECRET_KEYS = { accessKeyId: "s3AccessKeyId", secretAccessKey: "s3SecretAccessKey" } as const;
-
-/**
- * The non-secret S3A settings for spark-defaults.conf (through Nix). With
- * keys configured, S3A takes them and only them (SimpleAWSCredentialsProvider):
- * a wrong key then fails with its own error instead of S3A going on to ask
- * the cloud's instance metadata service.
- */
-export function s3SparkSettings(c: Pick<z.infer<typeof configObject>, "s3" | "s3AccessKeyId">): Record<string, string> {
-    const out: Record<string, string> = {};
-    if (c.s3.endpoint !== undefined) out[S3_SETTINGS.endpoint] = c.s3.endpoint;
-    if (c.s3.pathStyleAccess !== undefined) out[S3_SETTINGS.pathStyleAccess] = String(c.s3.pathStyleAccess);
-    if (c.s3.region !== undefined) out[S3_SETTINGS.region] = c.s3.region;
-    if (c.s3AccessKeyId !== undefined) out[S3_SETTINGS.credentialsProvider] = "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider";
-    return out;
-}
-
-/** The secret S3A settings, for the properties file the nodes get with the cluster secret (secretProperties). */
-export function s3SecretSettings(c: Pick<z.infer<typeof configObject>, "s3AccessKeyId" | "s3SecretAccessKey">): Record<string, string> {
-    if (c.s3AccessKeyId === undefined || c.s3SecretAccessKey === undefined) return {};
-    return { [S3_SECRET_SETTINGS.accessKeyId]: c.s3AccessKeyId, [S3_SECRET_SETTINGS.secretAccessKey]: c.s3SecretAccessKey };
-}
-
-function s3CrossChecks(): { needs: Section[]; check: (c: z.infer<typeof configObject>, add: AddIssue) => void }[] {
-    const setSecret = (k: string) => `pulumi config set --secret nixspark:${k} VALUE`;
-    return [
-        {
-            needs: ["s3AccessKeyId", "s3SecretAccessKey"],
-            check: (c, add) => {
-                if ((c.s3AccessKeyId === undefined) === (c.s3SecretAccessKey === undefined)) return;
-                const missing = c.s3AccessKeyId === undefined ? S3_SECRET_KEYS.accessKeyId : S3_SECRET_KEYS.secretAccessKey;
-                add([missing], `required with nixspark:${missing === S3_SECRET_KEYS.accessKeyId ? S3_SECRET_KEYS.secretAccessKey : S3_SECRET_KEYS.accessKeyId}: S3 takes the two keys together; ${setSecret(missing)}`);
-            },
-        },
-        {
-            needs: ["s3AccessKeyId", "security"],
-            check: (c, add) => {
-                if (c.s3AccessKeyId === undefined || c.security.authenticate) return;
-                add(
-                    [S3_SECRET_KEYS.accessKeyId],
-                    "the S3 keys reach the nodes with the cluster secret, outside the Nix store: they need nixspark:security.authenticate (on by default): pulumi config set --path security.authenticate true",
-                );
-            },
-        },
-        {
-            // One place for each S3A setting; and never a key in plain Spark settings.
-            needs: ["spark", "sparkSecrets", "s3", "s3AccessKeyId"],
-            check: (c, add) => {
-                const ours = s3SparkSettings(c);
-                for (const [field, name] of Object.entries(S3_SETTINGS)) {
-                    if (!(name in ours)) continue;
-                    const where = field === "credentialsProvider" ? "nixspark:s3AccessKeyId (which sets it)" : `nixspark:s3.${field}`;
-                    if (name in c.spark.settings) add(["spark", "settings", name], `also set by ${where}; keep it in one place`);
-                    if (name in c.sparkSecrets) add(["sparkSecrets", name], `also set by ${where}; keep it in one place`);
-                }
-                for (const [field, name] of Object.entries(S3_SECRET_SETTINGS) as [keyof typeof S3_SECRET_KEYS, string][]) {
-                    const key = S3_SECRET_KEYS[field];
-                    if (name in c.spark.settings) {
-                        add(
-                            ["spark", "settings", name],
-                            `an S3 key in plain Spark settings goes to the Pulumi stack file and the Nix store in plain text; move it to the secret nixspark:${key} (and rotate the key, it has been stored in plain text): ` +
-                                `pulumi config rm --path 'spark.settings["${name}"]' && ${setSecret(key)}`,
-                        );
-                    }
-                    if (name in c.sparkSecrets && c[key] !== undefined) add(["sparkSecrets", name], `also set by nixspark:${key}; keep it in one place`);
-                }
-            },
-        },
-    ];
-}
 
 export const configSchema = configObject.superRefine((c, ctx) => {
     for (const { check } of crossChecks) check(c, (path, message) => ctx.addIssue({ code: z.ZodIssueCode.custom, path, message }));

@@ -53,7 +53,7 @@ export interface NixStackParams {
 }
 
 /** The settings the flake needs for one stack, from the validated config and its topology. Pure. */
-export function nixStackParams(cfg: ClusterConfig, topo: Topology): NixStackParams {
+export function nixStackParams(cfg: ClusterConfig, topo: Pick<Topology, "stack" | "cidr" | "prefix"> & { master: Pick<Topology["master"], "ip" | "hostname"> }): NixStackParams {
     const key = cfg.ssh.publicKey;
     if (!key) {
         throw new NixParamsError(

@@ -18,6 +18,9 @@ export interface StackNode {
     libvirtName?: string;
     /** The NixOS system store path the stack deployed to this node. */
     system?: string;
+    /** How this node is reached when it differs from the stack's `ssh` output (target hosts: nixspark:hosts[i].sshUser / sshPort). */
+    sshUser?: string;
+    sshPort?: number;
 }
 
 /** What one source said about one node. `undefined` = not asked (not applicable). */
@@ -233,6 +236,8 @@ export function parseStackOutputs(raw: unknown, source: string): StackOutputs {
             ip: x.ip as string,
             ...(typeof x.libvirtName === "string" && x.libvirtName ? { libvirtName: x.libvirtName } : {}),
             ...(typeof x.system === "string" && x.system ? { system: x.system } : {}),
+            ...(typeof x.sshUser === "string" && x.sshUser ? { sshUser: x.sshUser } : {}),
+            ...(typeof x.sshPort === "number" ? { sshPort: x.sshPort } : {}),
         };
     });
     const out: StackOutputs = { masterUrl, webUiUrl, nodes };

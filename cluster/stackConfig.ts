@@ -39,7 +39,9 @@ export function loadStackConfig(
     const isConfigSecret = (pulumi.runtime as unknown as { isConfigSecret?: (k: string) => boolean }).isConfigSecret;
     const { config, problems, invalid } = checkConfig(rawFromPulumiConfig(all), { isSecret: (k) => isConfigSecret?.(`nixspark:${k}`) ?? false });
     const valid = (...sections: string[]) => sections.every((s) => !invalid.has(s));
-    if (valid("workers", "spark", "health")) problems.push(...workerMemoryProblems(config));
+    // Target "hosts" (cluster/targets/): no VM sizes and no libvirt subnet to check.
+    const libvirt = config.target !== "hosts";
+    if (libvirt && valid("workers", "spark", "health")) problems.push(...workerMemoryProblems(config));
     const topologyError = (e: unknown) => {
         if (!(e instanceof TopologyError)) throw e;
         problems.push(e.message);
@@ -55,7 +57,7 @@ export function loadStackConfig(
     // The subnet depends on the stack and nixspark:network alone: checked even
     // when another section (or the topology) has a problem of its own.
     const subnet = topology ?? (valid("network") ? clusterSubnet(stack, config) : undefined);
-    if (subnet) {
+    if (subnet && libvirt) {
         try {
             checkSubnetFree(config, subnet, routes);
         } catch (e) {

@@ -35,6 +35,43 @@
           ];
         };
 
+      # A machine of a "hosts" stack (docs/targets.md): the machine's own
+      # configuration module (a path inside this flake; it says how the
+      # machine boots: its hardware-configuration.nix, boot loader, disks)
+      # plus the deploy user and one role. Never guest.nix or image.nix: a
+      # switch must not change how the machine boots.
+      machineModule = host: ./. + "/${host.module}";
+      hostSystem =
+        params: host:
+        lib.nixosSystem {
+          inherit system;
+          modules = [
+            (machineModule host)
+            ./modules/common.nix
+            (if host.role == "master" then roles.spark-master else roles.spark-worker)
+            (paramsModule (
+              params
+              // {
+                deployUser = host.sshUser;
+                # What this worker offers Spark; null: Spark's own default ("auto").
+                worker = params.worker // {
+                  inherit (host) cores;
+                  sparkMemoryMiB = host.memoryMiB;
+                };
+              }
+            ))
+          ];
+        };
+      # The machine without the role: its own module alone, what it is
+      # switched to when it leaves the stack's list.
+      releasedSystem =
+        host:
+        lib.nixosSystem {
+          inherit system;
+          modules = [ (machineModule host) ];
+        };
+      hostsOf = params: lib.listToAttrs (map (h: lib.nameValuePair h.name h) params.hosts);
+
       imageSystem =
         params:
         lib.nixosSystem {
@@ -94,6 +131,16 @@
               roles = {
                 inherit (self.lib.stackEvaluations.${name}) systems packages source;
               };
+              # Target "hosts": per machine, its role system, its system
+              # without the role, and what the role system runs.
+              hosts = {
+                machines = lib.mapAttrs (hostName: host: {
+                  system = self.nixosConfigurations."${name}-host-${hostName}".config.system.build.toplevel.outPath;
+                  released = self.nixosConfigurations."${name}-host-${hostName}-released".config.system.build.toplevel.outPath;
+                  packages = packageSummary params self.nixosConfigurations."${name}-host-${hostName}";
+                }) (hostsOf params);
+                inherit (self.lib.stackEvaluations.${name}) source;
+              };
             };
           }
         );
@@ -120,6 +167,12 @@
             "${name}-worker" = nodeSystem params roles.spark-worker;
             "${name}-base" = imageSystem params;
           }
+          # Target "hosts": "<stack>-host-<machine>" (machine module + role) and
+          # "<stack>-host-<machine>-released" (the machine module alone).
+          // lib.concatMapAttrs (hostName: host: {
+            "${name}-host-${hostName}" = hostSystem params host;
+            "${name}-host-${hostName}-released" = releasedSystem host;
+          }) (hostsOf params)
         )
         // lib.optionalAttrs (stacks ? example) {
           spark-master = self.nixosConfigurations.example-master;

@@ -24,6 +24,7 @@ import { decommissionWorker } from "./spark/decommission";
 import type { SparkCheck } from "./spark/verify";
 import { prepareContact, recordedHostKeys, targetOf } from "./deployment/contact";
 import { deploy, logger } from "./deployment/deploy";
+import { releaseMachine } from "./deployment/machine";
 import { deploymentDiff, diskRecreated } from "./deployment/diff";
 import { defaultInputs, checkInputs, inputsOf, reachOf, withDefaults } from "./deployment/inputs";
 import { readCurrentSystem } from "./deployment/rebuild";
@@ -112,8 +113,16 @@ export const nixosDeploymentProvider: pulumi.dynamic.ResourceProvider = {
             await prepareContact(inputsOf(props), props.hostKeys, logger(node)).catch((e: Error) => console.error(`[${node}] ${e.message.split("\n")[0]}`));
             const inp = inputsOf(props);
             await decommissionWorker(targetOf(inp), inp.useSudo, spark, logger(node));
+        }
+        // An existing machine (target hosts) is never powered off: it goes back to its own configuration.
+        const release = props.release as { configuration: string; expectedSystem: string } | undefined;
+        if (release) {
+            const inp = inputsOf(props);
+            await prepareContact(inp, props.hostKeys, logger(node));
+            await releaseMachine(inp, release, logger(node));
             return;
         }
+        if (spark && spark.role === "worker") return;
         console.error(`[${node}] nothing to do on the VM for its NixOS deployment: the VM is deleted with its domain`);
     },
 };

@@ -257,6 +257,49 @@ let
     ) (filter (k: sparkSettings ? ${k}) portSettings)
   );
 
+  # Target "hosts" (docs/targets.md): the existing machines the program
+  # listed, each { name, address, role, sshUser, module, cores, memoryMiB }
+  # (cores and memoryMiB null for "auto": Spark's own default). Their Spark
+  # ports open to the block from the lowest to the highest machine address;
+  # there is no libvirt gateway.
+  hosts =
+    let
+      list = json.hosts or [ ];
+      check =
+        h:
+        if
+          !(
+            isAttrs h
+            && isString (h.name or null)
+            && match "[a-z]([a-z0-9-]*[a-z0-9])?" h.name != null
+            && isString (h.address or null)
+            && match ipv4 h.address != null
+            && elem (h.role or null) [
+              "master"
+              "worker"
+            ]
+            && isString (h.sshUser or null)
+            && isString (h.module or null)
+            && match "[^/].*" h.module != null
+            && (h.cores or null == null || isInt h.cores)
+            && (h.memoryMiB or null == null || isInt h.memoryMiB)
+          )
+        then
+          fail "hosts: each machine needs name, address (IPv4), role (master or worker), sshUser, module (a path inside the flake), cores and memoryMiB (numbers or null)"
+        else
+          {
+            inherit (h) name address role sshUser module;
+            cores = h.cores or null;
+            memoryMiB = h.memoryMiB or null;
+          };
+    in
+    if !isList list then fail "hosts: expected a list of machines" else map check list;
+  hostInts = map (h: ipToInt h.address) hosts;
+  hostRange = {
+    from = intToIp (foldl' (a: b: if b < a then b else a) (builtins.head hostInts) hostInts);
+    to = intToIp (foldl' max 0 hostInts);
+  };
+
   packageNames =
     if !(isList pythonPackages && all (p: isString p && match "[A-Za-z0-9_.-]+" p != null) pythonPackages) then
       fail "pythonPackages: expected a list of python3Packages attribute names such as \"numpy\""
@@ -310,6 +353,8 @@ else
         ports.workerWebUi
       ];
       tcpPortRanges = map (r: { inherit (r) from to; }) portRanges;
-      inherit nodeRange gateway;
+      nodeRange = if hosts == [ ] then nodeRange else hostRange;
+      gateway = if hosts == [ ] then gateway else null;
     };
+    inherit hosts;
   }

@@ -79,14 +79,14 @@ in
         default = 8081;
       };
       cores = mkOption {
-        type = types.ints.positive;
+        type = types.nullOr types.ints.positive;
         default = 1;
-        description = "Cores a worker offers to executors (SPARK_WORKER_CORES): the VM's vCPUs.";
+        description = "Cores a worker offers to executors (SPARK_WORKER_CORES): the VM's vCPUs; null for Spark's own default, every core of the machine (target hosts, \"auto\").";
       };
       memoryMiB = mkOption {
-        type = types.ints.positive;
+        type = types.nullOr types.ints.positive;
         default = 1024;
-        description = "Memory a worker offers to executors (SPARK_WORKER_MEMORY): the VM's memory minus OS headroom.";
+        description = "Memory a worker offers to executors (SPARK_WORKER_MEMORY): the VM's memory minus OS headroom; null for Spark's own default, the machine's memory less 1 GiB (target hosts, \"auto\").";
       };
     };
 

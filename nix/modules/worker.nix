@@ -12,8 +12,6 @@ in
     enable = true;
     master = "${cfg.master.address}:${toString cfg.master.port}";
     extraEnvironment = {
-      SPARK_WORKER_CORES = toString cfg.worker.cores;
-      SPARK_WORKER_MEMORY = "${toString cfg.worker.memoryMiB}m";
       SPARK_WORKER_PORT = toString cfg.worker.port;
       SPARK_WORKER_WEBUI_PORT = toString cfg.worker.webUiPort;
       SPARK_DAEMON_MEMORY = "${toString cfg.daemonMemoryMiB}m";
@@ -24,7 +22,12 @@ in
         "-Dspark.worker.cleanup.enabled=true"
         "-Dspark.worker.cleanup.appDataTtl=86400"
       ];
-    };
+    }
+    # What the worker offers Spark; null ("auto" on target hosts) leaves it to
+    # Spark (deploy/worker/WorkerArguments.scala: every core; the memory less
+    # 1 GiB, inferDefaultMemory).
+    // lib.optionalAttrs (cfg.worker.cores != null) { SPARK_WORKER_CORES = toString cfg.worker.cores; }
+    // lib.optionalAttrs (cfg.worker.memoryMiB != null) { SPARK_WORKER_MEMORY = "${toString cfg.worker.memoryMiB}m"; };
   };
 
   # After losing the master, Spark's worker retries registration by itself

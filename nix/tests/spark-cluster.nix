@@ -1,5 +1,8 @@
 # A Spark cluster of one master and two workers built from the same role
-# modules the VMs get, on the NixOS test network instead of libvirt's.
+# modules the VMs get, on the NixOS test network instead of libvirt's. The
+# second worker is built as a machine of a "hosts" stack is (its own
+# configuration with its hardware module, plus the role: machines/worker2/)
+# and passes the same Spark checks.
 # Run with `nix flake check ./nix` or
 # `nix build ./nix#checks.x86_64-linux.spark-cluster -L`.
 {
@@ -36,19 +39,28 @@ let
   # With no host name, system.name would be "unnamed" for every node, and the
   # test driver names its machines after system.name (nixos/lib/testing/
   # driver.nix): each node's is set to its name in the test script.
+  #
+  # A `machine` of a "hosts" stack (docs/targets.md) is built as nix/flake.nix
+  # builds one (hostSystem): its own configuration module, which imports its
+  # hardware module and names the machine, plus common.nix and the role; no
+  # guest.nix and no host name credential. (In the test VM, qemu-vm.nix puts
+  # its own disk and boot loader over the hardware module's with
+  # mkVMOverride, as for any configuration.)
   node =
     role: name:
     { nodes, ... }:
     let
       params = paramsFor nodes;
+      machine = ./machines + "/${name}/configuration.nix";
+      isMachine = builtins.pathExists machine;
     in
     {
-      imports = [
+      imports = lib.optional isMachine machine ++ [
         ../modules/common.nix
         roles.${role}
         (import ../lib/params-module.nix params)
       ];
-      networking.hostName = lib.mkForce "";
+      networking.hostName = lib.mkIf (!isMachine) (lib.mkForce "");
       system.name = name;
       # A user who is no deployer but may submit jobs (nixspark.security.sparkUsers).
       users.users.analyst = {
@@ -73,7 +85,7 @@ let
         # In the format the deployment writes (providers/clusterSecret.ts).
         script = "install -D -m 0400 ${pkgs.writeText "test-secret" "spark.authenticate.secret not-a-real-secret\n"} ${params.security.secretFile or "/var/lib/nixspark/spark-secret"}";
       };
-      virtualisation.qemu.options = [
+      virtualisation.qemu.options = lib.optionals (!isMachine) [
         "-smbios"
         "type=11,value=io.systemd.credential:system.hostname=${name}"
       ];
@@ -97,6 +109,7 @@ pkgs.testers.runNixOSTest {
   nodes = {
     master = node "spark-master" "master";
     worker1 = node "spark-worker" "worker1";
+    # A machine of a "hosts" stack: machines/worker2/configuration.nix.
     worker2 = node "spark-worker" "worker2";
     zoutsider = outsider;
   };
@@ -123,12 +136,17 @@ pkgs.testers.runNixOSTest {
           for worker in (worker1, worker2):
               worker.wait_for_unit("spark-worker.service")
 
-      with subtest("each node has the host name its VM was given, not one from a configuration"):
-          for machine, name in ((master, "master"), (worker1, "worker1"), (worker2, "worker2")):
+      with subtest("each VM node has the host name its VM was given, not one from a configuration"):
+          for machine, name in ((master, "master"), (worker1, "worker1")):
               machine.wait_for_unit("multi-user.target")
               machine.fail("test -e /etc/hostname")
               actual = machine.succeed("hostname").strip()
               assert actual == name, f"{name} is called {actual!r}"
+
+      with subtest("the hosts-style machine keeps the name its own configuration gives it"):
+          worker2.wait_for_unit("multi-user.target")
+          worker2.succeed("grep -qx worker2 /etc/hostname")
+          assert worker2.succeed("hostname").strip() == "worker2"
 
       with subtest("spark-submit on PATH is the Spark package's, not a Python package's"):
           for machine in (master, worker1):

@@ -10,6 +10,7 @@ import { UNKNOWN } from "../unknown";
 import { restartForDefinition } from "../vmPower";
 import { logClosureDiff } from "./closureDiff";
 import { prepareContact, recordedHostKeys, targetOf } from "./contact";
+import { fingerprintFirstContact } from "./machine";
 import { detectFlavour, profileGeneration, readCurrentSystem, rebuildArgv, rebuildEnv, rollBack } from "./rebuild";
 import type { NixosDeploymentInputs, NixosDeploymentOutputs } from "./types";
 
@@ -47,7 +48,9 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
         // restarts now, in this node's turn of the rollout, and the switch
         // below verifies it came back (Spark too, when asked).
         if (contact !== "first" && inp.vm) await restartForDefinition(inp.vm, log);
-        if (contact === "first" && inp.consoleLog) {
+        if (contact === "first" && inp.hostKeyFingerprint) {
+            await fingerprintFirstContact(inp, inp.hostKeyFingerprint, log);
+        } else if (contact === "first" && inp.consoleLog) {
             log(`waiting up to ${inp.sshWaitSeconds} s for the new VM to print its host keys to its console and answer on SSH`);
             await verifiedFirstContact(t, inp.consoleLog, { timeoutSeconds: inp.sshWaitSeconds, log });
         } else if (contact === "first") {

@@ -64,6 +64,10 @@ export interface NixosDeploymentInputs {
      * fingerprint there; otherwise the first key that answers is trusted.
      */
     consoleLog?: string;
+    /** An existing machine's SSH host key fingerprint (SHA256:...; target hosts): a first contact pins the key only when it is this one. */
+    hostKeyFingerprint?: string;
+    /** An existing machine's configuration without the role (target hosts): what a delete switches it to, after a worker's decommission. */
+    release?: { configuration: string; expectedSystem: string };
     /** Versions of what the expected system runs (from the evaluation that gave it): what preview shows moving. */
     packages?: Record<string, unknown>;
     /**
@@ -131,6 +135,10 @@ export interface NixosDeploymentArgs {
     spark?: pulumi.Input<SparkCheck>;
     /** The VM's console log, to verify its host key on first contact. */
     consoleLog?: pulumi.Input<string>;
+    /** The machine's host key fingerprint, to verify its key on first contact (target hosts). */
+    hostKeyFingerprint?: pulumi.Input<string>;
+    /** The machine's configuration without the role, switched to on delete (target hosts). */
+    release?: pulumi.Input<{ configuration: string; expectedSystem: string }>;
     /** Versions of what the expected system runs, for a package-level preview. */
     packages?: pulumi.Input<Record<string, unknown>>;
     /** The VM and its definition: a new one restarts it, in rollout order, before the switch. */

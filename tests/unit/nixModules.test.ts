@@ -304,16 +304,40 @@ describe("the NixOS test (checks.x86_64-linux.spark-cluster) on the stand-in tes
     test("a node left with an empty host name and no system.name is 'unnamed' to the driver, and a script naming it fails", () => {
         const dir = flakeCopy();
         edit(path.join(dir, "tests/spark-cluster.nix"), /\n\s*system\.name = name;/, "");
-        expect(evalFlake<string[]>(dir, `${check}.machineNames`)).toEqual(["unnamed", "unnamed", "unnamed", "zoutsider"]);
-        expect(evalError(dir, `${check}.drvPath`)).toMatch(/the test script uses 'master', 'worker1', 'worker2', but the driver's machines are 'unnamed', 'unnamed', 'unnamed', 'zoutsider'/);
+        // The hosts-style worker2 is named by its own configuration.
+        expect(evalFlake<string[]>(dir, `${check}.machineNames`)).toEqual(["unnamed", "unnamed", "worker2", "zoutsider"]);
+        expect(evalError(dir, `${check}.drvPath`)).toMatch(/the test script uses 'master', 'worker1', but the driver's machines are 'unnamed', 'unnamed', 'worker2', 'zoutsider'/);
     });
 
-    test("each node gets its name as libvirt gives it: no configured name, the system.hostname credential", () => {
-        for (const node of ["master", "worker1", "worker2"]) {
+    test("each VM node gets its name as libvirt gives it: no configured name, the system.hostname credential", () => {
+        for (const node of ["master", "worker1"]) {
             expect(evalFlake(NIX_DIR, `${check}.nodes.${node}.networking.hostName`)).toBe("");
             const qemu = evalFlake<string[]>(NIX_DIR, `${check}.nodes.${node}.virtualisation.qemu.options`);
             expect(qemu.join(" ")).toContain(`-smbios type=11,value=io.systemd.credential:system.hostname=${node}`);
         }
+    });
+
+    test("worker2 is a machine of a hosts stack: its own configuration (with its hardware module) plus common and the role, no VM module, and the same Spark checks", () => {
+        const node = `${check}.nodes.worker2`;
+        // Its own module: the name it gives and the stand-in hardware module's initrd drivers.
+        expect(evalFlake(NIX_DIR, `${node}.networking.hostName`)).toBe("worker2");
+        expect(evalFlake<string[]>(NIX_DIR, `${node}.boot.initrd.availableKernelModules`)).toEqual(expect.arrayContaining(["ahci", "sd_mod"]));
+        expect(evalFlake<string[]>(NIX_DIR, `${node}.virtualisation.qemu.options`).join(" ")).not.toContain("io.systemd.credential:system.hostname");
+        // guest.nix is not in it (its unit prints a VM's host keys to the serial console); common.nix and the role are.
+        expect(evalFlake(NIX_DIR, `${node}.systemd.services`)).not.toHaveProperty("nixspark-host-keys");
+        expect(evalFlake(NIX_DIR, `${node}.services.spark.worker.enable`)).toBe(true);
+        expect(evalFlake(NIX_DIR, `${node}.services.openssh.enable`)).toBe(true);
+        expect(evalFlake(NIX_DIR, `${node}.services.spark.worker.master`)).toBe(evalFlake(NIX_DIR, `${check}.nodes.worker1.services.spark.worker.master`));
+        // Both workers offer what the stack's size says (null, "auto", only comes from a hosts stack's list).
+        for (const w of ["worker1", "worker2"]) {
+            expect(evalFlake(NIX_DIR, `${check}.nodes.${w}.services.spark.worker.extraEnvironment`)).toMatchObject({ SPARK_WORKER_CORES: "2", SPARK_WORKER_MEMORY: "1024m" });
+        }
+        // The same Spark checks: registration of both workers, the job's tasks on both, the node-block firewall.
+        const script = evalString(NIX_DIR, `${check}.script`);
+        expect(script).toContain('assert report["hosts"] == ["worker1", "worker2"]');
+        expect(script).toMatch(/-eq 2", timeout=300\)/);
+        expect(script).toContain('worker2.succeed("grep -qx worker2 /etc/hostname")');
+        expect(evalFlake<string>(NIX_DIR, `${check}.drvPath`)).toMatch(/vm-test-run-nixspark-spark-cluster\.drv$/);
     });
 
     test("the script checks host names, spark-submit, the node-block firewall against an outsider, and the secret's place", () => {

@@ -21,7 +21,7 @@ describe("Pulumi.yaml config block", () => {
         const decl = project.config[key];
         expect(decl.description.length).toBeGreaterThan(20);
         // A key without a default (the S3 keys, secrets that are set or not) is a string.
-        const expectedType = typeof defaults[key] === "object" ? "object" : typeof defaults[key] === "number" ? "integer" : defaults[key] === undefined ? "string" : typeof defaults[key];
+        const expectedType = Array.isArray(defaults[key]) ? "array" : typeof defaults[key] === "object" ? "object" : typeof defaults[key] === "number" ? "integer" : defaults[key] === undefined ? "string" : typeof defaults[key];
         expect(decl.type).toBe(expectedType);
         // The declared default, put through the schema, is the schema's own default.
         expect(parseConfig({ [key]: decl.default })).toEqual(defaults);
