@@ -39,6 +39,12 @@ test("under hosts, libvirt-only keys set to anything but their default are refus
     expect(() => parseConfig({ target: "hosts", hosts: three, workers: { count: 2 }, libvirtUri: "qemu:///system" })).not.toThrow();
 });
 
+test("under hosts, a shared data directory (a virtiofs share of the VMs) is refused: the machines mount their own storage", () => {
+    expect(problemsOf({ target: "hosts", hosts: three, data: { path: "/srv/spark-data" } })).toEqual([
+        expect.stringMatching(/^nixspark:data: set, but nixspark:target is "hosts".*pulumi config rm nixspark:data$/),
+    ]);
+});
+
 test("exactly one master, unique names and addresses, a non-empty list", () => {
     expect(problemsOf({ target: "hosts" })).toEqual([expect.stringMatching(/^nixspark:hosts: empty, but nixspark:target is "hosts"/)]);
     expect(problemsOf({ target: "hosts", hosts: three.map((h) => ({ ...h, role: "worker" })) })).toEqual([expect.stringMatching(/^nixspark:hosts: no machine has role "master"/)]);
