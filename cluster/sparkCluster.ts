@@ -9,6 +9,7 @@ import { StoragePool } from "../providers/pool";
 import { Volume } from "../providers/volume";
 import { BaseVolume } from "../providers/baseVolume";
 import { Domain } from "../providers/domain";
+import { guestResilience } from "../providers/libvirtXml";
 import { NixImage } from "../providers/nixImage";
 import { NixosDeployment } from "../providers/nixosDeployment";
 import { SparkHealth } from "../providers/sparkHealth";
@@ -183,6 +184,8 @@ export class SparkCluster extends pulumi.ComponentResource {
                     initrd: cfg.image.initrd,
                     cmdline: cfg.image.cmdline,
                     hostname: spec.hostname,
+                    // A hung guest is reset by its watchdog, a crashed one restarted (docs/operations.md).
+                    resilience: guestResilience(),
                     shutdownTimeoutSeconds: args.shutdownTimeoutSeconds ?? 60,
                     // A change a restart applies (size, domain type, kernel, initrd,
                     // command line, console log, network, host name) restarts VMs one
@@ -279,6 +282,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                                 consoleLog: `${logDir}/${node.spec.domainName}-console.log`,
                                 network: t.networkName,
                                 hostname: node.spec.hostname,
+                                resilience: guestResilience(),
                             },
                         },
                         secretProperties: secretProps,

@@ -49,6 +49,8 @@ export interface DomainInputs {
     cmdline?: string;
     /** The guest's host name, given to it as a systemd credential (SMBIOS OEM string); an RFC 1123 label. */
     hostname?: string;
+    /** libvirtXml.ts guestResilience(): a watchdog device and a panic device; a restart adds them to a running VM. */
+    resilience?: string;
     /** Seconds a guest gets to shut down (on delete, and before a restart) before it is destroyed. */
     shutdownTimeoutSeconds: number;
     /** The stack's state directory (absolute): holds the lock that lets one VM restart at a time. */
@@ -348,7 +350,7 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
             state,
         };
         // What is defined now, present or not: a removed or changed field is drift the next `up` repairs.
-        for (const k of ["hostname", "kernel", "initrd", "cmdline"] as const) {
+        for (const k of ["hostname", "kernel", "initrd", "cmdline", "resilience"] as const) {
             if (f[k] !== undefined) outs[k] = f[k];
             else if (outs[k]) delete outs[k]; // ("" and absent are the same: none)
         }

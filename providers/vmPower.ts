@@ -78,6 +78,8 @@ export interface BootDefinition {
     /** The libvirt network the VM's interface attaches to. */
     network?: string;
     hostname?: string;
+    /** The watchdog and panic devices (libvirtXml.ts guestResilience): added to a running VM only by a restart. */
+    resilience?: string;
 }
 
 /** Which VM a deployment runs on, and the definition its Domain gives it (SparkCluster passes it). */
@@ -128,6 +130,9 @@ const RESTART_FIELDS: [key: string, label: string][] = [
     ["consoleLog", "console log"],
     ["network", "network"],
     ["hostname", "host name"],
+    // A redefinition saves new devices for the next boot only; libvirt does not
+    // hot-plug an ISA panic device, so the VM picks them up when it restarts.
+    ["resilience", "watchdog/panic devices"],
 ];
 
 /** The keys of a Domain's inputs that a restart applies (redefine, then shutdown and start). */

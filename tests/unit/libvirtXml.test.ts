@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology } from "../../cluster/topology";
-import { domainXml, networkXml, poolXml, readDomain, readNetwork, readPool, readVolume, volumeXml } from "../../providers/libvirtXml";
+import { domainXml, guestResilience, networkXml, poolXml, readDomain, readNetwork, readPool, readVolume, volumeXml } from "../../providers/libvirtXml";
 import { ensureHostTools } from "../helpers/hostTools";
 
 const t = buildTopology("dev", parseConfig({ workers: { count: 3 } }));
@@ -57,6 +57,7 @@ describe("libvirt XML", () => {
                 ["network", "dev-net-2"],
                 ["domainType", "kvm"],
                 ["hostname", "dev-master-2"],
+                ["resilience", guestResilience()],
             ] as const
         ).map(([k, v]) => ["domain", domainXml({ ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0", hostname: "dev-master", uuid: "0f6d3c1e-5a4b-4c2d-9e8f-7a6b5c4d3e2f", [k]: v })]),
     ])("%s XML passes virt-xml-validate", (kind, xml) => {
@@ -81,6 +82,22 @@ describe("libvirt XML", () => {
         // libvirt's own dumpxml style (double quotes, other OEM strings first).
         const dumped = `<domain type="qemu"><name>x</name><sysinfo type="smbios"><oemStrings><entry>other</entry><entry>io.systemd.credential:system.hostname=x-1</entry></oemStrings></sysinfo></domain>`;
         expect(readDomain(dumped).hostname).toBe("x-1");
+    });
+
+    test("resilience: a watchdog that resets a hung guest and a pvpanic (ISA) device, on_crash restart; readers get them back, also from libvirt's live XML", () => {
+        const xml = domainXml({ ...dom, resilience: guestResilience() });
+        expect(xml).toMatch(/<on_crash>restart<\/on_crash>/);
+        expect(xml).toMatch(/<devices>[\s\S]*<watchdog model='i6300esb' action='reset'\/>\s*<panic model='isa'\/>[\s\S]*<\/devices>/);
+        expect(readDomain(xml)).toMatchObject({ resilience: guestResilience(), onCrash: "restart" });
+        // Without it (a domain defined before): neither device, which a diff then sees as a change.
+        expect(domainXml(dom)).not.toMatch(/watchdog|panic/);
+        expect(readDomain(domainXml(dom)).resilience).toBeUndefined();
+        // libvirt's live XML: aliases and the addresses it assigned.
+        const live = `<domain type='qemu' id='5'><name>x</name><on_crash>restart</on_crash><devices><rng model='virtio'/>
+  <watchdog model='i6300esb' action='reset'><alias name='watchdog0'/><address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/></watchdog>
+  <panic model='isa'><address type='isa' iobase='0x505'/></panic></devices></domain>`;
+        expect(readDomain(live)).toMatchObject({ resilience: "watchdog i6300esb/reset, panic isa", onCrash: "restart" });
+        expect(readDomain(`<domain type='qemu'><name>x</name><devices><watchdog model='i6300esb' action='pause'/></devices></domain>`).resilience).toBe("watchdog i6300esb/pause");
     });
 
     test("a host name that is not an RFC 1123 label is refused before libvirt sees it", () => {
