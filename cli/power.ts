@@ -78,6 +78,7 @@ export async function stopVms(ops: PowerOps, vms: Vm[], o: { timeoutMs: number; 
     const failed: string[] = [];
     for (const group of [vms.filter((v) => v.node.role !== "master"), vms.filter((v) => v.node.role === "master")]) {
         const asked: Vm[] = [];
+        const other: Vm[] = [];
         for (const vm of group) {
             const s = await ops.state(vm);
             if (s === undefined) {
@@ -90,21 +91,31 @@ export async function stopVms(ops: PowerOps, vms: Vm[], o: { timeoutMs: number; 
                 asked.push(vm);
             } else {
                 // Paused, crashed, ...: no guest to press the button for.
-                asked.push(vm);
+                other.push(vm);
             }
         }
-        const off = async (vm: Vm) => ["shut off", undefined].includes(await ops.state(vm));
-        const left = await waitAll(ops, asked, off, "shut off", o.timeoutMs);
+        // A guest still booting has no one listening to the power button yet: press it again every 10 s.
+        const pressed = new Map(asked.map((vm) => [vm, ops.now()]));
+        const off = async (vm: Vm) => {
+            const s = await ops.state(vm);
+            if (s === "running" && pressed.has(vm) && ops.now() - pressed.get(vm)! >= 10_000) {
+                await ops.virsh(vm, "shutdown");
+                pressed.set(vm, ops.now());
+            }
+            return s === "shut off" || s === undefined;
+        };
+        const left = [...(await waitAll(ops, asked, off, "shut off", o.timeoutMs)), ...other];
         for (const vm of asked) if (!left.includes(vm)) ops.say(`${vm.node.name}: shut off`);
         for (const vm of left) {
             const s = await ops.state(vm);
+            const how = asked.includes(vm) ? `still "${s}" after ${Math.round(o.timeoutMs / 1000)} s` : `"${s}": no running guest to ask`;
             if (o.force) {
-                ops.say(`${vm.node.name}: still "${s}" after ${Math.round(o.timeoutMs / 1000)} s; --force: destroying it (power cut; the disk stays)`);
+                ops.say(`${vm.node.name}: ${how}; --force: destroying it (power cut; the disk stays)`);
                 await ops.virsh(vm, "destroy");
                 if ((await ops.state(vm)) === "shut off") continue;
             } else {
                 ops.say(
-                    `${vm.node.name}: still "${s}" after ${Math.round(o.timeoutMs / 1000)} s: its guest did not act on the power button. ` +
+                    `${vm.node.name}: ${how}${asked.includes(vm) ? ": its guest did not act on the power button" : ""}. ` +
                         `See \`nixspark logs ${vm.node.name}\` or its console log; then run \`nixspark stop --force\` (powers it off like a pulled plug after the timeout) or \`virsh -c ${o.uri} destroy ${vm.domain}\``,
                 );
             }
@@ -208,9 +219,10 @@ export async function heal(ops: PowerOps, vms: Vm[], o: { timeoutMs: number; uni
     // A started VM gets time to boot before its units are asked about.
     const late = await waitAll(ops, started, (vm) => ops.sshUp(vm), "answer ssh", o.timeoutMs);
     for (const vm of late) r.problems.push(`${vm.node.name}: started, but does not answer ssh after ${Math.round(o.timeoutMs / 1000)} s; its Spark units were not checked`);
-    for (const vm of vms.filter((v) => !late.includes(v))) {
-        if (r.problems.some((p) => p.startsWith(`${vm.node.name}:`))) continue;
-        const failed = await ops.failedUnits(vm, sparkUnits(vm.node.role));
+    const asked = vms.filter((v) => !late.includes(v) && !r.problems.some((p) => p.startsWith(`${v.node.name}:`)));
+    const answers = await Promise.all(asked.map((vm) => ops.failedUnits(vm, sparkUnits(vm.node.role))));
+    for (const [i, vm] of asked.entries()) {
+        const failed = answers[i];
         if (failed === "no-systemd") {
             r.notes.push(`${vm.node.name}: no systemctl on the node (not a NixOS guest): its Spark units were not checked`);
             continue;
@@ -279,7 +291,7 @@ export function realOps(stack: Stack, uri: string, o: { virsh: string; probeTime
             // is-failed prints one state per unit; exit 0 when any failed, 1 when none.
             const r = await onNode(vm, ["systemctl", "is-failed", ...units]);
             if (r.code === 127) return "no-systemd";
-            const states = r.stdout.trim().split("\n");
+            const states = r.stdout.trim() === "" ? [] : r.stdout.trim().split("\n");
             if ((r.code !== 0 && r.code !== 1) || states.length !== units.length) return new Error(`systemctl is-failed exited ${r.code}: ${(r.stderr.trim() || r.stdout.trim()).split("\n").pop()}`);
             return units.filter((_, i) => states[i].trim() === "failed");
         },

@@ -1,6 +1,6 @@
 // Domain: one VM. Whatever libvirt applies by redefining the domain and
 // restarting it (memory, vCPUs, domain type, kernel, initrd, command line,
-// console log, network, host name) is an update: the definition is saved
+// console log, network, host name, watchdog/panic devices) is an update: the definition is saved
 // (same UUID) and the VM restarted (graceful shutdown with a timeout, then
 // start). With deployments the node's NixosDeployment restarts it, in
 // rollout order, right before it switches; without, this provider does, one
