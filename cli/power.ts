@@ -337,6 +337,13 @@ export async function vmGuard(virsh: string, uri: string, vm: Vm, timeoutMs: num
     return { node: vm.node.name, state: st.code === 0 ? st.stdout.trim().split("\n")[0] : why(st), devices: f ? (f.resilience ?? "none") : why(xml), onCrash: f ? (f.onCrash ?? "destroy (libvirt's default)") : "unknown" };
 }
 
+/** vmGuard of every VM of the stack (none when the outputs name no libvirt URI). */
+export async function stackGuards(outputs: StackOutputs, virsh: string, timeoutMs: number): Promise<VmGuard[]> {
+    const uri = outputs.libvirtUri;
+    if (!uri) return [];
+    return Promise.all(outputs.nodes.filter((n) => n.libvirtName).map((node) => vmGuard(virsh, uri, { node, domain: node.libvirtName as string }, timeoutMs)));
+}
+
 export function renderGuards(guards: VmGuard[]): string {
     const lines = ["", "VM resilience (libvirt keeps no history of resets: a watchdog reset or a crash restart shows as a new boot in `nixspark logs NODE`, and in the console log):"];
     for (const g of guards) lines.push(`  ${g.node.padEnd(10)} ${g.state.padEnd(22)} ${g.devices}; on_crash ${g.onCrash}`);

@@ -4,7 +4,11 @@
 // JSON), and whether the master answers. The first poll prints every value;
 // Ctrl-C (SIGINT) or SIGTERM ends the watch with exit 0.
 import type { StackOutputs } from "../cluster/sparkStatus";
+import type { Io } from "./common";
+import { EXIT } from "./common";
+import { realOps } from "./power";
 import type { PowerOps, Vm } from "./power";
+import type { Stack } from "./stack";
 
 /** One poll: "node/what" -> value. */
 export type Snapshot = Map<string, string>;
@@ -71,4 +75,23 @@ export async function watch(next: () => Promise<Snapshot>, o: { intervalMs: numb
         process.removeListener("SIGINT", end);
         process.removeListener("SIGTERM", end);
     }
+}
+
+/** `status --watch`: the stack's libvirt, ssh and Spark master as sources, until interrupted (exit 0). */
+export async function watchStatus(stack: Stack, o: { libvirt: boolean; ssh: boolean; virsh: string; webUi?: string; intervalMs: number; timeoutMs: number }, io: Io): Promise<number> {
+    const { fetchMasterState, matchWorkers } = await import("../providers/spark/master");
+    const uri = stack.outputs.libvirtUri ?? "";
+    const vms = o.libvirt && uri ? stack.outputs.nodes.filter((n) => n.libvirtName).map((node) => ({ node, domain: node.libvirtName as string })) : [];
+    const ops = realOps(stack, uri, { virsh: o.virsh, probeTimeoutMs: o.timeoutMs, say: (l) => io.err(`status: ${l}\n`) });
+    const workers = stack.outputs.nodes.filter((n) => n.role === "worker").map((n) => ({ name: n.name, ip: n.ip }));
+    const master = async () => {
+        try {
+            const state = await fetchMasterState(o.webUi ?? stack.outputs.webUiUrl, o.timeoutMs);
+            return new Map(matchWorkers(workers, state).matches.map((m) => [m.name, m.state]));
+        } catch (e) {
+            return e as Error;
+        }
+    };
+    await watch(() => poll(ops, stack.outputs, vms, { ssh: o.ssh && stack.outputs.ssh !== undefined, master }), { intervalMs: o.intervalMs, out: io.out });
+    return EXIT.OK;
 }

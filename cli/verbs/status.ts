@@ -4,7 +4,7 @@
 import type { Command } from "commander";
 import type { VerbContext } from "../main";
 import { EXIT, GlobalOptions, positiveInt } from "../common";
-import { loadStack, Stack } from "../stack";
+import { loadStack } from "../stack";
 
 export function register(program: Command, ctx: VerbContext): Command {
     return program
@@ -24,7 +24,7 @@ export function register(program: Command, ctx: VerbContext): Command {
             ctx.act("status", async () => {
                 const timeoutMs = positiveInt("--timeout", o.timeout) * 1000;
                 const stack = await loadStack(cmd.optsWithGlobals<GlobalOptions>());
-                if (o.watch) return watchStatus(stack, { ...o, intervalMs: positiveInt("--interval", o.interval) * 1000, timeoutMs }, ctx);
+                if (o.watch) return (await import("../watch")).watchStatus(stack, { ...o, intervalMs: positiveInt("--interval", o.interval) * 1000, timeoutMs }, ctx.io);
                 const { collectStatus } = await import("../../scripts/status");
                 const { renderStatus } = await import("../../cluster/sparkStatus");
                 const report = await collectStatus(stack.outputs, {
@@ -35,33 +35,11 @@ export function register(program: Command, ctx: VerbContext): Command {
                     virsh: o.virsh,
                     timeoutMs,
                 });
-                // Per VM: watchdog, panic device and on_crash, and libvirt's state with its reason.
-                const { vmGuard, renderGuards } = await import("../power");
-                const uri = stack.outputs.libvirtUri;
-                const guards = o.libvirt && uri ? await Promise.all(stack.outputs.nodes.filter((n) => n.libvirtName).map((node) => vmGuard(o.virsh, uri, { node, domain: node.libvirtName! }, timeoutMs))) : [];
+                // Per VM: watchdog, panic device and on_crash, and libvirt's state with its reason (cli/power.ts).
+                const { stackGuards, renderGuards } = await import("../power");
+                const guards = o.libvirt ? await stackGuards(stack.outputs, o.virsh, timeoutMs) : [];
                 ctx.io.out(o.json ? JSON.stringify({ ...report, vms: guards }, null, 2) + "\n" : renderStatus(report) + (guards.length > 0 ? renderGuards(guards) : "") + "\n");
                 return report.degraded ? EXIT.FAILED : EXIT.OK;
             }),
         );
-}
-
-/** --watch: cli/watch.ts, with the stack's libvirt, ssh and Spark master as sources. */
-async function watchStatus(stack: Stack, o: { libvirt: boolean; ssh: boolean; virsh: string; webUi?: string; intervalMs: number; timeoutMs: number }, ctx: VerbContext): Promise<number> {
-    const { realOps } = await import("../power");
-    const { poll, watch } = await import("../watch");
-    const { fetchMasterState, matchWorkers } = await import("../../providers/spark/master");
-    const uri = stack.outputs.libvirtUri ?? "";
-    const vms = o.libvirt && uri ? stack.outputs.nodes.filter((n) => n.libvirtName).map((node) => ({ node, domain: node.libvirtName as string })) : [];
-    const ops = realOps(stack, uri, { virsh: o.virsh, probeTimeoutMs: o.timeoutMs, say: (l) => ctx.io.err(`status: ${l}\n`) });
-    const workers = stack.outputs.nodes.filter((n) => n.role === "worker").map((n) => ({ name: n.name, ip: n.ip }));
-    const master = async () => {
-        try {
-            const state = await fetchMasterState(o.webUi ?? stack.outputs.webUiUrl, o.timeoutMs);
-            return new Map(matchWorkers(workers, state).matches.map((m) => [m.name, m.state]));
-        } catch (e) {
-            return e as Error;
-        }
-    };
-    await watch(() => poll(ops, stack.outputs, vms, { ssh: o.ssh && stack.outputs.ssh !== undefined, master }), { intervalMs: o.intervalMs, out: ctx.io.out });
-    return EXIT.OK;
 }
