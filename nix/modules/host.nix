@@ -67,7 +67,7 @@ in
       interval = mkOption {
         type = types.str;
         default = "5min";
-        description = "How often heal runs (a systemd time span such as "5min" or "30s": the timer's OnBootSec and OnUnitActiveSec).";
+        description = "How often heal runs (a systemd time span such as 5min or 30s: the timer's OnBootSec and OnUnitActiveSec).";
       };
       user = mkOption {
         type = types.str;
