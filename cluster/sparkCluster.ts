@@ -9,6 +9,7 @@ import { StoragePool } from "../providers/pool";
 import { Volume } from "../providers/volume";
 import { BaseVolume } from "../providers/baseVolume";
 import { Domain } from "../providers/domain";
+import { guestResilience } from "../providers/libvirtXml";
 import { NixImage } from "../providers/nixImage";
 import { NixosDeployment } from "../providers/nixosDeployment";
 import { SparkHealth } from "../providers/sparkHealth";
@@ -196,6 +197,8 @@ export class SparkCluster extends pulumi.ComponentResource {
                     cmdline: cfg.image.cmdline,
                     hostname: spec.hostname,
                     ...dataShare(cfg),
+                    // A hung guest is reset by its watchdog, a crashed one restarted (docs/operations.md).
+                    resilience: guestResilience(),
                     shutdownTimeoutSeconds: args.shutdownTimeoutSeconds ?? 60,
                     // A change a restart applies (size, domain type, kernel, initrd,
                     // command line, console log, network, host name) restarts VMs one
@@ -293,6 +296,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                                 network: t.networkName,
                                 hostname: node.spec.hostname,
                                 ...dataShare(cfg),
+                                resilience: guestResilience(),
                             },
                         },
                         secretProperties: secretProps,

@@ -1,6 +1,6 @@
 // Domain: one VM. Whatever libvirt applies by redefining the domain and
 // restarting it (memory, vCPUs, domain type, kernel, initrd, command line,
-// console log, network, host name, the shared data directory) is an update: the definition is saved
+// console log, network, host name, the shared data directory, watchdog/panic devices) is an update: the definition is saved
 // (same UUID) and the VM restarted (graceful shutdown with a timeout, then
 // start). With deployments the node's NixosDeployment restarts it, in
 // rollout order, right before it switches; without, this provider does, one
@@ -53,6 +53,8 @@ export interface DomainInputs {
     dataDir?: string;
     dataTag?: string;
     virtiofsd?: string;
+    /** libvirtXml.ts guestResilience(): a watchdog device and a panic device; a restart adds them to a running VM. */
+    resilience?: string;
     /** Seconds a guest gets to shut down (on delete, and before a restart) before it is destroyed. */
     shutdownTimeoutSeconds: number;
     /** The stack's state directory (absolute): holds the lock that lets one VM restart at a time. */
@@ -385,7 +387,7 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
             state,
         };
         // What is defined now, present or not: a removed or changed field is drift the next `up` repairs.
-        for (const k of ["hostname", "kernel", "initrd", "cmdline", "dataDir", "dataTag", "virtiofsd"] as const) {
+        for (const k of ["hostname", "kernel", "initrd", "cmdline", "dataDir", "dataTag", "virtiofsd", "resilience"] as const) {
             if (f[k] !== undefined) outs[k] = f[k];
             else if (outs[k]) delete outs[k]; // ("" and absent are the same: none)
         }

@@ -50,6 +50,13 @@ export interface DomainSpec extends SharedDir {
     hostname?: string;
     /** Set when redefining an existing domain: libvirt refuses a new UUID for a known name. */
     uuid?: string;
+    /** Set (to guestResilience()): a watchdog resetting a hung guest, a pvpanic device reporting a crash (on_crash restarts it). */
+    resilience?: string;
+}
+
+/** What `resilience` asks for, as readDomain reports it back (pvpanic "isa" is QEMU's `-device pvpanic`, x86's default model). */
+export function guestResilience(): string {
+    return "watchdog i6300esb/reset, panic isa";
 }
 
 /** The SMBIOS OEM string that carries the host name as a systemd credential. */
@@ -183,6 +190,7 @@ export function domainXml(d: DomainSpec): string {
         `    <rng model='virtio'>`,
         `      <backend model='random'>/dev/urandom</backend>`,
         `    </rng>`,
+        ...(d.resilience ? [`    <watchdog model='i6300esb' action='reset'/>`, `    <panic model='isa'/>`] : []),
         `  </devices>`,
         `</domain>`,
         ``,
@@ -311,6 +319,10 @@ export interface DomainFacts extends SharedDir {
     cmdline?: string;
     /** The file the first serial port logs to (<serial><log file=...>), when defined. */
     consoleLog?: string;
+    /** Its watchdog and panic devices ("watchdog i6300esb/reset, panic isa"), when it has either. */
+    resilience?: string;
+    /** <on_crash>: what libvirt does when the guest reports a crash. */
+    onCrash?: string;
 }
 
 export function readDomain(xml: string): DomainFacts {
@@ -341,6 +353,10 @@ export function readDomain(xml: string): DomainFacts {
     // The serial port's log; libvirt also shows it on the <console> that mirrors serial 0.
     const log = attr(child(children(devices, "serial")[0], "log"), "file") ?? attr(child(children(devices, "console")[0], "log"), "file");
     if (log !== undefined) out.consoleLog = log;
+    const [wd, panic, onCrash] = [child(devices, "watchdog"), child(devices, "panic"), textOf(child(d, "on_crash"))];
+    const guard = [...(wd ? [`watchdog ${attr(wd, "model")}/${attr(wd, "action") ?? "reset"}`] : []), ...(panic ? [`panic ${attr(panic, "model") ?? "isa"}`] : [])];
+    if (guard.length > 0) out.resilience = guard.join(", ");
+    if (onCrash) out.onCrash = onCrash;
     return { ...out, ...readSharedDir(children(devices, "filesystem")) };
 }
 

@@ -82,6 +82,8 @@ export interface BootDefinition {
     dataDir?: string;
     dataTag?: string;
     virtiofsd?: string;
+    /** The watchdog and panic devices (libvirtXml.ts guestResilience): added to a running VM only by a restart. */
+    resilience?: string;
 }
 
 /** Which VM a deployment runs on, and the definition its Domain gives it (SparkCluster passes it). */
@@ -135,6 +137,9 @@ const RESTART_FIELDS: [key: string, label: string][] = [
     ["dataDir", "shared directory"],
     ["dataTag", "shared directory tag"],
     ["virtiofsd", "virtiofsd"],
+    // A redefinition saves new devices for the next boot only; libvirt does not
+    // hot-plug an ISA panic device, so the VM picks them up when it restarts.
+    ["resilience", "watchdog/panic devices"],
 ];
 
 /** The keys of a Domain's inputs that a restart applies (redefine, then shutdown and start). */

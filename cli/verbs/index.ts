@@ -10,9 +10,12 @@ import * as copy from "./copy";
 import * as logs from "./logs";
 import * as ui from "./ui";
 import * as submit from "./submit";
+import * as stop from "./stop";
+import * as start from "./start";
+import * as heal from "./heal";
 
 export interface Verb {
     register(program: Command, ctx: VerbContext): Command;
 }
 
-export const VERBS: Verb[] = [status, smoke, submit, ssh, exec, copy, logs, ui];
+export const VERBS: Verb[] = [status, smoke, submit, ssh, exec, copy, logs, ui, stop, start, heal];

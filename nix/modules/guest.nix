@@ -80,6 +80,15 @@ in
   networking.hostName = "";
   networking.useDHCP = true;
 
+  # Every domain has an i6300esb watchdog with action "reset" and a pvpanic
+  # device with on_crash "restart" (providers/libvirtXml.ts). systemd, PID 1,
+  # pets the watchdog (RuntimeWatchdogSec in system.conf): a guest whose PID 1
+  # hangs for a minute is reset by the device. The driver is loaded early, by
+  # name; pvpanic's driver loads by its ACPI id, and a panic then reaches
+  # libvirt, which restarts the VM.
+  boot.kernelModules = [ "i6300esb" ];
+  systemd.watchdog.runtimeTime = "60s";
+
   # The SSH host key fingerprints on the serial console at every boot: the
   # deployment reads them from the console log libvirt writes on the host
   # (no machine on the network can write there) and pins the key that

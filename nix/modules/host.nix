@@ -11,7 +11,10 @@
 #     test need (kvm, nixos-test);
 #   - the listed users in the libvirtd group, and the tools the program runs;
 #   - the VMs' host key lines from libvirt's root-only console logs, copied
-#     where an unprivileged deployer can read them.
+#     where an unprivileged deployer can read them;
+#   - optionally (nixspark.host.heal), a timer running `nixspark heal` for a
+#     stack: it starts the stack's VMs that are not running and restarts
+#     failed Spark units (docs/operations.md).
 {
   config,
   lib,
@@ -42,6 +45,36 @@ let
 in
 {
   options.nixspark.host = {
+    heal = {
+      enable = lib.mkEnableOption "a timer that runs `nixspark heal` for one stack";
+      projectDir = mkOption {
+        type = types.str;
+        example = "/srv/spark";
+        description = "The nixspark project directory (Pulumi.yaml, cli/nixspark.js, node_modules) of the stack.";
+      };
+      stack = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "prod";
+        description = "The Pulumi stack; null: the project's selected stack.";
+      };
+      passphraseFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/keys/pulumi-passphrase";
+        description = "A file holding the stack's Pulumi passphrase (PULUMI_CONFIG_PASSPHRASE_FILE); read at run time, never copied to the Nix store.";
+      };
+      interval = mkOption {
+        type = types.str;
+        default = "5min";
+        description = "How often heal runs (a systemd time span such as 5min or 30s: the timer's OnBootSec and OnUnitActiveSec).";
+      };
+      user = mkOption {
+        type = types.str;
+        default = "root";
+        description = "Who runs heal: a user who may use libvirt (nixspark.host.users) and read the project's .nixspark/ (the stack's deploy key).";
+      };
+    };
     users = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -107,6 +140,42 @@ in
       pkgs.pulumi-bin
       pkgs.qemu-utils
     ];
+
+    # `nixspark heal` on a timer (cli/verbs/heal.ts): non-interactive, one run
+    # at a time (its lock), and it leaves a stack stopped with `nixspark stop`
+    # alone. A oneshot: a run that finds something it cannot start fails the
+    # unit (visible in `systemctl --failed`) and the timer tries again later.
+    systemd.services.nixspark-heal = lib.mkIf cfg.heal.enable {
+      description = "nixspark heal: start the stack's VMs and Spark units that should run";
+      after = [ "libvirtd.service" ];
+      wants = [ "libvirtd.service" ];
+      path = [
+        pkgs.nodejs_20
+        pkgs.pulumi-bin
+        pkgs.libvirt
+        pkgs.openssh
+      ];
+      environment = lib.mkIf (cfg.heal.passphraseFile != null) { PULUMI_CONFIG_PASSPHRASE_FILE = cfg.heal.passphraseFile; };
+      serviceConfig = {
+        Type = "oneshot";
+        User = cfg.heal.user;
+        WorkingDirectory = cfg.heal.projectDir;
+      };
+      script = ''
+        exec node ${lib.escapeShellArg "${cfg.heal.projectDir}/cli/nixspark.js"} --cwd ${lib.escapeShellArg cfg.heal.projectDir} ${
+          lib.optionalString (cfg.heal.stack != null) "--stack ${lib.escapeShellArg cfg.heal.stack}"
+        } heal
+      '';
+    };
+    systemd.timers.nixspark-heal = lib.mkIf cfg.heal.enable {
+      description = "Run nixspark heal every ${cfg.heal.interval}";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnBootSec = cfg.heal.interval;
+        OnUnitActiveSec = cfg.heal.interval;
+        Unit = "nixspark-heal.service";
+      };
+    };
 
     # Deployments check a new VM's SSH host key against the fingerprints it
     # prints on its serial console. libvirt's console logs are root's (0600);

@@ -14,7 +14,10 @@
 //   it (its deployment replaced, delete first) -> the network undefined
 //   behind the stack's back: refresh + up re-create it and plug the running
 //   VMs back, no restart -> a stopped worker's disk deleted: refresh + up
-//   re-create it and switch the node again -> an invalid config in a fresh stack fails with the schema's own
+//   re-create it and switch the node again -> the `nixspark` CLI on the
+//   stack: a VM killed from outside is started again by heal, which says so;
+//   stop leaves every VM shut off and preview unchanged, start brings them
+//   back; exec and copy reach every node -> an invalid config in a fresh stack fails with the schema's own
 //   messages and leaves the stack empty -> destroy leaves no libvirt object
 //   and no GC root.
 //
@@ -34,7 +37,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { run } from "../../providers/run";
 import { Bench, startBench, tailFile, waitFor } from "../helpers/libvirtBench";
-import { installPulumi, opKinds, OperationResult, PulumiCli, Step, stepList } from "../helpers/pulumiCli";
+import { installPulumi, opKinds, OperationResult, PulumiCli, REPO, Step, stepList } from "../helpers/pulumiCli";
 import { storyLog, tearDownStory } from "../helpers/e2eStory";
 import { createE2eProject, E2eProject, randomCidr, randomStackName, tinyStackConfig } from "../fixtures/e2e-project";
 
@@ -479,6 +482,75 @@ describe(`pulumi CLI on the libvirt bench (stack ${stack})`, () => {
         await expectNodesRun(3, systems);
         const again = await timed("preview (disk repaired)", () => cli.preview());
         expect(stepList(changed(again))).toEqual([]);
+    });
+
+    // Issue 17, must-show 3: the real `nixspark` CLI (node cli/nixspark.js),
+    // run inside the bench's namespace like pulumi, against this stack. Last
+    // among the steps on this stack's nodes: the tiny guests keep their
+    // switched /run/current-system in RAM, so after their reboot here a
+    // refresh would see every node to switch again (a NixOS guest keeps it).
+    // The verbs that must show something read the outputs through Pulumi; the
+    // checks around them use --outputs (the same outputs, one Pulumi call fewer).
+    const nixspark = (args: string[], timeoutMs = 10 * 60_000) =>
+        run(["ip", "netns", "exec", bench.netns, "node", path.join(REPO, "cli", "nixspark.js"), "--cwd", project.dir, "--stack", stack, ...args], { env: cli.env, timeoutMs, allowFailure: true });
+    const outputsFile = () => path.join(project.root, "outputs.json");
+    const lines = (t: string) => t.split("\n").filter(Boolean);
+    const domStates = async () => Promise.all(nodeNames(3).map(async (n) => (await bench.virsh(["domstate", names.domain(n)])).stdout.trim()));
+
+    test("5e. a VM killed from outside (virsh destroy) shows in status with its watchdog and on_crash; heal starts it again and says so", async () => {
+        fs.writeFileSync(outputsFile(), JSON.stringify(await cli.outputs()));
+        const victim = "worker-2";
+        await bench.virsh(["destroy", names.domain(victim)]);
+        const s = await nixspark(["--outputs", outputsFile(), "status", "--json", "--no-ssh", "--timeout", "2"]);
+        const vms = JSON.parse(s.stdout).vms as { node: string; state: string; devices: string; onCrash: string }[];
+        expect(vms.find((v) => v.node === victim)).toEqual({ node: victim, state: "shut off (destroyed)", devices: "watchdog i6300esb/reset, panic isa", onCrash: "restart" });
+        expect(vms.find((v) => v.node === "master")).toEqual({ node: "master", state: "running (booted)", devices: "watchdog i6300esb/reset, panic isa", onCrash: "restart" });
+        // --no-units: these guests have no systemd (heal would say so, after waiting for the boot).
+        const h = await timed("nixspark heal (1 VM)", () => nixspark(["heal", "--no-units"]));
+        expect(h.stdout).toBe(`heal: ${victim}: VM was "shut off", started it\n`);
+        expect(h.code).toBe(0);
+        const again = await nixspark(["--outputs", outputsFile(), "heal", "--no-units"]);
+        expect(again.stdout).toBe("heal: nothing to do: all 4 VM(s) run\n");
+        expect(await domStates()).toEqual(nodeNames(3).map(() => "running"));
+    });
+
+    test("5f. nixspark stop leaves every VM shut off and pulumi preview unchanged (heal leaves a stopped stack alone); start brings them back", async () => {
+        const uuids = await Promise.all(nodeNames(3).map(async (n) => (await bench.virsh(["domuuid", names.domain(n)])).stdout.trim()));
+        // (worker-2 may still be booting from 5e: stop presses its power button again until it listens.)
+        const stop = await timed("nixspark stop (4 VMs)", () => nixspark(["stop", "--timeout", "180"]));
+        expect(stop.stderr).toMatch(/stop: worker-1: shutting down[\s\S]*stop: master: shutting down/);
+        expect(stop.stderr).toContain("stop: all 4 VM(s) are shut off");
+        expect(stop.code).toBe(0);
+        expect(await domStates()).toEqual(nodeNames(3).map(() => "shut off"));
+        const p = await timed("preview (VMs stopped)", () => cli.preview());
+        expect(stepList(changed(p))).toEqual([]);
+        const h = await nixspark(["--outputs", outputsFile(), "heal"]);
+        expect(h.stdout).toMatch(/^heal: the stack was stopped with `nixspark stop` .*: nothing to do until `nixspark start`\n$/);
+        expect(h.code).toBe(0);
+        expect(await domStates()).toEqual(nodeNames(3).map(() => "shut off"));
+        // The tiny guests run no Spark: start waits for each to answer ssh, not for Spark.
+        const start = await timed("nixspark start (4 VMs)", () => nixspark(["start", "--no-spark", "--timeout", "300"]));
+        expect(start.stderr).toMatch(/start: master: starting[\s\S]*start: master: answers ssh[\s\S]*start: worker-1: starting/);
+        expect(start.stderr).toContain("start: all 4 VM(s) are running and answer ssh");
+        expect(start.code).toBe(0);
+        expect(await domStates()).toEqual(nodeNames(3).map(() => "running"));
+        // The same VMs, at their addresses.
+        expect(await Promise.all(nodeNames(3).map(async (n) => (await bench.virsh(["domuuid", names.domain(n)])).stdout.trim()))).toEqual(uuids);
+        for (const n of nodeNames(3)) await expectReservedAddress(n);
+    });
+
+    test("5g. nixspark exec --workers -- uname -n prints each worker's name once, prefixed; copy then exec cat round-trips a file", async () => {
+        const e = await timed("nixspark exec --workers", () => nixspark(["exec", "--workers", "--", "uname", "-n"]));
+        expect(lines(e.stdout).sort()).toEqual(nodeNames(3).slice(1).map((n) => `[${n}] ${names.domain(n)}`));
+        expect(e.code).toBe(0);
+        const src = path.join(project.root, "round-trip.csv");
+        fs.writeFileSync(src, "id,word\n1,spark\n");
+        const c = await timed("nixspark copy (4 nodes)", () => nixspark(["copy", src, "all:/tmp/round-trip.csv"]));
+        expect(c.stderr).toContain("copy: ok on 4 node(s)");
+        expect(c.code).toBe(0);
+        const r = await nixspark(["--outputs", outputsFile(), "exec", "--", "cat", "/tmp/round-trip.csv"]);
+        for (const n of nodeNames(3)) expect(lines(r.stdout).filter((l) => l.startsWith(`[${n}] `))).toEqual([`[${n}] id,word`, `[${n}] 1,spark`]);
+        expect(r.code).toBe(0);
     });
 
     test("6. invalid config in a fresh stack: preview and up fail with the schema's messages and the stack stays empty", async () => {

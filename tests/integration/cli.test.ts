@@ -21,6 +21,9 @@ import { HELP_WIDTH } from "../../cli/main";
 import { helpText } from "../../cli/updateUsageDoc";
 import { journalArgv, shellQuote } from "../../cli/remote";
 import { submitArgv } from "../../cli/verbs/submit";
+import { spawn } from "node:child_process";
+import { realOps } from "../../cli/power";
+import { loadOutputsFile } from "../../cli/stack";
 
 jest.setTimeout(10 * 60_000);
 
@@ -306,6 +309,86 @@ describe("nixspark on three nodes through the stack's outputs", () => {
     });
 });
 
+describe("status --watch and heal's questions to the nodes", () => {
+    test("status --watch prints every value once, then only each change with a timestamp; SIGINT ends it with exit 0", async () => {
+        const child = spawn("node", [NIXSPARK, "--cwd", project, "--stack", STACK, "status", "--watch", "--no-libvirt", "--interval", "1", "--timeout", "5"], { env: cli.env as NodeJS.ProcessEnv, stdio: ["ignore", "pipe", "pipe"] });
+        let out = "";
+        let err = "";
+        child.stdout.on("data", (d) => (out += d));
+        child.stderr.on("data", (d) => (err += d));
+        const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+        const until = async (re: RegExp) => {
+            const deadline = Date.now() + 90_000;
+            while (!re.test(out)) {
+                if (Date.now() > deadline) throw new Error(`no ${re} in status --watch output:\n${out}\n${err}`);
+                await new Promise((r) => setTimeout(r, 200));
+            }
+        };
+        try {
+            await until(/worker-2 spark: ALIVE\n/);
+            const stamp = "\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\dZ";
+            expect(lines(out)).toEqual(
+                ["master ssh: answers", "master spark: master answers", "worker-1 ssh: answers", "worker-1 spark: ALIVE", "worker-2 ssh: answers", "worker-2 spark: ALIVE"].map((l) => expect.stringMatching(new RegExp(`^${stamp} ${l}$`))),
+            );
+            deadWorkers.add("worker-2");
+            await until(/worker-2 spark: ALIVE -> DEAD\n/);
+            // Nothing else changed, and nothing was printed twice.
+            expect(lines(out)).toHaveLength(7);
+        } finally {
+            deadWorkers.clear();
+            child.kill("SIGINT");
+        }
+        expect(await exited).toBe(0);
+    });
+
+    test("heal asks each node's systemd which Spark units failed (is-failed), and restarts one with reset-failed and restart", async () => {
+        // systemctl on the nodes: a stand-in that records its argv and keeps failed units as files.
+        const state = path.join(nodes!.dir, "units");
+        fs.mkdirSync(state, { recursive: true });
+        fs.writeFileSync(
+            path.join(nodes!.binDir, "systemctl"),
+            [
+                "#!/usr/bin/env python3",
+                "import os, sys",
+                `state, node = ${JSON.stringify(state)}, os.uname().nodename`,
+                'with open(os.path.join(state, "calls"), "a") as f: f.write(node + " " + " ".join(sys.argv[1:]) + "\\n")',
+                "verb, units = sys.argv[1], sys.argv[2:]",
+                "failed = lambda u: os.path.exists(os.path.join(state, node + '-' + u))",
+                'if verb == "is-failed":',
+                '    for u in units: print("failed" if failed(u) else "active")',
+                "    sys.exit(0 if any(failed(u) for u in units) else 1)",
+                'if verb == "restart":',
+                "    os.remove(os.path.join(state, node + '-' + units[0]))",
+                "",
+            ].join("\n"),
+            { mode: 0o755 },
+        );
+        fs.writeFileSync(path.join(state, "worker-2-spark-worker.service"), "");
+        const outputsFile = path.join(root!, "outputs.json");
+        // The outputs the stack's program exports (index.js), as `pulumi stack output --json` prints them.
+        fs.writeFileSync(outputsFile, JSON.stringify(require(path.join(project, "index.js"))));
+        const stack = loadOutputsFile(outputsFile, project);
+        const ops = realOps(stack, "qemu:///unused", { virsh: "virsh", probeTimeoutMs: 20_000, say: () => undefined });
+        const vm = (name: string) => ({ node: stack.outputs.nodes.find((n) => n.name === name)!, domain: name });
+        expect(await ops.failedUnits(vm("master"), ["spark-master.service", "spark-history.service"])).toEqual([]);
+        expect(await ops.failedUnits(vm("worker-2"), ["spark-worker.service"])).toEqual(["spark-worker.service"]);
+        await ops.restartUnit(vm("worker-2"), "spark-worker.service");
+        expect(await ops.failedUnits(vm("worker-2"), ["spark-worker.service"])).toEqual([]);
+        expect(lines(fs.readFileSync(path.join(state, "calls"), "utf8"))).toEqual([
+            "master is-failed spark-master.service spark-history.service",
+            "worker-2 is-failed spark-worker.service",
+            "worker-2 reset-failed spark-worker.service",
+            "worker-2 restart spark-worker.service",
+            "worker-2 is-failed spark-worker.service",
+        ]);
+        fs.rmSync(path.join(nodes!.binDir, "systemctl"));
+        // A systemctl that cannot talk to systemd (this machine's, without systemd as PID 1) is no answer, not "nothing failed".
+        const noBus = await ops.failedUnits(vm("worker-1"), ["spark-worker.service"]);
+        expect(noBus).toBeInstanceOf(Error);
+        expect((noBus as Error).message).toMatch(/^systemctl is-failed exited 1: /);
+    });
+});
+
 describe("usage errors exit 2 and name the flag", () => {
     test.each([
         [["exec", "--nodez", "master", "--", "true"], /unknown option '--nodez'/],
@@ -358,11 +441,14 @@ describe("help", () => {
         ["exec", ["--nodes <names>", "--workers", "--timeout <seconds>"]],
         ["copy", ["-r, --recursive", "--timeout <seconds>"]],
         ["logs", ["-u, --unit <unit>", "-n, --lines <n>", "-f, --follow"]],
-        ["status", ["--json", "--no-libvirt", "--no-ssh", "--web-ui <url>"]],
+        ["status", ["--json", "--no-libvirt", "--no-ssh", "--web-ui <url>", "--watch", "--interval <seconds>"]],
         ["smoke", ["--min-workers <n>", "--local-submit", "--timeout <seconds>"]],
         ["ssh", ["-t, --tty"]],
         ["submit", ["--conf <key=value>", "--py-files <files>", "--name <name>"]],
         ["ui", ["--json"]],
+        ["stop", ["--timeout <seconds>", "--force", "--virsh <path>"]],
+        ["start", ["--timeout <seconds>", "--no-spark", "--virsh <path>"]],
+        ["heal", ["--timeout <seconds>", "--no-units", "--virsh <path>"]],
     ])("nixspark %s --help lists its options and the exit codes", (verb, options) => {
         const help = helpText(verb);
         for (const o of options) expect(help).toContain(o);

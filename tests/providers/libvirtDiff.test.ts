@@ -11,7 +11,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { domainProvider } from "../../providers/domain";
-import { dhcpHostXml, dnsHostXml, domainXml, networkXml, readDomain } from "../../providers/libvirtXml";
+import { dhcpHostXml, dnsHostXml, domainXml, guestResilience, networkXml, readDomain } from "../../providers/libvirtXml";
 import { deploymentDiff, sameVmIdentity } from "../../providers/deployment/diff";
 import { definitionChanges, restartForDefinition } from "../../providers/vmPower";
 import { ensureHostTools } from "../helpers/hostTools";
@@ -41,6 +41,8 @@ const restartChanges: [string, unknown, RegExp][] = [
     ["consoleLog", "/l2/dev-master.log", /^console log \/l\/dev-master\.log -> \/l2\/dev-master\.log: the VM restarts/],
     ["network", "dev-net2", /^network dev-net -> dev-net2: the VM restarts/],
     ["hostname", "dev-master", /^host name \(none\) -> dev-master: the VM restarts/],
+    // A domain defined before the watchdog and panic devices: libvirt adds them to the saved definition only, so a restart, in rollout order.
+    ["resilience", guestResilience(), /^watchdog\/panic devices \(none\) -> watchdog i6300esb\/reset, panic isa: the VM restarts/],
 ];
 /** The same with direct kernel boot: initrd and command line. */
 const kdom = { ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0" };
@@ -430,7 +432,7 @@ describe("the deployment's vm input: a new definition restarts the VM in its rol
         identityFile: "/k", knownHostsFile: "/kh", expectedSystem: "/nix/store/a-nixos-system", useSudo: true, rebuildCommand: "nixos-rebuild",
         flavour: "auto", sshWaitSeconds: 300, switchTimeoutSeconds: 3600,
     };
-    const definition = { domainType: "qemu", kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0", consoleLog: "/l/dev-worker-1-console.log", network: "dev-net", hostname: "dev-worker-1" };
+    const definition = { domainType: "qemu", kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0", consoleLog: "/l/dev-worker-1-console.log", network: "dev-net", hostname: "dev-worker-1", resilience: guestResilience() };
     const vm = { uri: "qemu:///system", domain: "dev-worker-1", diskPath: "/pool/dev-worker-1.qcow2", mac: "02:00:00:00:00:02", vcpus: 1, memoryMiB: 1024, shutdownTimeoutSeconds: 60, definition };
     const outs = { ...dep, machineId: "uuid-1", vm, currentSystem: dep.expectedSystem, flavourUsed: "legacy" };
 

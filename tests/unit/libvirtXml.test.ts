@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology } from "../../cluster/topology";
-import { domainXml, networkXml, poolXml, readDomain, readNetwork, readPool, readVolume, volumeXml } from "../../providers/libvirtXml";
+import { domainXml, guestResilience, networkXml, poolXml, readDomain, readNetwork, readPool, readVolume, volumeXml } from "../../providers/libvirtXml";
 import { ensureHostTools } from "../helpers/hostTools";
 
 const t = buildTopology("dev", parseConfig({ workers: { count: 3 } }));
@@ -61,6 +61,7 @@ describe("libvirt XML", () => {
                 ["domainType", "kvm"],
                 ["hostname", "dev-master-2"],
                 ["dataDir", "/srv/spark-data"],
+                ["resilience", guestResilience()],
             ] as const
         ).map(([k, v]) => ["domain", domainXml({ ...dom, kernel: "/boot/vmlinuz", initrd: "/boot/initrd.img", cmdline: "console=ttyS0", hostname: "dev-master", uuid: "0f6d3c1e-5a4b-4c2d-9e8f-7a6b5c4d3e2f", dataTag: "nixspark-data", [k]: v })]),
     ])("%s XML passes virt-xml-validate", (kind, xml) => {
@@ -103,6 +104,22 @@ describe("libvirt XML", () => {
         // libvirt's live XML of a running VM: an alias and a PCI address on the device, the binary's defaults.
         const live = `<domain type='qemu' id='5'><name>x</name><devices><filesystem type='mount' accessmode='passthrough'><driver type='virtiofs' queue='1024'/><binary path='/usr/lib/qemu/virtiofsd'/><source dir='/srv/d'/><target dir='tag'/><alias name='fs0'/><address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/></filesystem></devices></domain>`;
         expect(readDomain(live)).toMatchObject({ dataDir: "/srv/d", dataTag: "tag", virtiofsd: "/usr/lib/qemu/virtiofsd" });
+    });
+
+    test("resilience: a watchdog that resets a hung guest and a pvpanic (ISA) device, on_crash restart; readers get them back, also from libvirt's live XML", () => {
+        const xml = domainXml({ ...dom, resilience: guestResilience() });
+        expect(xml).toMatch(/<on_crash>restart<\/on_crash>/);
+        expect(xml).toMatch(/<devices>[\s\S]*<watchdog model='i6300esb' action='reset'\/>\s*<panic model='isa'\/>[\s\S]*<\/devices>/);
+        expect(readDomain(xml)).toMatchObject({ resilience: guestResilience(), onCrash: "restart" });
+        // Without it (a domain defined before): neither device, which a diff then sees as a change.
+        expect(domainXml(dom)).not.toMatch(/watchdog|panic/);
+        expect(readDomain(domainXml(dom)).resilience).toBeUndefined();
+        // libvirt's live XML: aliases and the addresses it assigned.
+        const live = `<domain type='qemu' id='5'><name>x</name><on_crash>restart</on_crash><devices><rng model='virtio'/>
+  <watchdog model='i6300esb' action='reset'><alias name='watchdog0'/><address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/></watchdog>
+  <panic model='isa'><address type='isa' iobase='0x505'/></panic></devices></domain>`;
+        expect(readDomain(live)).toMatchObject({ resilience: "watchdog i6300esb/reset, panic isa", onCrash: "restart" });
+        expect(readDomain(`<domain type='qemu'><name>x</name><devices><watchdog model='i6300esb' action='pause'/></devices></domain>`).resilience).toBe("watchdog i6300esb/pause");
     });
 
     test("a host name that is not an RFC 1123 label is refused before libvirt sees it", () => {

@@ -7,7 +7,8 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { FIXTURES, nix, NIX_DIR, nixEnv } from "../fixtures/nix-env";
+import { spawnSync } from "node:child_process";
+import { FIXTURES, nix, NIX_DIR, nixEnv, REPO } from "../fixtures/nix-env";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology } from "../../cluster/topology";
 import { nixStackParams, renderNixStackParams } from "../../cluster/nixParams";
@@ -124,6 +125,17 @@ describe("the committed modules evaluate on the stand-in nixos-24.11", () => {
             expect(unit.script).toContain('echo "nixspark-host-keys:$fps" > /dev/ttyS0');
             expect(unit.script).toContain("ssh-keygen -l -E sha256");
         }
+    });
+
+    test("every node has systemd pet the domain's watchdog (RuntimeWatchdogSec) with its driver loaded; the stand-in takes only 24.11's types", () => {
+        for (const system of ["example-base", "example-master", "example-worker"]) {
+            const c = evalFlake(NIX_DIR, `nixosConfigurations.${system}.config`, );
+            expect(c.systemd.watchdog).toEqual({ device: null, runtimeTime: "60s", rebootTime: null, kexecTime: null });
+            expect(c.boot.kernelModules).toContain("i6300esb");
+        }
+        const dir = flakeCopy();
+        edit(path.join(dir, "modules/guest.nix"), 'systemd.watchdog.runtimeTime = "60s";', "systemd.watchdog.runtimeTime = 60;");
+        expect(evalError(dir, "nixosConfigurations.example-worker.config.systemd.watchdog.runtimeTime")).toMatch(/is not of type `null or string'/);
     });
 
     test("the nodes have no host name of their own (libvirt gives each its name)", () => {
@@ -416,6 +428,33 @@ describe("nixosModules.host: the machine that runs the VMs", () => {
         })();
         expect(err).toContain("Exactly one of users.users.bob.isSystemUser and users.users.bob.isNormalUser must be set.");
         expect(err).toContain("nixspark.host.users names bob, who is not a user of this machine: define users.users.bob (isNormalUser = true)");
+    });
+
+    test("heal on a timer: off by default; on, a oneshot service running `nixspark heal` for the stack and a timer at the interval", () => {
+        expect(evalExpr(`let c = ${host("")}; in { s = c.systemd.services ? nixspark-heal; t = c.systemd.timers ? nixspark-heal; }`)).toEqual({ s: false, t: false });
+        const on = `nixspark.host.heal = { enable = true; projectDir = "${REPO}"; stack = "nxs-timer"; passphraseFile = "/run/keys/pp"; interval = "2min"; user = "alice"; };`;
+        const c = evalExpr(`let c = ${host(on)}; in { unit = { inherit (c.systemd.services.nixspark-heal) script environment serviceConfig after; }; timer = c.systemd.timers.nixspark-heal; system = c.system.build.toplevel.drvPath; }`);
+        expect(c.timer.wantedBy).toEqual(["timers.target"]);
+        expect(c.timer.timerConfig).toEqual({ OnBootSec: "2min", OnUnitActiveSec: "2min", Unit: "nixspark-heal.service" });
+        expect(c.unit.serviceConfig).toMatchObject({ Type: "oneshot", User: "alice", WorkingDirectory: REPO });
+        // The passphrase stays in its file: only the file's name is in the unit (and the store).
+        expect(c.unit.environment.PULUMI_CONFIG_PASSPHRASE_FILE).toBe("/run/keys/pp");
+        expect(c.unit.after).toContain("libvirtd.service");
+        expect(c.system).toMatch(/\.drv$/);
+        // The script the evaluation generates, run as the unit would (bash -e), with the real CLI:
+        // it reaches `heal` for the stack, which asks Pulumi (a local backend with no such stack) and exits 2 naming it.
+        const backend = fs.mkdtempSync(path.join(os.tmpdir(), "nixspark-heal-unit-"));
+        tmpDirs.push(backend);
+        const r = spawnSync("bash", ["-e", "-c", c.unit.script], {
+            cwd: REPO,
+            encoding: "utf8",
+            timeout: 120_000,
+            env: { PATH: `${path.dirname(process.execPath)}:/usr/bin:/bin`, HOME: backend, PULUMI_BACKEND_URL: `file://${backend}`, PULUMI_CONFIG_PASSPHRASE: "" },
+        });
+        expect(r.stderr).toMatch(/nixspark heal: reading the outputs of stack nxs-timer failed/);
+        expect(r.status).toBe(2);
+        // 24.11's types: an interval is a string (a systemd time span), not a number.
+        expect(() => evalExpr(`${host(`nixspark.host.heal = { enable = true; projectDir = "/p"; interval = 300; };`)}.systemd.timers.nixspark-heal.timerConfig`)).toThrow(/is not of type `string'/);
     });
 
     test("is a flake output", () => {

@@ -189,6 +189,7 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
             const dom = domains.find((x) => x.name === d.inputs.vm.domain)!;
             // The deployment restarts its VM into the same definition its Domain saves.
             const def = dom.inputs;
+            expect(def.resilience).toBe("watchdog i6300esb/reset, panic isa"); // the watchdog and panic devices, in every domain
             expect(d.inputs.vm).toEqual({
                 uri: def.uri,
                 domain: def.name,
@@ -199,7 +200,7 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
                 vcpus: def.vcpus,
                 memoryMiB: def.memoryMiB,
                 shutdownTimeoutSeconds: def.shutdownTimeoutSeconds,
-                definition: { domainType: def.domainType, consoleLog: def.consoleLog, network: "dev-net", hostname: def.hostname },
+                definition: { domainType: def.domainType, consoleLog: def.consoleLog, network: "dev-net", hostname: def.hostname, resilience: "watchdog i6300esb/reset, panic isa" },
             });
         }
         expect(new Set(deployments.map((d) => d.inputs.vm.domain)).size).toBe(3);
