@@ -20,6 +20,11 @@ export interface Vm {
 
 /** The stack's libvirt URI and its VMs, master first; a UsageError when the outputs do not name them. */
 export function stackVms(outputs: StackOutputs): { uri: string; vms: Vm[] } {
+    if (!outputs.libvirtUri && outputs.nodes.length > 0 && outputs.nodes.every((n) => !n.libvirtName)) {
+        throw new UsageError(
+            "the stack's nodes are existing machines (nixspark:target hosts), not VMs: stop, start and heal act on VMs through libvirt, and nixspark never powers a machine off (docs/targets.md); use `nixspark exec` or `nixspark logs` on them",
+        );
+    }
     if (!outputs.libvirtUri) throw new UsageError('the stack has no "libvirtUri" output: run `pulumi up` with this version of nixspark (stop, start and heal act on its VMs through libvirt)');
     const missing = outputs.nodes.filter((n) => !n.libvirtName).map((n) => n.name);
     if (missing.length > 0) throw new UsageError(`the stack's "nodes" output names no libvirt domain for ${missing.join(", ")}: run \`pulumi up\` with this version of nixspark`);

@@ -98,6 +98,9 @@ describe("stop", () => {
     test("stop, start and heal need the stack's libvirt outputs: a usage error naming libvirtUri or libvirtName", () => {
         const nodes = vms.map((v) => v.node);
         expect(() => stackVms({ nodes, masterUrl: "", webUiUrl: "" })).toThrow(/the stack has no "libvirtUri" output/);
+        // A hosts stack (existing machines): said so, never powered off.
+        const machines = nodes.map(({ name, role, ip }) => ({ name, role, ip }));
+        expect(() => stackVms({ nodes: machines, masterUrl: "", webUiUrl: "" })).toThrow(/existing machines \(nixspark:target hosts\), not VMs: .*never powers a machine off/);
         expect(() => stackVms({ nodes: [...nodes, { name: "worker-3", role: "worker", ip: "10.0.0.13" }], libvirtUri: "u", masterUrl: "", webUiUrl: "" })).toThrow(/names no libvirt domain for worker-3/);
         expect(stackVms({ nodes: [nodes[1], nodes[0], nodes[2]], libvirtUri: "u", masterUrl: "", webUiUrl: "" }).vms.map((v) => v.domain)).toEqual(["dev-master", "dev-worker-1", "dev-worker-2"]);
     });
