@@ -24,7 +24,9 @@ export interface VerbContext {
 export function buildProgram(io: Io = processIo, onCode: (code: number) => void = () => undefined): Command {
     const program = new Command("nixspark");
     program
-        .description("Use a nixspark stack: Spark clusters as NixOS VMs on libvirt, deployed with Pulumi.\nEvery verb reads the stack's outputs through the Pulumi CLI.")
+        .description(
+            "Use a nixspark stack: an Apache Spark standalone cluster of NixOS machines (VMs on\nlibvirt, or existing hosts), deployed with Pulumi. Every verb reads the stack's\noutputs through the Pulumi CLI (or --outputs).",
+        )
         .option("--stack <name>", "the Pulumi stack (default: the selected stack)")
         .option("--cwd <dir>", "the project directory, where Pulumi.yaml is (default: the working directory)")
         .addOption(

@@ -1,6 +1,7 @@
-// Rewrites the --help blocks of docs/usage.md from the program itself, so
-// that the document says what --help says (tests/integration/cli.test.ts
-// compares them). The prose around the blocks is the document's own.
+// Rewrites the --help blocks of docs/usage.md, and the README's list of
+// verbs, from the program itself, so that both say what --help says
+// (tests/integration/cli.test.ts and tests/unit/cliHelp.test.ts compare
+// them). The prose around them is the documents' own.
 //
 //     npx ts-node --transpile-only cli/updateUsageDoc.ts
 import * as fs from "node:fs";
@@ -28,8 +29,30 @@ export function updateUsageDoc(doc: string): string {
         .join("");
 }
 
+const VERBS_BEGIN = "<!-- verbs: cli/updateUsageDoc.ts writes this list from each verb's --help -->";
+const VERBS_END = "<!-- /verbs -->";
+
+/** The README's list of verbs: `npx nixspark VERB` and the verb's summary, as `nixspark --help` lists them. */
+export function verbList(): string {
+    const program = buildProgram({ out: () => undefined, err: () => undefined });
+    const verbs = program.commands.map((c) => [`npx nixspark ${c.name()}`, c.summary() || c.description()] as const);
+    const width = Math.max(...verbs.map(([v]) => v.length)) + 2;
+    return verbs.map(([v, s]) => `    ${v.padEnd(width)}# ${s}`).join("\n");
+}
+
+/** The README with the lines between the verbs markers replaced by verbList(). */
+export function updateReadme(readme: string): string {
+    const begin = readme.indexOf(VERBS_BEGIN);
+    const end = readme.indexOf(VERBS_END, begin);
+    if (begin < 0 || end < 0) throw new Error(`README.md has no ${VERBS_BEGIN} ... ${VERBS_END} block`);
+    return `${readme.slice(0, begin + VERBS_BEGIN.length)}\n\n${verbList()}\n\n${readme.slice(end)}`;
+}
+
 if (require.main === module) {
-    const file = path.resolve(__dirname, "..", "docs", "usage.md");
-    fs.writeFileSync(file, updateUsageDoc(fs.readFileSync(file, "utf8")));
-    process.stdout.write(`updated ${file}\n`);
+    const root = path.resolve(__dirname, "..");
+    const usage = path.join(root, "docs", "usage.md");
+    fs.writeFileSync(usage, updateUsageDoc(fs.readFileSync(usage, "utf8")));
+    const readme = path.join(root, "README.md");
+    fs.writeFileSync(readme, updateReadme(fs.readFileSync(readme, "utf8")));
+    process.stdout.write(`updated ${usage} and ${readme}\n`);
 }
