@@ -19,6 +19,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { ChildProcess, spawn } from "node:child_process";
 import { run } from "../../providers/run";
+import { stopChild } from "./processes";
 import { ensureTools } from "./sshTarget";
 
 const SSHD = "/usr/sbin/sshd";
@@ -150,19 +151,7 @@ export class LoopbackNodes {
     async cleanup(): Promise<void> {
         if (this.cleaned) return;
         for (const node of this.nodes) {
-            const child = node.sshd;
-            if (child?.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-                process.kill(child.pid, "SIGTERM");
-                const killer = setTimeout(() => {
-                    try {
-                        process.kill(child.pid as number, "SIGKILL");
-                    } catch {
-                        /* gone */
-                    }
-                }, 5_000);
-                await node.exited;
-                clearTimeout(killer);
-            }
+            await stopChild(node.sshd, node.exited);
         }
         fs.rmSync(this.dir, { recursive: true, force: true });
         this.cleaned = true;

@@ -15,6 +15,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { ChildProcess, execFileSync, spawn } from "node:child_process";
 import { run } from "../../providers/run";
+import { stopChild } from "./processes";
 import { ensureTools } from "./sshTarget";
 
 const SSHD = "/usr/sbin/sshd";
@@ -161,19 +162,7 @@ export class SshNodes {
     async cleanup(): Promise<void> {
         if (this.cleaned) return;
         for (const node of this.nodes) {
-            const child = node.sshd;
-            if (child?.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-                process.kill(child.pid, "SIGTERM");
-                const killer = setTimeout(() => {
-                    try {
-                        process.kill(child.pid as number, "SIGKILL");
-                    } catch {
-                        /* gone */
-                    }
-                }, 5_000);
-                await node.exited;
-                clearTimeout(killer);
-            }
+            await stopChild(node.sshd, node.exited);
             await run(["ip", "netns", "del", node.ns], { allowFailure: true });
             await run(["ip", "link", "del", node.vethHost], { allowFailure: true });
         }

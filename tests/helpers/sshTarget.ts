@@ -19,6 +19,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { ChildProcess, execFileSync, spawn } from "node:child_process";
+import { stopChild } from "./processes";
 import { run } from "../../providers/run";
 import { NixosDeploymentInputs, NixosDeploymentOutputs, nixosDeploymentProvider } from "../../providers/nixosDeployment";
 
@@ -215,18 +216,7 @@ export class SshTargetEnv {
         const child = this.sshd;
         if (!child || child.pid === undefined) return;
         this.sshd = undefined;
-        if (child.exitCode === null && child.signalCode === null) {
-            process.kill(child.pid, "SIGTERM");
-            const killer = setTimeout(() => {
-                try {
-                    process.kill(child.pid as number, "SIGKILL");
-                } catch {
-                    /* gone */
-                }
-            }, 5_000);
-            await this.sshdExit;
-            clearTimeout(killer);
-        }
+        await stopChild(child, this.sshdExit);
     }
 
     /** The node gets a new host key, as a re-created VM at the same address would. */
