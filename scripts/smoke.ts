@@ -27,7 +27,7 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { run } from "../providers/run";
-import { privileged, sshArgv } from "../providers/ssh";
+import { sshArgv } from "../providers/ssh";
 import { fetchMasterState } from "../providers/spark/master";
 import { SMOKE_EXPECTED_SUM, SMOKE_PARTITIONS, StackOutputs, verifySmokeOutput } from "../cluster/sparkStatus";
 import { loadStackOutputs, parseArgs, UsageError } from "./status";
@@ -41,6 +41,41 @@ const JOB = path.resolve(__dirname, "jobs/sum_of_squares.py");
  * Python package's), with the daemons' SPARK_CONF_DIR from the environment.
  */
 export const NODE_SPARK_SUBMIT = "/run/current-system/sw/bin/spark-submit";
+
+/**
+ * What spark-submit takes from a node's shell environment
+ * (nix/modules/spark.nix environment.variables: the configuration directory
+ * with the secret, and the Python with the stack's packages). A command run
+ * over ssh has them (NixOS's bash reads /etc/bashrc, hence
+ * /etc/set-environment, for ssh commands), but `sudo -u spark` resets the
+ * environment and they are not among what sudo keeps: run as spark, Spark
+ * would read its package's own configuration, without the secret, and
+ * PySpark would run the bare Python.
+ */
+export const SUBMIT_ENV = ["SPARK_CONF_DIR", "PYSPARK_PYTHON"] as const;
+
+/** SUBMIT_ENV's values in `env`'s output (the node's ssh session), for carrying them across sudo. */
+export function submitEnvOf(envOutput: string): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const line of envOutput.split("\n")) {
+        const i = line.indexOf("=");
+        const k = line.slice(0, i);
+        if (i > 0 && (SUBMIT_ENV as readonly string[]).includes(k) && line.length > i + 1) out[k] = line.slice(i + 1);
+    }
+    return out;
+}
+
+/**
+ * The words before spark-submit's own: as `spark` through `sudo -n` with the
+ * session's SUBMIT_ENV carried by `env` (the deploy user's sudo rule allows
+ * every command, env included), and `env` unsetting `unset` and setting
+ * `set` for spark-submit; nothing when there is nothing to do.
+ */
+export function submitPrefix(asSpark: boolean, sessionEnv: Record<string, string>, o: { unset?: string[]; set?: Record<string, string> } = {}): string[] {
+    const carried = asSpark ? SUBMIT_ENV.filter((k) => sessionEnv[k] !== undefined).map((k) => `${k}=${sessionEnv[k]}`) : [];
+    const words = [...(o.unset ?? []).flatMap((k) => ["-u", k]), ...carried, ...Object.entries(o.set ?? {}).map(([k, v]) => `${k}=${v}`)];
+    return [...(asSpark ? ["sudo", "-n", "-u", "spark"] : []), ...(words.length > 0 ? ["env", ...words] : [])];
+}
 
 /**
  * spark-submit settings that make the spread over workers deterministic:
@@ -142,7 +177,9 @@ export async function main(argv: string[]): Promise<number> {
                 // The deploy user is in that group on today's roles, but submits as
                 // `spark` (its sudo needs no password), which works on roles from
                 // before the group too.
-                const submit = privileged([NODE_SPARK_SUBMIT, ...conf, remoteJob], { useSudo: outputs.security?.authenticate === true && outputs.ssh.user !== "root", user: "spark" });
+                const asSpark = outputs.security?.authenticate === true && outputs.ssh.user !== "root";
+                const sessionEnv = asSpark ? submitEnvOf((await run(sshArgv(target, "strict", ["env"]), { timeoutMs: 60_000 })).stdout) : {};
+                const submit = [...submitPrefix(asSpark, sessionEnv), NODE_SPARK_SUBMIT, ...conf, remoteJob];
                 const r = await run(sshArgv(target, "strict", submit), { timeoutMs, onLine: echo, allowFailure: true });
                 stdout = r.stdout;
                 if (r.code === 127) say("spark-submit is not on the master's PATH: the master role must install Spark (environment.systemPackages)");

@@ -48,7 +48,7 @@ import { run } from "../../providers/run";
 import { remoteArgv, scpArgv, targetOf } from "../remote";
 import { loadStack, requireSsh } from "../stack";
 import { describeFailure } from "../parallel";
-import { NODE_SPARK_SUBMIT } from "../../scripts/smoke";
+import { NODE_SPARK_SUBMIT, submitEnvOf, submitPrefix } from "../../scripts/smoke";
 import { driverIdOf, followDriver, NODE_SPARK_WORK_DIR, nodeOfWorker } from "../drivers";
 import { historyAppUrl } from "../applications";
 import type { StackNode } from "../../cluster/sparkStatus";
@@ -65,6 +65,8 @@ export function parseConf(kv: string): [string, string] {
 /** The spark-submit argv on the master (before quoting for its shell). */
 export function submitArgv(o: {
     asSpark: boolean;
+    /** The master's ssh session's SUBMIT_ENV (scripts/smoke.ts), carried across sudo when asSpark. */
+    sessionEnv?: Record<string, string>;
     masterUrl: string;
     name: string;
     deployMode?: DeployMode;
@@ -77,9 +79,8 @@ export function submitArgv(o: {
 }): string[] {
     const cluster = o.deployMode === "cluster";
     return [
-        ...(o.asSpark ? ["sudo", "-n", "-u", "spark"] : []),
         // Cluster mode: no spark-env.sh, no SPARK_LOCAL_IP for the driver to inherit (see the top of this file).
-        ...(cluster ? ["env", "-u", "SPARK_LOCAL_IP", "SPARK_ENV_LOADED=1"] : []),
+        ...submitPrefix(o.asSpark, o.sessionEnv ?? {}, cluster ? { unset: ["SPARK_LOCAL_IP"], set: { SPARK_ENV_LOADED: "1" } } : {}),
         NODE_SPARK_SUBMIT,
         "--master",
         o.masterUrl,
@@ -237,18 +238,14 @@ export function register(program: Command, ctx: VerbContext): Command {
                             await remote(node, ["chmod", "-R", "a+rX", dir], "making the job readable");
                         }),
                     );
-                    let submitConf = conf;
-                    if (deployMode === "cluster") {
-                        let secretConfDir: string | undefined;
-                        if (stack.outputs.security?.authenticate) {
-                            // The nodes' configuration directory, as the master's login environment has it (nix/modules/spark.nix).
-                            const e = await run(remoteArgv(targetOf(ssh, master), ["printenv", "SPARK_CONF_DIR"]), { timeoutMs: 60_000, allowFailure: true });
-                            secretConfDir = (e.code === 0 && e.stdout.trim()) || NODE_SPARK_CONF_DIR;
-                        }
-                        submitConf = clusterDriverConf(conf, secretConfDir);
-                    }
+                    // The master's ssh session's Spark environment (nix/modules/spark.nix): carried across sudo,
+                    // and its configuration directory names the cluster-mode driver's secret file.
+                    const authenticate = Boolean(stack.outputs.security?.authenticate);
+                    const sessionEnv = asSpark || (deployMode === "cluster" && authenticate) ? submitEnvOf(await remote(master, ["env"], "reading the Spark environment")) : {};
+                    const submitConf = deployMode === "cluster" ? clusterDriverConf(conf, authenticate ? (sessionEnv.SPARK_CONF_DIR ?? NODE_SPARK_CONF_DIR) : undefined) : conf;
                     const argv = submitArgv({
                         asSpark,
+                        sessionEnv,
                         masterUrl: stack.outputs.masterUrl,
                         name: o.name ?? path.basename(job, kind === "py" ? ".py" : ".jar"),
                         deployMode,

@@ -21,6 +21,7 @@ import { HELP_WIDTH } from "../../cli/main";
 import { helpText } from "../../cli/updateUsageDoc";
 import { journalArgv, shellQuote } from "../../cli/remote";
 import { submitArgv } from "../../cli/verbs/submit";
+import { submitEnvOf } from "../../scripts/smoke";
 import { spawn } from "node:child_process";
 import { realOps } from "../../cli/power";
 import { loadOutputsFile } from "../../cli/stack";
@@ -482,9 +483,21 @@ describe("help", () => {
         expect(HELP_WIDTH).toBe(80);
     });
 
-    test("spark-submit runs as spark through sudo -n when the cluster authenticates and the user is not root", () => {
-        const argv = submitArgv({ asSpark: true, masterUrl: "spark://m:7077", name: "j", conf: [], pyFiles: [], job: "/tmp/d/j.py", args: [] });
-        expect(argv).toEqual(["sudo", "-n", "-u", "spark", "/run/current-system/sw/bin/spark-submit", "--master", "spark://m:7077", "--deploy-mode", "client", "--name", "j", "/tmp/d/j.py"]);
+    test("spark-submit runs as spark through sudo -n when the cluster authenticates and the user is not root, carrying the session's Spark environment across sudo's reset", () => {
+        // What `env` prints in the deploy user's ssh session on a node (nix/modules/spark.nix environment.variables).
+        const session = submitEnvOf("PATH=/run/current-system/sw/bin\nSPARK_CONF_DIR=/run/nixspark/spark-conf\nPYSPARK_PYTHON=/nix/store/abc-python3-env/bin/python3\nLANG=C.UTF-8\nEMPTY=\n");
+        expect(session).toEqual({ SPARK_CONF_DIR: "/run/nixspark/spark-conf", PYSPARK_PYTHON: "/nix/store/abc-python3-env/bin/python3" });
+        const argv = submitArgv({ asSpark: true, sessionEnv: session, masterUrl: "spark://m:7077", name: "j", conf: [], pyFiles: [], job: "/tmp/d/j.py", args: [] });
+        expect(argv).toEqual([
+            "sudo", "-n", "-u", "spark",
+            "env", "SPARK_CONF_DIR=/run/nixspark/spark-conf", "PYSPARK_PYTHON=/nix/store/abc-python3-env/bin/python3",
+            "/run/current-system/sw/bin/spark-submit", "--master", "spark://m:7077", "--deploy-mode", "client", "--name", "j", "/tmp/d/j.py",
+        ]);
+        // Cluster mode: env also unsets SPARK_LOCAL_IP and skips spark-env.sh, its options first.
+        const cluster = submitArgv({ asSpark: true, sessionEnv: session, deployMode: "cluster", masterUrl: "spark://m:7077", name: "j", conf: [], pyFiles: [], job: "/tmp/d/j.jar", args: [] });
+        expect(cluster.slice(0, 11)).toEqual(["sudo", "-n", "-u", "spark", "env", "-u", "SPARK_LOCAL_IP", "SPARK_CONF_DIR=/run/nixspark/spark-conf", "PYSPARK_PYTHON=/nix/store/abc-python3-env/bin/python3", "SPARK_ENV_LOADED=1", "/run/current-system/sw/bin/spark-submit"]);
+        // As the ssh user itself (root, or no authentication): the session's environment is its own.
+        expect(submitArgv({ asSpark: false, sessionEnv: session, masterUrl: "spark://m:7077", name: "j", conf: [], pyFiles: [], job: "/tmp/d/j.py", args: [] })[0]).toBe("/run/current-system/sw/bin/spark-submit");
     });
 
     test("journalctl goes through sudo -n for a deploy user that is not root", () => {
