@@ -166,7 +166,7 @@ export function unknownKeyProblem(raw: Record<string, unknown>, path: (string | 
  */
 export function plainSecretProblems(raw: Record<string, unknown>, isSecret: (topKey: string) => boolean): string[] {
     return ["s3AccessKeyId", "s3SecretAccessKey"]
-        .filter((k) => raw[k] !== undefined && !isSecret(k))
+        .filter((k) => raw[k] !== undefined && raw[k] !== "" && !isSecret(k))
         .map(
             (k) =>
                 `${keyOf([k])}: set in plain text, so Pulumi keeps it unencrypted in the stack file; set it as a secret (and rotate the key if the file was shared): ` +

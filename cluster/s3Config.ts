@@ -22,8 +22,12 @@ export const s3Schema = z
     .strict()
     .default({});
 
-/** One of the two keys: a Pulumi secret, set or not. */
-export const s3KeySchema = (what: string) => oneLine(str(what)).optional();
+/**
+ * One of the two keys: a Pulumi secret, set or not. "" is not set: it is the
+ * key's default in Pulumi.yaml, which must declare one (Pulumi refuses a
+ * stack that sets no value for a declared key without a default).
+ */
+export const s3KeySchema = (what: string) => z.preprocess((v) => (v === "" ? undefined : v), oneLine(str(what)).optional());
 
 /** The Hadoop S3A properties nixspark:s3 sets, as Spark settings (spark.hadoop.* reach Hadoop's configuration). */
 export const S3_SETTINGS = {

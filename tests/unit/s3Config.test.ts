@@ -20,6 +20,11 @@ test("by default nothing of S3 is set: Hadoop's own defaults, no keys", () => {
     expect(c.s3).toEqual({});
     expect(s3SparkSettings(c)).toEqual({});
     expect(s3SecretSettings(c)).toEqual({});
+    // Pulumi.yaml's default for the keys, "" (Pulumi needs one), is no key, and no plain-text secret either.
+    const empty = { s3AccessKeyId: "", s3SecretAccessKey: "" };
+    expect(problems(empty, () => false)).toEqual([]);
+    expect(s3SecretSettings(parseConfig(empty))).toEqual({});
+    expect(s3SparkSettings(parseConfig(empty))).toEqual({});
 });
 
 test("endpoint, path style and region go to Nix's Spark settings; the keys do not", () => {
