@@ -35,8 +35,16 @@ if cmd[:1] == ["readlink"]:
         sys.exit(0)
     sys.stderr.write("ssh: connect to host %s port 22: Connection refused\\n" % host)
     sys.exit(255)
+if cmd == ["env"]:
+    # The deploy user's ssh session on a node (nix/modules/spark.nix environment.variables).
+    print("PATH=/run/current-system/sw/bin\\nSPARK_CONF_DIR=/run/nixspark/spark-conf\\nPYSPARK_PYTHON=/nix/store/x-python3-env/bin/python3")
+    sys.exit(0)
 if cmd[:4] == ["sudo", "-n", "-u", "spark"]:
     cmd = cmd[4:]
+if cmd[:1] == ["env"]:
+    cmd = cmd[1:]
+    while cmd and "=" in cmd[0]:
+        cmd = cmd[1:]
 if cmd[:1] == ["/run/current-system/sw/bin/spark-submit"]:
     sys.stdout.write(os.environ["FAKE_JOB_OUTPUT"])
     sys.exit(0)
@@ -212,7 +220,13 @@ describe("npm run smoke over ssh (the default on a real cluster)", () => {
         const env = { FAKE_JOB_OUTPUT: jobOutput(["127.0.0.11:8081", "127.0.0.12:8081"]) };
         const auth = await script("smoke.ts", ["--outputs", writeOutputs({ ...outputs(), security: { authenticate: true } })], env);
         expect(auth.code).toBe(0);
-        expect(auth.ssh[1].cmd.slice(0, 5)).toEqual(["sudo", "-n", "-u", "spark", "/run/current-system/sw/bin/spark-submit"]);
+        // spark-submit as spark, with what sudo's reset would drop carried from the session by env.
+        expect(auth.ssh[1].cmd).toEqual(["env"]);
+        expect(auth.ssh[2].cmd.slice(0, 8)).toEqual([
+            "sudo", "-n", "-u", "spark",
+            "env", "SPARK_CONF_DIR=/run/nixspark/spark-conf", "PYSPARK_PYTHON=/nix/store/x-python3-env/bin/python3",
+            "/run/current-system/sw/bin/spark-submit",
+        ]);
         const asRoot = await script("smoke.ts", ["--outputs", writeOutputs({ ...outputs(), security: { authenticate: true }, ssh: { ...outputs().ssh, user: "root" } })], env);
         expect(asRoot.code).toBe(0);
         expect(asRoot.ssh[1].cmd[0]).toBe("/run/current-system/sw/bin/spark-submit");
