@@ -26,7 +26,7 @@
 // that runs in another network namespace than libvirtd sees no tap and
 // records nothing.)
 import * as pulumi from "@pulumi/pulumi";
-import { domainXml, isHostnameLabel, readDomain, readInterfaces } from "./libvirtXml";
+import { domainXml, isHostnameLabel, isStaticAddress, readDomain, readInterfaces } from "./libvirtXml";
 import { run } from "./run";
 import { isUnknown } from "./unknown";
 import { holderWhat, withLock } from "./lock";
@@ -41,7 +41,12 @@ export interface DomainInputs {
     memoryMiB: number;
     diskPath: string;
     mac: string;
-    network: string;
+    /** The libvirt network (NAT mode); absent with `bridge`. */
+    network?: string;
+    /** The host bridge (nixspark:network.mode bridge): no libvirt network. A restart applies it. */
+    bridge?: string;
+    /** The static address handed to the guest in bridge mode, "ADDRESS/PREFIX[ GATEWAY]" (libvirtXml.ts networkCredential). A restart applies it. */
+    address?: string;
     consoleLog: string;
     autostart: boolean;
     kernel?: string;
@@ -257,6 +262,10 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
                 reason: `hostname ${JSON.stringify(news.hostname)} must be an RFC 1123 label: 1 to 63 letters, digits or '-', not starting or ending with '-'`,
             });
         }
+        if (news.address !== undefined && news.address !== null && news.address !== "" && !isUnknown(news.address) && !isStaticAddress(news.address)) {
+            failures.push({ property: "address", reason: `address ${JSON.stringify(news.address)} must be "ADDRESS/PREFIX" or "ADDRESS/PREFIX GATEWAY" (IPv4)` });
+        }
+        if (!news.bridge && !news.network) failures.push({ property: "network", reason: "the interface needs a libvirt network or a host bridge" });
         failures.push(...dataDirProblems(news));
         return { inputs: { ...news, restartRequired: restartReason(olds, news) }, failures };
     },
@@ -294,7 +303,17 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
         let defined = false;
         if (existing !== undefined) {
             const f = readDomain(existing);
-            const want = { domainType: inputs.domainType, vcpus: inputs.vcpus, memoryMiB: inputs.memoryMiB, diskPath: inputs.diskPath, mac: inputs.mac.toLowerCase(), network: inputs.network, hostname: inputs.hostname ?? undefined };
+            const want = {
+                domainType: inputs.domainType,
+                vcpus: inputs.vcpus,
+                memoryMiB: inputs.memoryMiB,
+                diskPath: inputs.diskPath,
+                mac: inputs.mac.toLowerCase(),
+                network: inputs.bridge ? undefined : inputs.network,
+                bridge: inputs.bridge || undefined,
+                address: inputs.address || undefined,
+                hostname: inputs.hostname ?? undefined,
+            };
             const mismatch = (Object.keys(want) as (keyof typeof want)[]).filter((k) => f[k] !== want[k]);
             if (mismatch.length > 0) {
                 throw new Error(
@@ -381,13 +400,13 @@ export const domainProvider: pulumi.dynamic.ResourceProvider = {
             memoryMiB: f.memoryMiB ?? props.memoryMiB,
             diskPath: f.diskPath ?? props.diskPath,
             mac: f.mac ?? props.mac,
-            network: f.network ?? props.network,
+            network: f.bridge ? props.network : (f.network ?? props.network),
             consoleLog: f.consoleLog ?? props.consoleLog,
             uuid: f.uuid ?? props.uuid,
             state,
         };
         // What is defined now, present or not: a removed or changed field is drift the next `up` repairs.
-        for (const k of ["hostname", "kernel", "initrd", "cmdline", "dataDir", "dataTag", "virtiofsd", "resilience"] as const) {
+        for (const k of ["bridge", "address", "hostname", "kernel", "initrd", "cmdline", "dataDir", "dataTag", "virtiofsd", "resilience"] as const) {
             if (f[k] !== undefined) outs[k] = f[k];
             else if (outs[k]) delete outs[k]; // ("" and absent are the same: none)
         }

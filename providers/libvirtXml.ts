@@ -37,7 +37,16 @@ export interface DomainSpec extends SharedDir {
     memoryMiB: number;
     diskPath: string;
     mac: string;
-    network: string;
+    /** The libvirt network the interface is on (NAT mode); ignored when `bridge` is set. */
+    network?: string;
+    /** A host bridge the interface is plugged into (nixspark:network.mode bridge): no libvirt network. */
+    bridge?: string;
+    /**
+     * The guest's static address, "ADDRESS/PREFIX" or "ADDRESS/PREFIX GATEWAY"
+     * (bridge mode: no DHCP server), handed to it as the systemd credential
+     * `nixspark.network` with its MAC (networkCredential; nix/modules/guest.nix applies it).
+     */
+    address?: string;
     consoleLog: string;
     kernel?: string;
     initrd?: string;
@@ -62,6 +71,22 @@ export function guestResilience(): string {
 /** The SMBIOS OEM string that carries the host name as a systemd credential. */
 export function hostnameCredential(hostname: string): string {
     return `io.systemd.credential:system.hostname=${hostname}`;
+}
+
+/**
+ * The SMBIOS OEM string that carries the static address (bridge mode) as the
+ * systemd credential `nixspark.network`: "MAC ADDRESS/PREFIX[ GATEWAY]",
+ * which the guest reads from $CREDENTIALS_DIRECTORY (nix/modules/guest.nix,
+ * nixspark-address.service) and puts on the interface with that MAC.
+ */
+export function networkCredential(mac: string, address: string): string {
+    return `io.systemd.credential:nixspark.network=${mac.toLowerCase()} ${address}`;
+}
+
+/** "ADDRESS/PREFIX" or "ADDRESS/PREFIX GATEWAY", IPv4: what `address` may hold. */
+export function isStaticAddress(s: unknown): boolean {
+    const ip = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}";
+    return typeof s === "string" && new RegExp(`^${ip}/([8-9]|[12][0-9]|30)( ${ip})?$`).test(s);
 }
 
 /** An RFC 1123 host name label: letters, digits and inner '-', 1 to 63 characters. */
@@ -142,9 +167,11 @@ export function domainXml(d: DomainSpec): string {
         : [`    <boot dev='hd'/>`];
     if (d.hostname !== undefined && d.hostname !== null && !isHostnameLabel(d.hostname)) throw new Error(`hostname ${JSON.stringify(d.hostname)} is not an RFC 1123 label`);
     const shared = sharedDirXml(d);
-    const sysinfo = d.hostname
-        ? [`  <sysinfo type='smbios'>`, `    <oemStrings>`, `      <entry>${esc(hostnameCredential(d.hostname))}</entry>`, `    </oemStrings>`, `  </sysinfo>`]
-        : [];
+    if (d.address !== undefined && d.address !== null && !isStaticAddress(d.address)) throw new Error(`address ${JSON.stringify(d.address)} is not "ADDRESS/PREFIX[ GATEWAY]"`);
+    const oem = [...(d.hostname ? [hostnameCredential(d.hostname)] : []), ...(d.address ? [networkCredential(d.mac, d.address)] : [])];
+    const sysinfo = oem.length > 0 ? [`  <sysinfo type='smbios'>`, `    <oemStrings>`, ...oem.map((e) => `      <entry>${esc(e)}</entry>`), `    </oemStrings>`, `  </sysinfo>`] : [];
+    if (!d.bridge && !d.network) throw new Error(`domain ${d.name}: neither a network nor a bridge for its interface`);
+    const source = d.bridge ? `      <source bridge='${esc(d.bridge)}'/>` : `      <source network='${esc(d.network!)}'/>`;
     return [
         `<domain type='${esc(d.domainType)}'>`,
         `  <name>${esc(d.name)}</name>`,
@@ -157,7 +184,7 @@ export function domainXml(d: DomainSpec): string {
         `  <os>`,
         `    <type arch='x86_64'>hvm</type>`,
         ...boot,
-        ...(d.hostname ? [`    <smbios mode='sysinfo'/>`] : []),
+        ...(oem.length > 0 ? [`    <smbios mode='sysinfo'/>`] : []),
         `  </os>`,
         `  <features>`,
         `    <acpi/>`,
@@ -174,9 +201,9 @@ export function domainXml(d: DomainSpec): string {
         `      <source file='${esc(d.diskPath)}'/>`,
         `      <target dev='vda' bus='virtio'/>`,
         `    </disk>`,
-        `    <interface type='network'>`,
+        `    <interface type='${d.bridge ? "bridge" : "network"}'>`,
         `      <mac address='${esc(d.mac)}'/>`,
-        `      <source network='${esc(d.network)}'/>`,
+        source,
         `      <model type='virtio'/>`,
         `    </interface>`,
         `    <serial type='pty'>`,
@@ -311,8 +338,12 @@ export interface DomainFacts extends SharedDir {
     diskPath?: string;
     mac?: string;
     network?: string;
+    /** The host bridge of an interface of type bridge (not the bridge behind a libvirt network). */
+    bridge?: string;
     /** From the systemd credential in the SMBIOS OEM strings, if any. */
     hostname?: string;
+    /** The static address from the `nixspark.network` credential, if any (without the MAC). */
+    address?: string;
     /** Direct kernel boot (<os><kernel>, <initrd>, <cmdline>), when defined. */
     kernel?: string;
     initrd?: string;
@@ -342,8 +373,14 @@ export function readDomain(xml: string): DomainFacts {
         mac: attr(child(iface, "mac"), "address")?.toLowerCase(),
         network: attr(child(iface, "source"), "network"),
     };
+    if (attr(iface, "type") === "bridge") {
+        const b = attr(child(iface, "source"), "bridge");
+        if (b !== undefined) out.bridge = b;
+    }
     const hostname = hostnameOf(d);
     if (hostname !== undefined) out.hostname = hostname;
+    const address = oemCredential(d, "nixspark.network");
+    if (address !== undefined) out.address = address.split(" ").slice(1).join(" ");
     // Only what is there: a domain that boots from its disk has no kernel.
     const os = child(d, "os");
     for (const k of ["kernel", "initrd", "cmdline"] as const) {
@@ -383,7 +420,11 @@ export function readInterfaces(xml: string): InterfaceFacts[] {
 }
 
 function hostnameOf(d: XmlNode): string | undefined {
-    const prefix = "io.systemd.credential:system.hostname=";
+    return oemCredential(d, "system.hostname");
+}
+
+function oemCredential(d: XmlNode, name: string): string | undefined {
+    const prefix = `io.systemd.credential:${name}=`;
     for (const e of children(child(d, "sysinfo", "oemStrings"), "entry")) {
         const v = textOf(e) ?? "";
         if (v.startsWith(prefix)) return v.slice(prefix.length);

@@ -133,6 +133,8 @@ const RESTART_FIELDS: [key: string, label: string][] = [
     ["cmdline", "kernel command line"],
     ["consoleLog", "console log"],
     ["network", "network"],
+    ["bridge", "bridge"],
+    ["address", "static address"],
     ["hostname", "host name"],
     ["dataDir", "shared directory"],
     ["dataTag", "shared directory tag"],

@@ -55,7 +55,7 @@ export function deploymentDiff(olds: Record<string, unknown>, news: Record<strin
     // The rest of what a restart applies; state recorded before `definition` existed compares the size only.
     if (ov && typeof ov === "object" && ov.definition && nv && nv !== UNKNOWN && typeof nv === "object" && nv.definition !== undefined && nv.definition !== null) {
         const nd = nv.definition as unknown;
-        const moved = nd === UNKNOWN ? [] : definitionChanges(ov.definition as Record<string, unknown>, nd as Record<string, unknown>, ["domainType", "kernel", "initrd", "cmdline", "consoleLog", "network", "hostname", "dataDir", "dataTag", "virtiofsd", "resilience"]);
+        const moved = nd === UNKNOWN ? [] : definitionChanges(ov.definition as Record<string, unknown>, nd as Record<string, unknown>, ["domainType", "kernel", "initrd", "cmdline", "consoleLog", "network", "bridge", "address", "hostname", "dataDir", "dataTag", "virtiofsd", "resilience"]);
         if (nd === UNKNOWN) reasons.push("the VM's definition is not known until apply");
         else if (moved.length > 0) reasons.push(`the VM's definition changed (${moved.map((c) => c.text).join(", ")}): it restarts before the switch`);
     }
