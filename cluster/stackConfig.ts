@@ -47,7 +47,7 @@ export function loadStackConfig(
         problems.push(e.message);
     };
     let topology: Topology | undefined;
-    if (valid("network", "master", "workers", "storage")) {
+    if (valid("network", "master", "workers", "storage", "libvirt")) {
         try {
             topology = buildTopology(stack, config);
         } catch (e) {
@@ -57,7 +57,8 @@ export function loadStackConfig(
     // The subnet depends on the stack and nixspark:network alone: checked even
     // when another section (or the topology) has a problem of its own.
     const subnet = topology ?? (valid("network") ? clusterSubnet(stack, config) : undefined);
-    if (subnet && libvirt) {
+    // Bridge mode's subnet is the shared segment's, which this machine may well route itself (it is on it): no libvirt network is made.
+    if (subnet && libvirt && config.network.mode !== "bridge") {
         try {
             checkSubnetFree(config, subnet, routes);
         } catch (e) {

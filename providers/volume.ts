@@ -297,10 +297,11 @@ export const volumeProvider: pulumi.dynamic.ResourceProvider = {
     },
 
     async create(inputs: VolumeInputs) {
-        const fs = require("node:fs") as typeof import("node:fs");
         const backingPath = inputs.basePath;
-        if (!fs.existsSync(backingPath)) {
-            throw new Error(`base image ${backingPath} does not exist; build it (see README) or set nixspark:image.path`);
+        // Asked of libvirt, not of this machine's file system: the base volume is
+        // in a pool of the host that runs the VM, which may be another machine.
+        if ((await lookup(inputs.uri, "volume", backingPath, ["vol-info", backingPath])) === undefined) {
+            throw new Error(`base image ${backingPath} does not exist on ${inputs.uri}; build it (see README) or set nixspark:image.path`);
         }
         const existing = await volumeXmlOf(inputs, true);
         if (existing === "inactive") throw new Error(`${label("pool", inputs.pool)} is not running and did not start`);

@@ -91,6 +91,13 @@ describe("nixspark:libvirt.hosts: the config's rules name the key and the fix", 
         expect(problemsOf({ "nixspark:network": JSON.stringify({ gateway: "10.1.1.1" }) })).toMatch(/nixspark:network\.gateway: only read with nixspark:network\.mode bridge/);
     });
 
+    test("bridge mode's subnet may be one this machine routes (it sits on the segment); NAT mode's may not", () => {
+        const { loadStackConfig } = require("../../cluster/stackConfig") as typeof import("../../cluster/stackConfig");
+        const routes = [{ iface: "br0", cidr: "10.50.0.0/24" }];
+        expect(loadStackConfig("lab", twoHosts(1, 1), routes).topology.mode).toBe("bridge");
+        expect(() => loadStackConfig("lab", { "nixspark:network": JSON.stringify({ cidr: "10.50.0.0/24" }) }, routes)).toThrow(/which this host already routes \(10\.50\.0\.0\/24 on br0\)/);
+    });
+
     test("under target hosts, nixspark:libvirt is a libvirt-only key", () => {
         expect(problemsOf({ "nixspark:target": "hosts", "nixspark:libvirt": JSON.stringify({ hosts: [{ name: "a", uri: A, workers: 1 }] }) })).toMatch(/nixspark:libvirt: set, but nixspark:target is "hosts"/);
     });
