@@ -10,6 +10,7 @@ import { LIBVIRT_ONLY_KEYS, targetProblems } from "./targets/hostsConfig";
 import { hostEntry } from "./targets/hostsSchema";
 import { bool, dnsLabel, int, oneLine, str } from "./configPrimitives";
 import { dataSchema } from "./dataConfig";
+import { libvirtHostsProblems, libvirtSchema, networkModeKeys } from "./libvirtHostsConfig";
 import { s3CrossChecks, s3KeySchema, s3Schema } from "./s3Config";
 
 // The sections in files of their own, for those who import them from here.
@@ -120,6 +121,8 @@ export const configObject = z
                     .string()
                     .regex(/^[A-Za-z0-9_-]{1,15}$/, "expected a Linux bridge name: 1 to 15 letters, digits, '-' or '_'")
                     .optional(),
+                // nat (default) | bridge, and bridge mode's gateway (cluster/libvirtHostsConfig.ts).
+                ...networkModeKeys,
             })
             .strict()
             .default({}),
@@ -242,6 +245,8 @@ export const configObject = z
         // ---- Targets (docs/targets.md; cluster/targets/): where the nodes are.
         // "libvirt" (the default): VMs on one libvirt host, every key above.
         // "hosts": existing NixOS machines, listed in nixspark:hosts.
+        // One cluster over several libvirt hosts (cluster/libvirtHostsConfig.ts).
+        libvirt: libvirtSchema,
         target: z.enum(["libvirt", "hosts"], { errorMap: () => ({ message: 'expected "libvirt" (VMs on one libvirt host) or "hosts" (existing NixOS machines listed in nixspark:hosts)' }) }).default("libvirt"),
         hosts: z.array(hostEntry, { invalid_type_error: "expected a list of machines: [{ name, address, role, module, hostKey, ... }]" }).default([]),
     })
@@ -286,6 +291,14 @@ export const crossChecks: { needs: Section[]; check: (c: z.infer<typeof configOb
                     `so every pulumi up would wait ${c.health.timeoutSeconds} s for the health gate and fail. ` +
                     `Turn the gate off: pulumi config set --path health.enabled false, or keep authentication on: pulumi config set --path security.authenticate true`,
             );
+        },
+    },
+    {
+        // nixspark:libvirt.hosts and the network mode (cluster/libvirtHostsConfig.ts).
+        needs: ["libvirt", "network", "workers", "libvirtUri", "data", "target"],
+        check: (c, add) => {
+            if (c.target !== "libvirt") return;
+            libvirtHostsProblems(c, { workersCount: configObject.shape.workers.parse(undefined).count, libvirtUri: configObject.shape.libvirtUri.parse(undefined) }, add);
         },
     },
     {

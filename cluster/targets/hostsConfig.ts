@@ -8,7 +8,7 @@
 // non-empty nixspark:hosts is refused the same way.
 
 /** The keys that only the libvirt target reads. */
-export const LIBVIRT_ONLY_KEYS = ["libvirtUri", "domainType", "autostart", "consoleLogDir", "network", "storage", "image", "master", "workers", "data"] as const;
+export const LIBVIRT_ONLY_KEYS = ["libvirtUri", "domainType", "autostart", "consoleLogDir", "network", "storage", "image", "master", "workers", "data", "libvirt"] as const;
 
 export interface HostEntry {
     name: string;
