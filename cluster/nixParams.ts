@@ -86,14 +86,9 @@ export function nixStackParams(cfg: ClusterConfig, topo: Pick<Topology, "stack" 
         sparkSettings,
         pythonPackages: [...new Set(cfg.spark.pythonPackages)].sort(),
         security: { authenticate: cfg.security.authenticate, ioEncryption: cfg.security.ioEncryption },
-        ...(networkMode(cfg) === "bridge" ? { networkMode: "bridge" as const } : {}),
+        ...(cfg.network.mode === "bridge" ? { networkMode: "bridge" as const } : {}),
         ...(cfg.data?.path ? { data: { tag: cfg.data.tag, mountPoint: cfg.data.mountPoint, readOnly: cfg.data.readOnly } } : {}),
     };
-}
-
-/** nixspark:network.mode ("nat" unless set). */
-function networkMode(cfg: ClusterConfig): string {
-    return (cfg.network as { mode?: string }).mode ?? "nat";
 }
 
 /** The file's text: stable (fixed key order, trailing newline), so an unchanged config rewrites nothing. */
