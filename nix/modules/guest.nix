@@ -92,7 +92,8 @@ in
   # imports such strings into the system credentials at boot;
   # ImportCredential= (systemd.exec(5), since 254; 24.11 has 256) copies
   # this one into the unit's $CREDENTIALS_DIRECTORY. The unit waits for the
-  # interface with that MAC (bounded), brings it up, sets the address and,
+  # interface with that MAC (bounded: NIXSPARK_INTERFACE_WAIT_SECONDS) and
+  # for udev to have named it, brings it up, sets the address and,
   # when given, the default route, before network.target and
   # network-online.target (which the Spark daemons wait for). Oneshot with
   # RemainAfterExit: a switch that leaves the unit alone does not run it again.
@@ -129,18 +130,32 @@ in
         say "credential nixspark.network is \"$text\", not \"MAC ADDRESS/PREFIX[ GATEWAY]\" (e.g. 52:54:00:12:34:56 10.77.0.11/24 10.77.0.1)"
         exit 1
       fi
+      # The interface with that MAC, once udev has processed it (and so
+      # given it its final name: udev cannot rename an interface that is up).
+      # udev's database entry for a network interface is
+      # /run/udev/data/n<ifindex>, and it is written for every interface once
+      # its event is processed: what sd-device calls "initialized".
       dev=""
+      pending=""
       deadline=$(( $(date +%s) + NIXSPARK_INTERFACE_WAIT_SECONDS ))
       while [ -z "$dev" ]; do
         for f in /sys/class/net/*/address; do
           if [ -r "$f" ] && [ "$(cat "$f")" = "$mac" ]; then
-            dev=$(basename "$(dirname "$f")")
-            break
+            d=$(basename "$(dirname "$f")")
+            if [ -e "/run/udev/data/n$(cat "/sys/class/net/$d/ifindex")" ]; then
+              dev=$d
+              break
+            fi
+            pending=$d
           fi
         done
         if [ -z "$dev" ]; then
           if [ "$(date +%s)" -ge "$deadline" ]; then
-            say "no interface with MAC $mac after $NIXSPARK_INTERFACE_WAIT_SECONDS s (interfaces: $(ls /sys/class/net | tr '\n' ' '))"
+            if [ -n "$pending" ]; then
+              say "interface $pending has MAC $mac but udev has not processed it after $NIXSPARK_INTERFACE_WAIT_SECONDS s"
+            else
+              say "no interface with MAC $mac after $NIXSPARK_INTERFACE_WAIT_SECONDS s (interfaces: $(ls /sys/class/net | tr '\n' ' '))"
+            fi
             exit 1
           fi
           sleep 0.5

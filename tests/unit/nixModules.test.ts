@@ -796,13 +796,23 @@ describe("static addresses in bridge mode (nixspark.network.mode)", () => {
             await run(["ip", "link", "add", "nxsnic", "netns", NODE_NS, "address", node.mac, "type", "veth", "peer", "name", "nxsseg", "netns", SEGMENT_NS], { timeoutMs: 10_000 });
             await inNs(SEGMENT_NS, ["ip", "addr", "add", `${br.cfg.network.gateway}/24`, "dev", "nxsseg"]);
             await inNs(SEGMENT_NS, ["ip", "link", "set", "nxsseg", "up"]);
+            ifindex = (await inNs(NODE_NS, ["cat", "/sys/class/net/nxsnic/ifindex"])).stdout.trim();
         });
+        let ifindex: string;
+        /** udev's database entry for the interface (what it writes once it processed, and named, it), or none. */
+        const udevProcessed = (yes: boolean) => {
+            const file = root.at(`/run/udev/data/n${ifindex}`);
+            fs.mkdirSync(path.dirname(file), { recursive: true });
+            if (yes) fs.writeFileSync(file, "I:1000000\nE:ID_NET_NAME=nxsnic\n");
+            else fs.rmSync(file, { force: true });
+        };
         afterAll(async () => {
             for (const ns of made) await run(["ip", "netns", "delete", ns], { timeoutMs: 10_000, allowFailure: true });
         });
 
         test("sets the address and the default route on the interface with the node's MAC; the node answers there from the segment; a second run changes nothing", async () => {
             root.putCredential("nixspark-address", "nixspark.network", credential);
+            udevProcessed(true);
             const r = await runIt();
             expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: expect.stringContaining(`nixspark-address: nxsnic (${node.mac}): ${node.ip}/24, default route via 10.77.0.254`) });
             const addrs = () => inNs(NODE_NS, ["ip", "-j", "-4", "addr", "show", "dev", "nxsnic"]).then((o) => JSON.parse(o.stdout)[0]);
@@ -826,12 +836,13 @@ describe("static addresses in bridge mode (nixspark.network.mode)", () => {
             expect(nogw.execStart).toBe(unit.execStart); // one unit whatever the address: the address is not in the system
             await inNs(NODE_NS, ["ip", "route", "flush", "default"]);
             root.putCredential("nixspark-address", "nixspark.network", networkCredential(node.mac, `${node.ip}/24`).slice(CRED_PREFIX.length));
+            udevProcessed(true);
             const r = await runIt();
             expect(r.code).toBe(0);
             expect(JSON.parse((await inNs(NODE_NS, ["ip", "-j", "route", "show", "default"])).stdout)).toEqual([]);
         });
 
-        test("a missing or malformed credential, or no interface with its MAC, fails the unit with a message that says which", async () => {
+        test("a missing or malformed credential, no interface with its MAC, or one udev has not processed yet: the unit waits (bounded) and fails with a message that says which", async () => {
             root.putCredential("nixspark-address", "nixspark.network", undefined);
             let r = await runIt();
             expect(r.code).not.toBe(0);
@@ -846,6 +857,18 @@ describe("static addresses in bridge mode (nixspark.network.mode)", () => {
             expect(r.code).not.toBe(0);
             expect(r.stderr).toMatch(/no interface with MAC 52:54:00:00:00:01 after 2 s \(interfaces: lo nxsnic \)/);
             expect(Date.now() - started).toBeGreaterThanOrEqual(1500);
+            // The right MAC, but udev has not processed the interface yet (it may still rename it):
+            // the unit waits, and says so when it gives up.
+            root.putCredential("nixspark-address", "nixspark.network", credential);
+            udevProcessed(false);
+            r = await runIt({ NIXSPARK_INTERFACE_WAIT_SECONDS: "2" });
+            expect(r.code).not.toBe(0);
+            expect(r.stderr).toContain(`nixspark-address: interface nxsnic has MAC ${node.mac} but udev has not processed it after 2 s`);
+            // ... and takes it as soon as udev has.
+            const late = root.runUnit(unit, { netns: NODE_NS, allowFailure: true, timeoutMs: 60_000, extraEnv: { NIXSPARK_INTERFACE_WAIT_SECONDS: "20" } });
+            await new Promise((resolve) => setTimeout(resolve, 1500));
+            udevProcessed(true);
+            expect((await late).code).toBe(0);
         });
     });
 });
