@@ -13,7 +13,7 @@ import { FIXTURES, nix, NIX_DIR, nixEnv, REPO } from "../fixtures/nix-env";
 import { parseConfig } from "../../cluster/config";
 import { buildTopology } from "../../cluster/topology";
 import { nixStackParams, renderNixStackParams } from "../../cluster/nixParams";
-import { networkCredential } from "../../providers/libvirtXml";
+import { domainXml, networkCredential } from "../../providers/libvirtXml";
 import { run } from "../../providers/run";
 import { evalUnit, EvaluatedUnit, removeContractDirs, ScratchRoot } from "../helpers/nixContract";
 
@@ -704,7 +704,8 @@ describe("the shared data directory (nixspark:data)", () => {
 // domain's SMBIOS strings carry (providers/libvirtXml.ts networkCredential).
 // The unit guest.nix generates is run here, in a network namespace this test
 // makes, on an interface with the node's MAC, with exactly the credential
-// the program writes.
+// the program's domain XML carries for the node (the OEM string's value, as
+// systemd imports it).
 describe("static addresses in bridge mode (nixspark.network.mode)", () => {
     const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
     const CRED_PREFIX = "io.systemd.credential:nixspark.network=";
@@ -774,20 +775,31 @@ describe("static addresses in bridge mode (nixspark.network.mode)", () => {
         const made: string[] = [];
         let unit: EvaluatedUnit;
         let root: ScratchRoot;
-        let node: { mac: string; ip: string };
+        let node: { mac: string; ip: string; domainName: string; hostname: string };
         let credential: string;
         const inNs = (ns: string, argv: string[]) => run(["ip", "netns", "exec", ns, ...argv], { timeoutMs: 20_000 });
+        /**
+         * The credential as the node's unit receives it: the domain XML the program defines for the
+         * node (bridge mode: its interface on the host bridge, its address), its SMBIOS OEM string
+         * `io.systemd.credential:nixspark.network=VALUE`, VALUE verbatim (what systemd imports).
+         */
+        const credentialOf = (n: typeof node, address: string): string => {
+            const xml = domainXml({ name: n.domainName, domainType: "qemu", vcpus: 1, memoryMiB: 256, diskPath: "/var/lib/nxs/disk.qcow2", mac: n.mac, bridge: "br0", address, consoleLog: "/var/log/nxs.log", hostname: n.hostname });
+            const unescape = (t: string) => t.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&quot;/g, '"').replace(/&apos;/g, "'").replace(/&amp;/g, "&");
+            const entries = [...xml.matchAll(/<entry>([^<]*)<\/entry>/g)].map((m) => unescape(m[1]));
+            const ours = entries.filter((e) => e.startsWith(CRED_PREFIX));
+            expect(ours).toHaveLength(1);
+            expect(ours[0]).toBe(networkCredential(n.mac, address));
+            return ours[0].slice(CRED_PREFIX.length);
+        };
         const runIt = (extraEnv: Record<string, string> = {}) => root.runUnit(unit, { netns: NODE_NS, allowFailure: true, timeoutMs: 60_000, extraEnv });
 
         beforeAll(async () => {
             unit = evalUnit(dir, "br-worker", "nixspark-address");
             root = new ScratchRoot();
             node = br.topo.workers[0];
-            const address = `${node.ip}/${br.topo.prefix} ${br.cfg.network.gateway}`;
-            const oem = networkCredential(node.mac, address);
-            expect(oem.startsWith(CRED_PREFIX)).toBe(true);
-            // What systemd puts in the credential file: the OEM string after its prefix.
-            credential = oem.slice(CRED_PREFIX.length);
+            credential = credentialOf(node, `${node.ip}/${br.topo.prefix} ${br.cfg.network.gateway}`);
+            expect(credential).toBe(`${node.mac} ${node.ip}/24 10.77.0.254`);
             for (const ns of [NODE_NS, SEGMENT_NS]) {
                 await run(["ip", "netns", "add", ns], { timeoutMs: 10_000 });
                 made.push(ns);
@@ -835,7 +847,7 @@ describe("static addresses in bridge mode (nixspark.network.mode)", () => {
             const nogw = evalUnit(dir, "brnogw-worker", "nixspark-address");
             expect(nogw.execStart).toBe(unit.execStart); // one unit whatever the address: the address is not in the system
             await inNs(NODE_NS, ["ip", "route", "flush", "default"]);
-            root.putCredential("nixspark-address", "nixspark.network", networkCredential(node.mac, `${node.ip}/24`).slice(CRED_PREFIX.length));
+            root.putCredential("nixspark-address", "nixspark.network", credentialOf(node, `${node.ip}/${br.topo.prefix}`));
             udevProcessed(true);
             const r = await runIt();
             expect(r.code).toBe(0);
@@ -851,7 +863,7 @@ describe("static addresses in bridge mode (nixspark.network.mode)", () => {
             r = await runIt();
             expect(r.code).not.toBe(0);
             expect(r.stderr).toContain(`credential nixspark.network is "${node.ip}/24", not "MAC ADDRESS/PREFIX[ GATEWAY]"`);
-            root.putCredential("nixspark-address", "nixspark.network", networkCredential("52:54:00:00:00:01", `${node.ip}/24`).slice(CRED_PREFIX.length));
+            root.putCredential("nixspark-address", "nixspark.network", credentialOf({ ...node, mac: "52:54:00:00:00:01" }, `${node.ip}/24`));
             const started = Date.now();
             r = await runIt({ NIXSPARK_INTERFACE_WAIT_SECONDS: "2" });
             expect(r.code).not.toBe(0);
