@@ -132,14 +132,16 @@ async function main() {
     );
     // Retired base volumes are in the state (the BaseVolume's retiredBases);
     // the markers the overlays' deletes look for are this checkout's cache.
-    pulumi.all([cluster.baseVolume.retiredBases, cluster.baseVolume.name]).apply(([retired, current]) => {
-        const marked = markRetiredBases(stateDir, retired, current);
-        if (marked.length > 0) void pulumi.log.debug(`retired base volumes noted again from the state: ${marked.join(", ")}`);
-    });
+    for (const base of cluster.baseVolumes) {
+        pulumi.all([base.retiredBases, base.name]).apply(([retired, current]) => {
+            const marked = markRetiredBases(stateDir, retired, current);
+            if (marked.length > 0) void pulumi.log.debug(`retired base volumes noted again from the state: ${marked.join(", ")}`);
+        });
+    }
 
     return {
         libvirtUri: config.libvirtUri,
-        network: cluster.network.name,
+        network: cluster.network?.name,
         // `system`: what each node must run (npm run status compares it with the node).
         nodes: cluster.nodeOutputs.map((n) => ({ ...n, system: systems ? systems[n.role === "master" ? "master" : "worker"].expectedSystem : undefined })),
         masterAddress: cluster.masterAddress,

@@ -16,6 +16,8 @@ import type { Stack } from "./stack";
 export interface Vm {
     node: StackNode;
     domain: string;
+    /** The libvirt host that runs it (a node's own libvirtUri with several hosts); default the stack's. */
+    uri?: string;
 }
 
 /** The stack's libvirt URI and its VMs, master first; a UsageError when the outputs do not name them. */
@@ -28,7 +30,7 @@ export function stackVms(outputs: StackOutputs): { uri: string; vms: Vm[] } {
     if (!outputs.libvirtUri) throw new UsageError('the stack has no "libvirtUri" output: run `pulumi up` with this version of nixspark (stop, start and heal act on its VMs through libvirt)');
     const missing = outputs.nodes.filter((n) => !n.libvirtName).map((n) => n.name);
     if (missing.length > 0) throw new UsageError(`the stack's "nodes" output names no libvirt domain for ${missing.join(", ")}: run \`pulumi up\` with this version of nixspark`);
-    const vms = outputs.nodes.map((node) => ({ node, domain: node.libvirtName as string }));
+    const vms = outputs.nodes.map((node) => ({ node, domain: node.libvirtName as string, uri: node.libvirtUri ?? outputs.libvirtUri }));
     return { uri: outputs.libvirtUri, vms: [...vms.filter((v) => v.node.role === "master"), ...vms.filter((v) => v.node.role !== "master")] };
 }
 
@@ -121,7 +123,7 @@ export async function stopVms(ops: PowerOps, vms: Vm[], o: { timeoutMs: number; 
             } else {
                 ops.say(
                     `${vm.node.name}: ${how}${asked.includes(vm) ? ": its guest did not act on the power button" : ""}. ` +
-                        `See \`nixspark logs ${vm.node.name}\` or its console log; then run \`nixspark stop --force\` (powers it off like a pulled plug after the timeout) or \`virsh -c ${o.uri} destroy ${vm.domain}\``,
+                        `See \`nixspark logs ${vm.node.name}\` or its console log; then run \`nixspark stop --force\` (powers it off like a pulled plug after the timeout) or \`virsh -c ${vm.uri ?? o.uri} destroy ${vm.domain}\``,
                 );
             }
             failed.push(vm.node.name);
@@ -262,7 +264,7 @@ export function stoppedMarkerPath(dir: string, uri: string, vms: Vm[]): string {
 /** The real thing: virsh with the stack's URI, ssh with its key and pinned host keys, the master's JSON. */
 export function realOps(stack: Stack, uri: string, o: { virsh: string; probeTimeoutMs: number; say: (l: string) => void }): PowerOps {
     const t = o.probeTimeoutMs;
-    const virshRun = (args: string[]) => run([o.virsh, "-c", uri, ...args], { timeoutMs: Math.max(t, 60_000), allowFailure: true });
+    const virshRun = (vm: Vm, args: string[]) => run([o.virsh, "-c", vm.uri ?? uri, ...args], { timeoutMs: Math.max(t, 60_000), allowFailure: true });
     const ssh = stack.outputs.ssh;
     const onNode = (vm: Vm, cmd: string[]) => {
         if (!ssh) throw new UsageError(`the stack has no "ssh" output; run \`pulumi up\` with this version of nixspark`);
@@ -270,14 +272,14 @@ export function realOps(stack: Stack, uri: string, o: { virsh: string; probeTime
     };
     return {
         async state(vm) {
-            const r = await virshRun(["domstate", vm.domain]);
+            const r = await virshRun(vm, ["domstate", vm.domain]);
             if (r.code === 0) return r.stdout.trim().split("\n")[0];
             if (/failed to get domain|Domain not found|no domain with matching name/i.test(r.stderr)) return undefined;
-            throw new Error(`virsh -c ${uri} domstate ${vm.domain} failed: ${r.stderr.trim().split("\n").pop()}`);
+            throw new Error(`virsh -c ${vm.uri ?? uri} domstate ${vm.domain} failed: ${r.stderr.trim().split("\n").pop()}`);
         },
         async virsh(vm, verb) {
-            const r = await virshRun([verb, vm.domain]);
-            if (r.code !== 0) throw new Error(`virsh -c ${uri} ${verb} ${vm.domain} failed: ${r.stderr.trim().split("\n").pop()}`);
+            const r = await virshRun(vm, [verb, vm.domain]);
+            if (r.code !== 0) throw new Error(`virsh -c ${vm.uri ?? uri} ${verb} ${vm.domain} failed: ${r.stderr.trim().split("\n").pop()}`);
         },
         async sshUp(vm) {
             return (await onNode(vm, ["true"]).catch(() => ({ code: -1 }))).code === 0;
@@ -346,7 +348,7 @@ export async function vmGuard(virsh: string, uri: string, vm: Vm, timeoutMs: num
 export async function stackGuards(outputs: StackOutputs, virsh: string, timeoutMs: number): Promise<VmGuard[]> {
     const uri = outputs.libvirtUri;
     if (!uri) return [];
-    return Promise.all(outputs.nodes.filter((n) => n.libvirtName).map((node) => vmGuard(virsh, uri, { node, domain: node.libvirtName as string }, timeoutMs)));
+    return Promise.all(outputs.nodes.filter((n) => n.libvirtName).map((node) => vmGuard(virsh, node.libvirtUri ?? uri, { node, domain: node.libvirtName as string }, timeoutMs)));
 }
 
 export function renderGuards(guards: VmGuard[]): string {

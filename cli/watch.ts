@@ -81,7 +81,7 @@ export async function watch(next: () => Promise<Snapshot>, o: { intervalMs: numb
 export async function watchStatus(stack: Stack, o: { libvirt: boolean; ssh: boolean; virsh: string; webUi?: string; intervalMs: number; timeoutMs: number }, io: Io): Promise<number> {
     const { fetchMasterState, matchWorkers } = await import("../providers/spark/master");
     const uri = stack.outputs.libvirtUri ?? "";
-    const vms = o.libvirt && uri ? stack.outputs.nodes.filter((n) => n.libvirtName).map((node) => ({ node, domain: node.libvirtName as string })) : [];
+    const vms = o.libvirt && uri ? stack.outputs.nodes.filter((n) => n.libvirtName).map((node) => ({ node, domain: node.libvirtName as string, uri: node.libvirtUri ?? uri })) : [];
     const ops = realOps(stack, uri, { virsh: o.virsh, probeTimeoutMs: o.timeoutMs, say: (l) => io.err(`status: ${l}\n`) });
     const workers = stack.outputs.nodes.filter((n) => n.role === "worker").map((n) => ({ name: n.name, ip: n.ip }));
     const master = async () => {

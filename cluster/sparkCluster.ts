@@ -3,7 +3,7 @@
 // node a Volume (overlay on the base image) and a Domain.
 import * as pulumi from "@pulumi/pulumi";
 import type { ClusterConfig } from "./config";
-import { buildTopology, NodeSpec, Topology } from "./topology";
+import { buildTopology, LibvirtHost, NodeSpec, Topology } from "./topology";
 import { Network } from "../providers/network";
 import { StoragePool } from "../providers/pool";
 import { Volume } from "../providers/volume";
@@ -11,6 +11,7 @@ import { BaseVolume } from "../providers/baseVolume";
 import { Domain } from "../providers/domain";
 import { guestResilience } from "../providers/libvirtXml";
 import { NixImage } from "../providers/nixImage";
+import { Placement } from "../providers/placement";
 import { NixosDeployment } from "../providers/nixosDeployment";
 import { SparkHealth } from "../providers/sparkHealth";
 import { ClusterSecret, secretProperties } from "../providers/clusterSecret";
@@ -83,10 +84,15 @@ export interface NodeOutput {
     mac: string;
     hostname: string;
     libvirtName: string;
+    /** With nixspark:libvirt.hosts: the host that runs it, by name and URI. */
+    libvirtHost?: string;
+    libvirtUri?: string;
 }
 
 export interface ClusterNode {
     spec: NodeSpec;
+    /** The libvirt host it runs on. */
+    host: LibvirtHost;
     volume: Volume;
     domain: Domain;
     deployment?: NixosDeployment;
@@ -94,11 +100,17 @@ export interface ClusterNode {
 
 export class SparkCluster extends pulumi.ComponentResource {
     readonly topology: Topology;
-    readonly network: Network;
+    /** The libvirt NAT network (nixspark:network.mode nat); none in bridge mode. */
+    readonly network?: Network;
+    /** The first host's pool, and one per libvirt host (in nixspark:libvirt.hosts order). */
     readonly pool: StoragePool;
+    readonly pools: StoragePool[];
+    /** Which host runs which node, and the guard that nothing moves (providers/placement.ts); with nixspark:libvirt.hosts. */
+    readonly placement?: Placement;
     readonly nodes: ClusterNode[];
     readonly image?: NixImage;
     readonly baseVolume: BaseVolume;
+    readonly baseVolumes: BaseVolume[];
     readonly deployments: NixosDeployment[] = [];
     readonly health?: SparkHealth;
     /** The cluster secret, when Spark authentication is on. */
@@ -113,32 +125,49 @@ export class SparkCluster extends pulumi.ComponentResource {
     constructor(name: string, args: SparkClusterArgs, opts?: pulumi.ComponentResourceOptions) {
         super("nixspark:index:SparkCluster", name, {}, opts);
         const cfg = args.config;
-        const uri = cfg.libvirtUri;
         const t = (this.topology = buildTopology(args.stack, cfg));
         const child = { parent: this };
         const autostart = cfg.autostart;
+        const several = cfg.libvirt.hosts.length > 0;
+        // Names of a host's own resources: the first host keeps the names a
+        // one-host stack has, so a stack that grows past its host keeps them.
+        const perHost = (h: number, what: string) => (h === 0 ? `${args.stack}-${what}` : `${args.stack}-${t.hosts[h].name}-${what}`);
 
-        this.pool = new StoragePool(`${args.stack}-pool`, { uri, name: t.poolName, path: t.poolPath }, child);
+        // With several hosts, first of all: the guard that no change moves or drops a node (its check runs in preview too).
+        if (several) {
+            this.placement = new Placement(
+                `${args.stack}-placement`,
+                { hosts: Object.fromEntries(t.hosts.map((h) => [h.name, h.uri])), nodes: Object.fromEntries(t.nodes.map((n) => [n.name, t.hosts[n.host].name])) },
+                child,
+            );
+        }
+        const guarded = this.placement ? [this.placement] : [];
+
+        this.pools = t.hosts.map((h, i) => new StoragePool(perHost(i, "pool"), { uri: h.uri, name: t.poolName, path: t.poolPath }, { ...child, dependsOn: guarded }));
+        this.pool = this.pools[0];
 
         // The Pulumi name is fixed and the libvirt name (nixspark:network.name) is
         // an input: renaming replaces the network delete-first, since the old
         // one holds the bridge and subnet the new one needs. The alias keeps
-        // stacks created when the Pulumi name was the libvirt name.
-        this.network = new Network(
-            `${args.stack}-network`,
-            {
-                uri,
-                name: t.networkName,
-                bridge: t.bridge,
-                gateway: t.gateway,
-                netmask: t.netmask,
-                dhcpStart: t.dhcpRange.start,
-                dhcpEnd: t.dhcpRange.end,
-                hosts: t.nodes.map((n) => ({ mac: n.mac, ip: n.ip, name: n.hostname })),
-                autostart,
-            },
-            { ...child, deleteBeforeReplace: true, aliases: [{ name: t.networkName, parent: this }] },
-        );
+        // stacks created when the Pulumi name was the libvirt name. Bridge mode
+        // has none: the VMs plug into the hosts' bridges.
+        if (t.mode === "nat") {
+            this.network = new Network(
+                `${args.stack}-network`,
+                {
+                    uri: t.hosts[0].uri,
+                    name: t.networkName,
+                    bridge: t.bridge,
+                    gateway: t.gateway,
+                    netmask: t.netmask,
+                    dhcpStart: t.dhcpRange.start,
+                    dhcpEnd: t.dhcpRange.end,
+                    hosts: t.nodes.map((n) => ({ mac: n.mac, ip: n.ip, name: n.hostname })),
+                    autostart,
+                },
+                { ...child, deleteBeforeReplace: true, aliases: [{ name: t.networkName, parent: this }] },
+            );
+        }
 
         let baseImagePath: pulumi.Input<string>;
         let baseName: string;
@@ -152,24 +181,32 @@ export class SparkCluster extends pulumi.ComponentResource {
             baseName = baseVolumeName(args.stack, { drvPath: nix.drvPath });
         }
         const stateDir = args.stateDir ?? require("node:path").resolve(".nixspark", args.stack);
-        // The image imported into the pool, once per image: node overlays back
-        // onto it. A new image replaces this resource (a new name, created
-        // before the old is deleted); the old volume stays while overlays use it.
-        this.baseVolume = new BaseVolume(
-            `${args.stack}-base-volume`,
-            { uri, pool: this.pool.name, name: baseName, namePrefix: `${args.stack}-base-`, sourcePath: baseImagePath, stateDir },
-            { ...child, deleteBeforeReplace: false },
+        // The image imported into each host's pool, once per image (built once
+        // here, uploaded over each libvirt connection): node overlays back onto
+        // it. A new image replaces this resource (a new name, created before
+        // the old is deleted); the old volume stays while overlays use it.
+        this.baseVolumes = t.hosts.map(
+            (h, i) =>
+                new BaseVolume(
+                    perHost(i, "base-volume"),
+                    { uri: h.uri, pool: this.pools[i].name, name: baseName, namePrefix: `${args.stack}-base-`, sourcePath: baseImagePath, stateDir },
+                    { ...child, deleteBeforeReplace: false },
+                ),
         );
+        this.baseVolume = this.baseVolumes[0];
 
-        const logDir = (args.consoleLogDir ?? "/var/log/libvirt/qemu").replace(/\/+$/, "");
+        // Each VM's console log, on the host that runs it.
+        const consoleLogOf = (spec: NodeSpec) => `${several ? t.hosts[spec.host].consoleLogDir : (args.consoleLogDir ?? "/var/log/libvirt/qemu").replace(/\/+$/, "")}/${spec.domainName}-console.log`;
         this.nodes = t.nodes.map((spec) => {
+            const host = t.hosts[spec.host];
+            const uri = host.uri;
             const volume = new Volume(
                 `${spec.domainName}-disk`,
                 {
                     uri,
-                    pool: this.pool.name,
+                    pool: this.pools[spec.host].name,
                     name: spec.volumeName,
-                    basePath: this.baseVolume.path,
+                    basePath: this.baseVolumes[spec.host].path,
                     capacityBytes: spec.diskGiB * 1024 ** 3,
                     domain: spec.domainName,
                     stateDir,
@@ -189,8 +226,9 @@ export class SparkCluster extends pulumi.ComponentResource {
                     memoryMiB: spec.memoryMiB,
                     diskPath: volume.path,
                     mac: spec.mac,
-                    network: this.network.name,
-                    consoleLog: `${logDir}/${spec.domainName}-console.log`,
+                    ...(this.network ? { network: this.network.name } : {}),
+                    ...interfaceOf(t, spec),
+                    consoleLog: consoleLogOf(spec),
                     autostart,
                     kernel: cfg.image.kernel,
                     initrd: cfg.image.initrd,
@@ -209,9 +247,9 @@ export class SparkCluster extends pulumi.ComponentResource {
                     restartBy: args.systems && cfg.deploy.enabled ? "deployment" : undefined,
                 },
                 // The network's reservations must exist before the guest asks for an address.
-                { ...child, dependsOn: [this.network] },
+                { ...child, dependsOn: [...(this.network ? [this.network] : []), ...guarded] },
             );
-            return { spec, volume, domain } as ClusterNode;
+            return { spec, host, volume, domain } as ClusterNode;
         });
 
         if (args.systems && cfg.deploy.enabled) {
@@ -268,7 +306,9 @@ export class SparkCluster extends pulumi.ComponentResource {
                         spark: cfg.health.enabled ? sparkCheck(node) : undefined,
                         // Verify a new VM's host key against its serial console, unless
                         // its image is not known to print it (nixspark:ssh.hostKeys).
-                        consoleLog: (cfg.ssh.hostKeys ?? (cfg.image.path ? "first-use" : "console")) === "console" ? `${logDir}/${node.spec.domainName}-console.log` : undefined,
+                        consoleLog: (cfg.ssh.hostKeys ?? (cfg.image.path ? "first-use" : "console")) === "console" ? consoleLogOf(node.spec) : undefined,
+                        // ... read on the host that runs the VM (a remote libvirt host: over ssh).
+                        ...(several ? { consoleLogHost: node.host.uri } : {}),
                         packages: role.packages,
                         // What moved, by package, after the build: once per role, from
                         // the first node of the role to switch (the master, the canary).
@@ -277,7 +317,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                         // (a change replaces it) and what a restart applies (its deployment
                         // restarts it, in rollout order). The disk and network by their names.
                         vm: {
-                            uri,
+                            uri: node.host.uri,
                             domain: node.spec.domainName,
                             diskPath: `${t.poolPath}/${node.spec.volumeName}`,
                             // Which disk: new when the Volume is created again (a disk deleted
@@ -292,8 +332,9 @@ export class SparkCluster extends pulumi.ComponentResource {
                                 kernel: cfg.image.kernel,
                                 initrd: cfg.image.initrd,
                                 cmdline: cfg.image.cmdline,
-                                consoleLog: `${logDir}/${node.spec.domainName}-console.log`,
-                                network: t.networkName,
+                                consoleLog: consoleLogOf(node.spec),
+                                ...(t.mode === "nat" ? { network: t.networkName } : {}),
+                                ...interfaceOf(t, node.spec),
                                 hostname: node.spec.hostname,
                                 ...dataShare(cfg),
                                 resilience: guestResilience(),
@@ -345,7 +386,22 @@ export class SparkCluster extends pulumi.ComponentResource {
         this.masterUrl = `spark://${t.master.ip}:7077`;
         this.webUiUrl = `http://${t.master.ip}:8080`;
         this.historyUrl = `http://${t.master.ip}:18080`;
-        this.nodeOutputs = t.nodes.map((n) => ({ name: n.name, role: n.role, ip: n.ip, mac: n.mac, hostname: n.hostname, libvirtName: n.domainName }));
+        // With several libvirt hosts, each node names the host that runs it (the nixspark verbs and status reach its VM there).
+        this.nodeOutputs = t.nodes.map((n) => ({
+            name: n.name,
+            role: n.role,
+            ip: n.ip,
+            mac: n.mac,
+            hostname: n.hostname,
+            libvirtName: n.domainName,
+            ...(several ? { libvirtHost: t.hosts[n.host].name, libvirtUri: t.hosts[n.host].uri } : {}),
+        }));
         this.registerOutputs({ masterUrl: this.masterUrl, webUiUrl: this.webUiUrl, historyUrl: this.historyUrl, nodes: this.nodeOutputs });
     }
+}
+
+/** How a node's interface is plugged in: bridge mode's host bridge and static address ("ADDRESS/PREFIX[ GATEWAY]"); nothing in NAT mode. */
+export function interfaceOf(t: Topology, spec: NodeSpec): { bridge?: string; address?: string } {
+    if (t.mode !== "bridge") return {};
+    return { bridge: t.hosts[spec.host].bridge, address: `${spec.ip}/${t.prefix}${t.routerAddress ? ` ${t.routerAddress}` : ""}` };
 }

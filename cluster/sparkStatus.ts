@@ -16,6 +16,8 @@ export interface StackNode {
     ip: string;
     /** libvirt domain name; absent for nodes that are not libvirt VMs. */
     libvirtName?: string;
+    /** The libvirt host that runs it, when the stack has several (nixspark:libvirt.hosts); else the stack's libvirtUri. */
+    libvirtUri?: string;
     /** The NixOS system store path the stack deployed to this node. */
     system?: string;
     /** How this node is reached when it differs from the stack's `ssh` output (target hosts: nixspark:hosts[i].sshUser / sshPort). */
@@ -235,6 +237,7 @@ export function parseStackOutputs(raw: unknown, source: string): StackOutputs {
             role: x.role as string,
             ip: x.ip as string,
             ...(typeof x.libvirtName === "string" && x.libvirtName ? { libvirtName: x.libvirtName } : {}),
+            ...(typeof x.libvirtUri === "string" && x.libvirtUri ? { libvirtUri: x.libvirtUri } : {}),
             ...(typeof x.system === "string" && x.system ? { system: x.system } : {}),
             ...(typeof x.sshUser === "string" && x.sshUser ? { sshUser: x.sshUser } : {}),
             ...(typeof x.sshPort === "number" ? { sshPort: x.sshPort } : {}),

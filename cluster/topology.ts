@@ -25,6 +25,19 @@ export interface NodeSpec {
     vcpus: number;
     memoryMiB: number;
     diskGiB: number;
+    /** The libvirt host it runs on: its position in Topology.hosts. */
+    host: number;
+}
+
+/** A libvirt host of the stack: nixspark:libvirt.hosts, or the one nixspark:libvirtUri. */
+export interface LibvirtHost {
+    /** Its name in the stack ("" for the one host of a stack without nixspark:libvirt.hosts). */
+    name: string;
+    uri: string;
+    /** Bridge mode: the host bridge its VMs plug into. */
+    bridge?: string;
+    /** Where its libvirt logs the VMs' consoles. */
+    consoleLogDir: string;
 }
 
 export interface Topology {
@@ -38,6 +51,11 @@ export interface Topology {
     netmask: string;
     gateway: string;
     dhcpRange: { start: string; end: string };
+    /** "nat": one libvirt network with DHCP; "bridge": host bridges, static addresses. */
+    mode: "nat" | "bridge";
+    /** Bridge mode: the nodes' default route, if any. */
+    routerAddress?: string;
+    hosts: LibvirtHost[];
     master: NodeSpec;
     workers: NodeSpec[];
     nodes: NodeSpec[];
@@ -111,25 +129,30 @@ export function buildTopology(stack: string, cfg: ClusterConfig): Topology {
     }
     const cidr = cfg.network.cidr ?? defaultCidr(stack);
     const { base, size, prefix, netmask } = parseSubnet(cidr);
-    const count = cfg.workers.count;
     const room = capacity(cidr);
-    if (1 + count > room) {
-        const need = [24, 23, 22, 21, 20, 16].find((p) => capacity(`10.0.0.0/${p}`) >= 1 + count) ?? 16;
+    const placed = placement(cfg);
+    const count = placed.length;
+    const top = Math.max(0, ...placed.map((w) => w.index));
+    if (1 + top > room) {
+        const need = [24, 23, 22, 21, 20, 16].find((p) => capacity(`10.0.0.0/${p}`) >= 1 + top) ?? 16;
         throw new TopologyError(
-            `nixspark:network.cidr: ${cidr} has room for ${room} node(s) (master + workers), ` +
-                `but nixspark:workers.count = ${count} needs ${1 + count}; use a larger subnet such as /${need}`,
+            cfg.libvirt.hosts.length > 0
+                ? `nixspark:network.cidr: ${cidr} has room for node numbers up to ${room - 1}, but the workers of nixspark:libvirt.hosts reach number ${top} ` +
+                      `(worker k of the host at position p is number p * libvirt.addressesPerHost (${cfg.libvirt.addressesPerHost}) + k); use a larger subnet such as /${need}`
+                : `nixspark:network.cidr: ${cidr} has room for ${room} node(s) (master + workers), ` +
+                      `but nixspark:workers.count = ${count} needs ${1 + count}; use a larger subnet such as /${need}`,
         );
     }
     const addr = (offset: bigint) => Address4.fromBigInt(base + offset).address;
     const prefixName = (s: string) => `${stack}-${s}`;
-    const longest = prefixName(workerName(Math.max(count, 1)));
+    const longest = prefixName(workerName(Math.max(top, 1)));
     if (longest.length > MAX_LABEL) {
         throw new TopologyError(
             `stack name "${stack}" is too long: the node name "${longest}" has ${longest.length} characters, ` +
                 `hostnames allow ${MAX_LABEL}; use a stack name of at most ${MAX_LABEL - (longest.length - stack.length)} characters`,
         );
     }
-    const node = (name: string, role: Role, index: number, size: { vcpus: number; memoryMiB: number; diskGiB: number }): NodeSpec => ({
+    const node = (name: string, role: Role, index: number, size: { vcpus: number; memoryMiB: number; diskGiB: number }, host = 0): NodeSpec => ({
         name,
         role,
         index,
@@ -141,9 +164,10 @@ export function buildTopology(stack: string, cfg: ClusterConfig): Topology {
         vcpus: size.vcpus,
         memoryMiB: size.memoryMiB,
         diskGiB: size.diskGiB,
+        host,
     });
     const master = node("master", "master", 0, cfg.master);
-    const workers = Array.from({ length: count }, (_, i) => node(workerName(i + 1), "worker", i + 1, cfg.workers));
+    const workers = placed.map((w) => node(workerName(w.index), "worker", w.index, cfg.workers, w.host));
     const nodes = [master, ...workers];
     const macs = new Set(nodes.map((n) => n.mac));
     if (macs.size !== nodes.length) throw new TopologyError(`MAC collision in stack "${stack}"; rename the stack`);
@@ -158,8 +182,38 @@ export function buildTopology(stack: string, cfg: ClusterConfig): Topology {
         netmask,
         gateway: addr(1n),
         dhcpRange: { start: addr(dhcpStartOffset(size)), end: addr(size - 2n) },
+        mode: cfg.network.mode,
+        ...(cfg.network.mode === "bridge" && cfg.network.gateway ? { routerAddress: cfg.network.gateway } : {}),
+        hosts: libvirtHosts(cfg),
         master,
         workers,
         nodes,
     };
+}
+
+/**
+ * Where each worker runs and its number (cluster/libvirtHostsConfig.ts):
+ * without nixspark:libvirt.hosts, workers 1..count on the one host; with it,
+ * worker k of the host at position p is number p * addressesPerHost + k.
+ */
+export function placement(cfg: ClusterConfig): { index: number; host: number }[] {
+    const hosts = cfg.libvirt.hosts;
+    if (hosts.length === 0) return Array.from({ length: cfg.workers.count }, (_, i) => ({ index: i + 1, host: 0 }));
+    const b = cfg.libvirt.addressesPerHost;
+    return hosts.flatMap((h, p) => Array.from({ length: h.workers }, (_, k) => ({ index: p * b + k + 1, host: p })));
+}
+
+/** The stack's libvirt hosts: nixspark:libvirt.hosts, or the one nixspark:libvirtUri. */
+export function libvirtHosts(cfg: ClusterConfig): LibvirtHost[] {
+    const bridged = cfg.network.mode === "bridge";
+    const logDir = (d: string) => d.replace(/\/+$/, "");
+    if (cfg.libvirt.hosts.length === 0) {
+        return [{ name: "", uri: cfg.libvirtUri, ...(bridged && cfg.network.bridge ? { bridge: cfg.network.bridge } : {}), consoleLogDir: logDir(cfg.consoleLogDir) }];
+    }
+    return cfg.libvirt.hosts.map((h) => ({
+        name: h.name,
+        uri: h.uri,
+        ...(h.bridge ?? cfg.network.bridge ? { bridge: h.bridge ?? cfg.network.bridge } : {}),
+        consoleLogDir: logDir(h.consoleLogDir ?? cfg.consoleLogDir),
+    }));
 }

@@ -7,6 +7,9 @@
 
 import { readSharedDir, sharedDirXml, sharedMemoryXml } from "./sharedDirXml";
 import type { SharedDir } from "./sharedDirXml";
+import { credentialValue, hostnameCredential, isHostnameLabel, isStaticAddress, networkCredential } from "./guestCredentials";
+
+export { guestResilience, hostnameCredential, isHostnameLabel, isStaticAddress, networkCredential } from "./guestCredentials";
 
 export interface DhcpHost {
     mac: string;
@@ -41,11 +44,7 @@ export interface DomainSpec extends SharedDir {
     network?: string;
     /** A host bridge the interface is plugged into (nixspark:network.mode bridge): no libvirt network. */
     bridge?: string;
-    /**
-     * The guest's static address, "ADDRESS/PREFIX" or "ADDRESS/PREFIX GATEWAY"
-     * (bridge mode: no DHCP server), handed to it as the systemd credential
-     * `nixspark.network` with its MAC (networkCredential; nix/modules/guest.nix applies it).
-     */
+    /** Bridge mode's static address, "ADDRESS/PREFIX[ GATEWAY]": the credential nixspark.network (networkCredential). */
     address?: string;
     consoleLog: string;
     kernel?: string;
@@ -61,37 +60,6 @@ export interface DomainSpec extends SharedDir {
     uuid?: string;
     /** Set (to guestResilience()): a watchdog resetting a hung guest, a pvpanic device reporting a crash (on_crash restarts it). */
     resilience?: string;
-}
-
-/** What `resilience` asks for, as readDomain reports it back (pvpanic "isa" is QEMU's `-device pvpanic`, x86's default model). */
-export function guestResilience(): string {
-    return "watchdog i6300esb/reset, panic isa";
-}
-
-/** The SMBIOS OEM string that carries the host name as a systemd credential. */
-export function hostnameCredential(hostname: string): string {
-    return `io.systemd.credential:system.hostname=${hostname}`;
-}
-
-/**
- * The SMBIOS OEM string that carries the static address (bridge mode) as the
- * systemd credential `nixspark.network`: "MAC ADDRESS/PREFIX[ GATEWAY]",
- * which the guest reads from $CREDENTIALS_DIRECTORY (nix/modules/guest.nix,
- * nixspark-address.service) and puts on the interface with that MAC.
- */
-export function networkCredential(mac: string, address: string): string {
-    return `io.systemd.credential:nixspark.network=${mac.toLowerCase()} ${address}`;
-}
-
-/** "ADDRESS/PREFIX" or "ADDRESS/PREFIX GATEWAY", IPv4: what `address` may hold. */
-export function isStaticAddress(s: unknown): boolean {
-    const ip = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}";
-    return typeof s === "string" && new RegExp(`^${ip}/([8-9]|[12][0-9]|30)( ${ip})?$`).test(s);
-}
-
-/** An RFC 1123 host name label: letters, digits and inner '-', 1 to 63 characters. */
-export function isHostnameLabel(s: unknown): boolean {
-    return typeof s === "string" && /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(s);
 }
 
 export function esc(s: string | number): string {
@@ -377,7 +345,7 @@ export function readDomain(xml: string): DomainFacts {
         const b = attr(child(iface, "source"), "bridge");
         if (b !== undefined) out.bridge = b;
     }
-    const hostname = hostnameOf(d);
+    const hostname = oemCredential(d, "system.hostname");
     if (hostname !== undefined) out.hostname = hostname;
     const address = oemCredential(d, "nixspark.network");
     if (address !== undefined) out.address = address.split(" ").slice(1).join(" ");
@@ -419,17 +387,8 @@ export function readInterfaces(xml: string): InterfaceFacts[] {
     }));
 }
 
-function hostnameOf(d: XmlNode): string | undefined {
-    return oemCredential(d, "system.hostname");
-}
-
 function oemCredential(d: XmlNode, name: string): string | undefined {
-    const prefix = `io.systemd.credential:${name}=`;
-    for (const e of children(child(d, "sysinfo", "oemStrings"), "entry")) {
-        const v = textOf(e) ?? "";
-        if (v.startsWith(prefix)) return v.slice(prefix.length);
-    }
-    return undefined;
+    return credentialValue(children(child(d, "sysinfo", "oemStrings"), "entry").map((e) => textOf(e) ?? ""), name);
 }
 
 export interface VolumeFacts {

@@ -5,6 +5,7 @@
 import { withFileLock } from "./lock";
 import { localPath } from "./paths";
 import { run } from "./run";
+import { readConsoleLog } from "./consoleLog";
 import { replaceHostKeys } from "./knownHosts";
 import { classifySshFailure, destination, hostKeyError, HostKeyPolicy, knownHostNames, lastLine, sshArgv, SshTarget } from "./ssh";
 
@@ -141,7 +142,7 @@ export async function scanHostKeys(t: SshTarget, timeoutSeconds = 5): Promise<st
  * allowed, for the VM to boot and print; a mismatch that lasts until then is
  * refused naming both sides, since another machine answers at the address.
  */
-export async function verifiedFirstContact(t: SshTarget, consoleLog: string, opts: Omit<WaitOptions, "policy">): Promise<void> {
+export async function verifiedFirstContact(t: SshTarget, consoleLog: string, opts: Omit<WaitOptions, "policy"> & { consoleLogHost?: string }): Promise<void> {
     const fs = require("node:fs") as typeof import("node:fs");
     const started = Date.now();
     const deadline = started + opts.timeoutSeconds * 1000;
@@ -153,7 +154,7 @@ export async function verifiedFirstContact(t: SshTarget, consoleLog: string, opt
         attempts++;
         let log = "";
         try {
-            log = fs.readFileSync(consoleLog, "utf8");
+            log = await readConsoleLog(consoleLog, opts.consoleLogHost);
         } catch (e) {
             if ((e as NodeJS.ErrnoException).code === "EACCES") {
                 // libvirt's logs are root's; nixosModules.host publishes each

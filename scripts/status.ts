@@ -154,7 +154,7 @@ export async function collectStatus(outputs: StackOutputs, opts: StatusOptions):
     const observations = await Promise.all(
         outputs.nodes.map(async (node): Promise<NodeObservation> => {
             const [libvirt, system] = await Promise.all([
-                opts.libvirt && outputs.libvirtUri && node.libvirtName ? libvirtState(opts.virsh, outputs.libvirtUri, node.libvirtName, opts.timeoutMs) : undefined,
+                opts.libvirt && outputs.libvirtUri && node.libvirtName ? libvirtState(opts.virsh, node.libvirtUri ?? outputs.libvirtUri, node.libvirtName, opts.timeoutMs) : undefined,
                 opts.ssh && outputs.ssh ? runningSystem(outputs.ssh, node, opts.timeoutMs) : undefined,
             ]);
             return { node, ...(libvirt ? { libvirt } : {}), ...(system ? { system } : {}) };

@@ -52,7 +52,7 @@ export async function deploy(inp: NixosDeploymentInputs, contact: "first" | "new
             await fingerprintFirstContact(inp, inp.hostKeyFingerprint, log);
         } else if (contact === "first" && inp.consoleLog) {
             log(`waiting up to ${inp.sshWaitSeconds} s for the new VM to print its host keys to its console and answer on SSH`);
-            await verifiedFirstContact(t, inp.consoleLog, { timeoutSeconds: inp.sshWaitSeconds, log });
+            await verifiedFirstContact(t, inp.consoleLog, { timeoutSeconds: inp.sshWaitSeconds, log, consoleLogHost: inp.consoleLogHost });
         } else if (contact === "first") {
             log(`waiting up to ${inp.sshWaitSeconds} s for SSH on the new VM; its host key is trusted on first use (nixspark:ssh.hostKeys "first-use") and recorded in ${inp.knownHostsFile}`);
             await firstContact(t, { timeoutSeconds: inp.sshWaitSeconds, log });

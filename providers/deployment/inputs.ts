@@ -77,7 +77,7 @@ export function checkInputs(news: Record<string, unknown>): { property: string; 
 export function inputsOf(props: Record<string, unknown>): NixosDeploymentInputs {
     const p = withDefaults(props) as Record<string, unknown>;
     const out: Record<string, unknown> = {};
-    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "privateKey", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark", "consoleLog", "hostKeyFingerprint", "release", "packages", "vm", "closureDiff"]) {
+    for (const k of ["node", "flake", "configuration", "host", "machineId", "sshUser", "sshPort", "identityFile", "knownHostsFile", "privateKey", "expectedSystem", "buildHost", "useSudo", "rebuildCommand", "flavour", "sshWaitSeconds", "switchTimeoutSeconds", "secretProperties", "secretUnits", "spark", "consoleLog", "consoleLogHost", "hostKeyFingerprint", "release", "packages", "vm", "closureDiff"]) {
         if (p[k] !== undefined && p[k] !== null && p[k] !== "") out[k] = p[k];
     }
     return out as unknown as NixosDeploymentInputs;

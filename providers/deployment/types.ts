@@ -64,6 +64,8 @@ export interface NixosDeploymentInputs {
      * fingerprint there; otherwise the first key that answers is trusted.
      */
     consoleLog?: string;
+    /** The libvirt URI of the host that writes consoleLog, when it is another machine's (read over ssh: providers/consoleLog.ts). */
+    consoleLogHost?: string;
     /** An existing machine's SSH host key fingerprint (SHA256:...; target hosts): a first contact pins the key only when it is this one. */
     hostKeyFingerprint?: string;
     /** An existing machine's configuration without the role (target hosts): what a delete switches it to, after a worker's decommission. */
@@ -135,6 +137,8 @@ export interface NixosDeploymentArgs {
     spark?: pulumi.Input<SparkCheck>;
     /** The VM's console log, to verify its host key on first contact. */
     consoleLog?: pulumi.Input<string>;
+    /** The libvirt URI of the host that writes the console log (several libvirt hosts). */
+    consoleLogHost?: pulumi.Input<string>;
     /** The machine's host key fingerprint, to verify its key on first contact (target hosts). */
     hostKeyFingerprint?: pulumi.Input<string>;
     /** The machine's configuration without the role, switched to on delete (target hosts). */

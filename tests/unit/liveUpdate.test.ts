@@ -53,7 +53,7 @@ async function graph(sparkSettings: Record<string, string>) {
     const systems = (await prepareNix("dev", cfg, topo, { cwd: proj, extraArgs: STUB })).systems!;
     const { SparkCluster } = await import("../../cluster/sparkCluster");
     const c = new SparkCluster("dev", { stack: "dev", config: cfg, baseImage: { path: "/images/base.qcow2" }, systems, ssh: { identityFile: "/k", knownHostsFile: "/kh" } });
-    const all = [c.network, c.pool, ...c.nodes.flatMap((n) => [n.volume, n.domain]), ...c.deployments, ...(c.health ? [c.health] : [])];
+    const all = [c.network!, c.pool, ...c.nodes.flatMap((n) => [n.volume, n.domain]), ...c.deployments, ...(c.health ? [c.health] : [])];
     await new Promise<void>((r) => pulumi.all(all.map((x) => x.id)).apply(() => r()));
     const byName = new Map(registered.map((r) => [r.name, r]));
     return { byName, systems };

@@ -55,7 +55,7 @@ async function build(workers?: number) {
     const config = workers === undefined ? base : { ...base, workers: { ...base.workers, count: workers } };
     const cluster = new SparkCluster("dev", { stack: "dev", config, baseImage: { path: "/images/base.qcow2" } });
     // Wait until every resource has been registered with the mocks.
-    const ids = [cluster.network.id, cluster.pool.id, ...cluster.nodes.flatMap((n) => [n.volume.id, n.domain.id])];
+    const ids = [cluster.network!.id, cluster.pool.id, ...cluster.nodes.flatMap((n) => [n.volume.id, n.domain.id])];
     await new Promise<void>((resolve) => pulumi.all(ids).apply(() => resolve()));
     const ofType = (t: string) => registered.filter((r) => r.type === `pulumi-nodejs:dynamic/nixspark:${t}`);
     return { cluster, networks: ofType("Network"), volumes: ofType("Volume"), domains: ofType("Domain"), pools: ofType("StoragePool") };
@@ -116,7 +116,7 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
         const { SparkCluster } = await import("../../cluster/sparkCluster");
         const config = devConfig(overrides);
         const cluster = new SparkCluster("dev", { stack: "dev", config, baseImage: { path: "/images/base.qcow2" }, systems, ssh: { identityFile: "/k", knownHostsFile: "/kh" } });
-        const all = [cluster.network, cluster.pool, ...cluster.nodes.flatMap((n) => [n.volume, n.domain]), ...cluster.deployments, ...(cluster.health ? [cluster.health] : [])];
+        const all = [cluster.network!, cluster.pool, ...cluster.nodes.flatMap((n) => [n.volume, n.domain]), ...cluster.deployments, ...(cluster.health ? [cluster.health] : [])];
         await new Promise<void>((resolve) => pulumi.all(all.map((r) => r.id)).apply(() => resolve()));
         const one = (t: string) => registered.filter((r) => r.type === `pulumi-nodejs:dynamic/nixspark:${t}`);
         return { domains: one("Domain"), deployments: one("NixosDeployment"), health: one("SparkHealth") };
@@ -286,7 +286,7 @@ describe("SparkCluster with deployments and the health gate, under mocks", () =>
         const base = devConfig();
         const renamed = { ...base, network: { ...base.network, name: "other" } };
         const cluster = new SparkCluster("dev", { stack: "dev", config: renamed, baseImage: { path: "/images/base.qcow2" } });
-        await new Promise<void>((resolve) => pulumi.all([cluster.network.id]).apply(() => resolve()));
+        await new Promise<void>((resolve) => pulumi.all([cluster.network!.id]).apply(() => resolve()));
         const nets = registered.filter((r) => r.type === "pulumi-nodejs:dynamic/nixspark:Network");
         expect(nets.map((n) => [n.name, n.inputs.name])).toEqual([["dev-network", "dev-other"]]);
         const first = await build();

@@ -1,0 +1,65 @@
+// Reading a VM's serial console log on the libvirt host that runs it: the
+// file itself when that host is this machine (a URI without a host part:
+// qemu:///system, qemu+unix:///system?socket=...), over ssh when it is
+// another (qemu+ssh://[user@]host[:port]/system[?keyfile=...], the same
+// login virsh makes). Other transports cannot be read from here.
+import { run } from "./run";
+
+/** Where a console log is read: this machine, or another over ssh. */
+export type ConsoleLogPlace = { local: true } | { local: false; user?: string; host: string; port?: number; keyfile?: string };
+
+/** Where the console logs of a libvirt host are read, from its connection URI; throws for a transport nixspark cannot read them over. */
+export function consoleLogPlace(uri: string | undefined): ConsoleLogPlace {
+    if (!uri) return { local: true };
+    const m = /^([a-z0-9]+)(?:\+([a-z0-9]+))?:\/\/([^/?]*)(\/[^?]*)?(?:\?(.*))?$/i.exec(uri);
+    if (!m) throw new Error(`cannot tell the host of libvirt URI ${uri}`);
+    const [, , transport, authority, , query] = m;
+    if (authority === "") return { local: true };
+    if ((transport ?? "").toLowerCase() !== "ssh") {
+        throw new Error(
+            `the VMs of ${uri} log their consoles on that host, which nixspark reads only over ssh (qemu+ssh://...) or locally: ` +
+                `use a qemu+ssh URI, or set nixspark:ssh.hostKeys to "first-use"`,
+        );
+    }
+    const a = /^(?:([^@]+)@)?(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(authority);
+    if (!a) throw new Error(`cannot tell the host of libvirt URI ${uri}`);
+    const params = new URLSearchParams(query ?? "");
+    return {
+        local: false,
+        ...(a[1] ? { user: decodeURIComponent(a[1]) } : {}),
+        host: a[2].replace(/^\[|\]$/g, ""),
+        ...(a[3] ? { port: Number(a[3]) } : {}),
+        ...(params.get("keyfile") ? { keyfile: params.get("keyfile")! } : {}),
+    };
+}
+
+/** The ssh command that prints `file` on a remote libvirt host (argv; BatchMode, the user's own known hosts, as virsh's ssh transport). */
+export function remoteCatArgv(place: Exclude<ConsoleLogPlace, { local: true }>, file: string): string[] {
+    return [
+        "ssh",
+        "-o", "BatchMode=yes",
+        "-o", "ConnectTimeout=10",
+        ...(place.port ? ["-p", String(place.port)] : []),
+        ...(place.keyfile ? ["-i", place.keyfile] : []),
+        "--",
+        place.user ? `${place.user}@${place.host}` : place.host,
+        "cat", "--", file,
+    ];
+}
+
+/** The console log's text ("" while it does not exist yet); EACCES surfaces as the error it is, for the caller's fallback. */
+export async function readConsoleLog(file: string, uri?: string): Promise<string> {
+    const place = consoleLogPlace(uri);
+    if (place.local) {
+        const fs = require("node:fs") as typeof import("node:fs");
+        try {
+            return fs.readFileSync(file, "utf8");
+        } catch (e) {
+            if ((e as NodeJS.ErrnoException).code === "ENOENT") return "";
+            throw e;
+        }
+    }
+    const r = await run(remoteCatArgv(place, file), { timeoutMs: 30_000, allowFailure: true });
+    // Not there yet (the VM has not started writing): nothing printed yet.
+    return r.code === 0 ? r.stdout : "";
+}
