@@ -11,7 +11,8 @@ import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { FIXTURES, nix, NIX_DIR, nixEnv, REPO } from "../fixtures/nix-env";
 import { parseConfig } from "../../cluster/config";
-import { buildTopology } from "../../cluster/topology";
+import { buildTopology, NodeSpec, Topology } from "../../cluster/topology";
+import { interfaceOf } from "../../cluster/sparkCluster";
 import { nixStackParams, renderNixStackParams } from "../../cluster/nixParams";
 import { domainXml, networkCredential } from "../../providers/libvirtXml";
 import { run } from "../../providers/run";
@@ -775,16 +776,19 @@ describe("static addresses in bridge mode (nixspark.network.mode)", () => {
         const made: string[] = [];
         let unit: EvaluatedUnit;
         let root: ScratchRoot;
-        let node: { mac: string; ip: string; domainName: string; hostname: string };
+        let node: NodeSpec;
         let credential: string;
         const inNs = (ns: string, argv: string[]) => run(["ip", "netns", "exec", ns, ...argv], { timeoutMs: 20_000 });
         /**
          * The credential as the node's unit receives it: the domain XML the program defines for the
-         * node (bridge mode: its interface on the host bridge, its address), its SMBIOS OEM string
-         * `io.systemd.credential:nixspark.network=VALUE`, VALUE verbatim (what systemd imports).
+         * node (bridge mode: its interface on the host bridge and its address, interfaceOf), its SMBIOS
+         * OEM string `io.systemd.credential:nixspark.network=VALUE`, VALUE verbatim (what systemd imports).
          */
-        const credentialOf = (n: typeof node, address: string): string => {
-            const xml = domainXml({ name: n.domainName, domainType: "qemu", vcpus: 1, memoryMiB: 256, diskPath: "/var/lib/nxs/disk.qcow2", mac: n.mac, bridge: "br0", address, consoleLog: "/var/log/nxs.log", hostname: n.hostname });
+        const credentialOf = (topo: Topology, n: NodeSpec): string => {
+            const plug = interfaceOf(topo, n);
+            expect(plug.bridge).toBe("br0");
+            const address = plug.address!;
+            const xml = domainXml({ name: n.domainName, domainType: "qemu", vcpus: 1, memoryMiB: 256, diskPath: "/var/lib/nxs/disk.qcow2", mac: n.mac, ...plug, consoleLog: "/var/log/nxs.log", hostname: n.hostname });
             const unescape = (t: string) => t.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&quot;/g, '"').replace(/&apos;/g, "'").replace(/&amp;/g, "&");
             const entries = [...xml.matchAll(/<entry>([^<]*)<\/entry>/g)].map((m) => unescape(m[1]));
             const ours = entries.filter((e) => e.startsWith(CRED_PREFIX));
@@ -798,7 +802,7 @@ describe("static addresses in bridge mode (nixspark.network.mode)", () => {
             unit = evalUnit(dir, "br-worker", "nixspark-address");
             root = new ScratchRoot();
             node = br.topo.workers[0];
-            credential = credentialOf(node, `${node.ip}/${br.topo.prefix} ${br.cfg.network.gateway}`);
+            credential = credentialOf(br.topo, node);
             expect(credential).toBe(`${node.mac} ${node.ip}/24 10.77.0.254`);
             for (const ns of [NODE_NS, SEGMENT_NS]) {
                 await run(["ip", "netns", "add", ns], { timeoutMs: 10_000 });
@@ -847,7 +851,11 @@ describe("static addresses in bridge mode (nixspark.network.mode)", () => {
             const nogw = evalUnit(dir, "brnogw-worker", "nixspark-address");
             expect(nogw.execStart).toBe(unit.execStart); // one unit whatever the address: the address is not in the system
             await inNs(NODE_NS, ["ip", "route", "flush", "default"]);
-            root.putCredential("nixspark-address", "nixspark.network", credentialOf(node, `${node.ip}/${br.topo.prefix}`));
+            // The same stack without nixspark:network.gateway: the same node, no router in its credential.
+            const topo = buildTopology("br", parseConfig({ ssh: { publicKey: key }, network: { ...bridge.network, gateway: undefined } }));
+            expect(topo.workers[0]).toMatchObject({ mac: node.mac, ip: node.ip });
+            expect(topo.routerAddress).toBeUndefined();
+            root.putCredential("nixspark-address", "nixspark.network", credentialOf(topo, topo.workers[0]));
             udevProcessed(true);
             const r = await runIt();
             expect(r.code).toBe(0);
@@ -863,7 +871,7 @@ describe("static addresses in bridge mode (nixspark.network.mode)", () => {
             r = await runIt();
             expect(r.code).not.toBe(0);
             expect(r.stderr).toContain(`credential nixspark.network is "${node.ip}/24", not "MAC ADDRESS/PREFIX[ GATEWAY]"`);
-            root.putCredential("nixspark-address", "nixspark.network", credentialOf({ ...node, mac: "52:54:00:00:00:01" }, `${node.ip}/24`));
+            root.putCredential("nixspark-address", "nixspark.network", credentialOf(br.topo, { ...node, mac: "52:54:00:00:00:01" }));
             const started = Date.now();
             r = await runIt({ NIXSPARK_INTERFACE_WAIT_SECONDS: "2" });
             expect(r.code).not.toBe(0);
