@@ -48,6 +48,13 @@ export interface NixStackParams {
     pythonPackages: string[];
     /** Spark authentication and encryption (nix/lib/params.nix; the secret itself never comes here). */
     security: { authenticate: boolean; ioEncryption: boolean };
+    /**
+     * "bridge" when nixspark:network.mode is bridge (no DHCP on the segment:
+     * each node takes its static address from the nixspark.network
+     * credential, nix/modules/guest.nix). Absent in nat mode, the default, so
+     * a nat stack's file, evaluation cache key and systems stay as they were.
+     */
+    networkMode?: "bridge";
     /** The shared data directory as the nodes mount it (nixspark:data; absent without data.path). The host path stays on the host. */
     data?: { tag: string; mountPoint: string; readOnly: boolean };
 }
@@ -79,6 +86,7 @@ export function nixStackParams(cfg: ClusterConfig, topo: Pick<Topology, "stack" 
         sparkSettings,
         pythonPackages: [...new Set(cfg.spark.pythonPackages)].sort(),
         security: { authenticate: cfg.security.authenticate, ioEncryption: cfg.security.ioEncryption },
+        ...(cfg.network.mode === "bridge" ? { networkMode: "bridge" as const } : {}),
         ...(cfg.data?.path ? { data: { tag: cfg.data.tag, mountPoint: cfg.data.mountPoint, readOnly: cfg.data.readOnly } } : {}),
     };
 }

@@ -5,6 +5,7 @@ params: {
   nixspark = {
     inherit (params) stack deployUser sshKeys daemonMemoryMiB sparkSettings pythonPackages;
     clusterCidr = params.network.cidr;
+    network.mode = params.network.mode;
     master = {
       address = params.master.ip;
       inherit (params.master) hostname;

@@ -208,6 +208,23 @@ let
         ioEncryption = flag "ioEncryption" false;
       };
 
+  # How a node gets its address (nixspark:network.mode): "nat" (absent: the
+  # libvirt network's DHCP reservation) or "bridge" (a host bridge onto a
+  # shared L2 segment with no DHCP server: the static address the domain
+  # hands the node as the systemd credential nixspark.network, see
+  # modules/guest.nix). Absent in nat mode, so a nat stack's file is as before.
+  networkMode =
+    let
+      m = json.networkMode or "nat";
+    in
+    if elem m [
+      "nat"
+      "bridge"
+    ] then
+      m
+    else
+      fail "networkMode: expected \"nat\" or \"bridge\" (nixspark:network.mode), got ${builtins.toJSON m}";
+
   # The shared data directory (nixspark:data; none when absent): the tag the
   # VM's virtiofs device carries, where the nodes mount it, and how.
   data =
@@ -328,7 +345,10 @@ else
       ;
     deployUser = sshUser;
     sshKeys = [ sshPublicKey ];
-    network = { inherit cidr prefix; };
+    network = {
+      inherit cidr prefix;
+      mode = networkMode;
+    };
     master = {
       ip = masterIp;
       hostname = masterHostname;

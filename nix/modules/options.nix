@@ -39,11 +39,28 @@ in
       description = "The cluster network; Spark's ports are opened to this subnet only.";
     };
 
+    network.mode = mkOption {
+      type = types.enum [
+        "nat"
+        "bridge"
+      ];
+      default = "nat";
+      description = ''
+        How the node gets its address (nixspark:network.mode). "nat": from
+        DHCP (the libvirt network's reservation for the node's MAC). "bridge":
+        the VM sits on a host bridge onto a shared L2 segment with no DHCP
+        server, so no DHCP client runs; the nixspark-address unit puts the
+        static address from the systemd credential `nixspark.network` (an
+        SMBIOS OEM string in the domain XML: "MAC ADDRESS/PREFIX [GATEWAY]")
+        on the interface with that MAC (modules/guest.nix).
+      '';
+    };
+
     master = {
       address = mkOption {
         type = types.str;
         example = "10.77.0.10";
-        description = "The Spark master's address on the cluster network (a DHCP reservation).";
+        description = "The Spark master's address on the cluster network (its DHCP reservation, or its static address in bridge mode).";
       };
       hostname = mkOption {
         type = types.nullOr types.str;

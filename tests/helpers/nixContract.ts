@@ -104,6 +104,11 @@ export function evalUnitAt(flakeDir: string, attr: string, name: string, isExpr 
     return { name, ...u, drvs: [...new Set(u.drvs)] };
 }
 
+/** $CREDENTIALS_DIRECTORY of a system service (systemd.exec(5), "Credentials"). */
+function credentialsDirectory(unit: string): string {
+    return `/run/credentials/${unit}.service`;
+}
+
 interface Derivation {
     outputs: { out: { path: string } };
     inputDrvs: Record<string, string[]>;
@@ -203,9 +208,14 @@ export class ScratchRoot {
         fs.symlinkSync("/usr/sbin", path.join(target, "sbin"));
     }
 
-    /** Runs a command inside the scratch root (tests/helpers/scratch-root in a private mount namespace). */
-    run(argv: string[], opts: { env?: Record<string, string>; timeoutMs?: number; allowFailure?: boolean; input?: string } = {}): Promise<RunResult> {
-        return run(["unshare", "--mount", "--propagation", "private", "bash", SCRATCH_ROOT, this.dir, ...argv], {
+    /**
+     * Runs a command inside the scratch root (tests/helpers/scratch-root in a
+     * private mount namespace); with `netns`, inside that network namespace
+     * too (`ip netns exec`, whose /sys shows the namespace's interfaces only).
+     */
+    run(argv: string[], opts: { env?: Record<string, string>; timeoutMs?: number; allowFailure?: boolean; input?: string; netns?: string } = {}): Promise<RunResult> {
+        const inNetns = opts.netns ? ["ip", "netns", "exec", opts.netns] : [];
+        return run([...inNetns, "unshare", "--mount", "--propagation", "private", "bash", SCRATCH_ROOT, this.dir, ...argv], {
             timeoutMs: opts.timeoutMs ?? 60_000,
             allowFailure: opts.allowFailure,
             input: opts.input,
@@ -213,17 +223,43 @@ export class ScratchRoot {
         });
     }
 
-    /** Realises a unit's derivations and runs its ExecStart with its environment, as systemd would (as root). */
+    /**
+     * Realises a unit's derivations and runs its ExecStart with its
+     * environment, as systemd would (as root); `netns`: in that network
+     * namespace. A unit with credentials (ImportCredential=, LoadCredential=)
+     * gets $CREDENTIALS_DIRECTORY as systemd sets it for a system service,
+     * /run/credentials/<unit>.service: put them there with putCredential.
+     */
     async runUnit(
         unit: EvaluatedUnit,
-        opts: { extraEnv?: Record<string, string>; timeoutMs?: number; allowFailure?: boolean; stopAfterSeconds?: number } = {},
+        opts: { extraEnv?: Record<string, string>; timeoutMs?: number; allowFailure?: boolean; stopAfterSeconds?: number; netns?: string } = {},
     ): Promise<RunResult> {
         await this.realise(unit.drvs);
         const argv = unit.execStart.trim().split(/\s+/);
-        const env = { ...unit.environment, ...(opts.extraEnv ?? {}) };
+        const sc = unit.serviceConfig;
+        const credentials = sc.ImportCredential !== undefined || sc.LoadCredential !== undefined ? { CREDENTIALS_DIRECTORY: credentialsDirectory(unit.name) } : {};
+        const env = { ...unit.environment, ...credentials, ...(opts.extraEnv ?? {}) };
         // A unit that keeps running (a loop) is stopped with SIGTERM after stopAfterSeconds, as `systemctl stop` would.
         const stop = opts.stopAfterSeconds ? ["timeout", String(opts.stopAfterSeconds)] : [];
-        return this.run([...stop, "env", "-i", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], { timeoutMs: opts.timeoutMs, allowFailure: opts.allowFailure || Boolean(opts.stopAfterSeconds) });
+        return this.run([...stop, "env", "-i", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], {
+            timeoutMs: opts.timeoutMs,
+            allowFailure: opts.allowFailure || Boolean(opts.stopAfterSeconds),
+            netns: opts.netns,
+        });
+    }
+
+    /**
+     * A credential as systemd hands it to a system service: the file
+     * /run/credentials/<unit>.service/<name> holding exactly `text` (for a
+     * system credential from an SMBIOS OEM string, the string after
+     * `io.systemd.credential:<name>=`), root-only. Undefined removes it.
+     */
+    putCredential(unit: string, name: string, text: string | undefined): void {
+        const dir = this.at(credentialsDirectory(unit));
+        fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+        const file = path.join(dir, name);
+        if (text === undefined) fs.rmSync(file, { force: true });
+        else fs.writeFileSync(file, text, { mode: 0o400 });
     }
 
     remove(): void {

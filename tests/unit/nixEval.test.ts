@@ -152,6 +152,11 @@ describe("what makes it evaluate again (exactly once)", () => {
         expect(after.image).toBe(before.image); // the image does not carry Spark settings
     });
 
+    test("the network mode (bridge writes networkMode into the stack's settings file)", async () => {
+        const next = config("dev", { spark: { settings: { "spark.executor.memory": "1g" } }, network: { mode: "bridge", bridge: "br0" } });
+        await across(() => undefined, next);
+    });
+
     test("a file under nix/modules", async () => {
         const { before, after } = await across((p) => fs.appendFileSync(path.join(p.dir, "modules/role.nix"), "# edited\n"));
         expect(after).toEqual(before); // a comment changes nothing Nix computes, but it had to be evaluated to know

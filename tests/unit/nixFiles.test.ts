@@ -52,7 +52,7 @@ describe("lib/params.nix (stack settings -> node parameters)", () => {
         expect(p.master).toEqual({ ip: "10.77.0.10", hostname: "example-master", vcpus: 2, memoryMiB: 2048, url: "spark://10.77.0.10:7077", webUiUrl: "http://10.77.0.10:8080" });
         expect(p.worker.cores).toBe(2);
         expect(p.ports).toEqual({ ssh: 22, master: 7077, masterWebUi: 8080, worker: 7078, workerWebUi: 8081 });
-        expect(p.network).toEqual({ cidr: "10.77.0.0/24", prefix: 24 });
+        expect(p.network).toEqual({ cidr: "10.77.0.0/24", prefix: 24, mode: "nat" });
     });
 
     test.each([
@@ -181,7 +181,7 @@ describe("lib/params-module.nix (parameters -> nixspark.* options)", () => {
         expect(m.nixspark.pythonPackages).toEqual(["numpy", "pandas"]);
         expect(m.nixspark.firewall.tcpPorts).toEqual([7077, 8080, 7078, 8081]);
         expect(Object.keys(m.nixspark).sort()).toEqual(
-            ["clusterCidr", "daemonMemoryMiB", "deployUser", "firewall", "master", "pythonPackages", "security", "sparkSettings", "sshKeys", "stack", "worker"].sort(),
+            ["clusterCidr", "daemonMemoryMiB", "deployUser", "firewall", "master", "network", "pythonPackages", "security", "sparkSettings", "sshKeys", "stack", "worker"].sort(),
         );
     });
 

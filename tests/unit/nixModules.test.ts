@@ -8,10 +8,15 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { FIXTURES, nix, NIX_DIR, nixEnv, REPO } from "../fixtures/nix-env";
 import { parseConfig } from "../../cluster/config";
-import { buildTopology } from "../../cluster/topology";
+import { buildTopology, NodeSpec, Topology } from "../../cluster/topology";
+import { interfaceOf } from "../../cluster/sparkCluster";
 import { nixStackParams, renderNixStackParams } from "../../cluster/nixParams";
+import { domainXml, networkCredential } from "../../providers/libvirtXml";
+import { run } from "../../providers/run";
+import { evalUnit, EvaluatedUnit, removeContractDirs, ScratchRoot } from "../helpers/nixContract";
 
 jest.setTimeout(180_000);
 
@@ -502,6 +507,16 @@ describe("the stand-in follows nixos-24.11 where the modules depend on it", () =
         ]);
     });
 
+    test("dhcpcd runs when networking.useDHCP (and networking.dhcpcd.enable) is set, before network-online.target (services/networking/dhcpcd.nix)", () => {
+        const c = (m: string) => evalExpr(`let c = ${system(m)}; in { units = builtins.attrNames c.systemd.services; users = builtins.attrNames c.users.users; }`);
+        expect(c(`{ }`).units).toContain("dhcpcd");
+        expect(c(`{ }`).users).toContain("dhcpcd");
+        expect(c(`{ networking.useDHCP = false; }`)).toEqual({ units: [], users: ["nobody", "root"] });
+        expect(c(`{ networking.dhcpcd.enable = false; }`).units).toEqual([]);
+        const unit = evalExpr(`${system(`{ }`)}.systemd.services.dhcpcd`);
+        expect(unit).toMatchObject({ wantedBy: ["multi-user.target", "network-online.target"], before: ["network-online.target"], wants: ["network.target"] });
+    });
+
     test("every assertion the stand-in makes names the nixpkgs file it comes from", () => {
         for (const file of filesUnderDir(STUB_DIR)) {
             const text = fs.readFileSync(file, "utf8");
@@ -681,5 +696,199 @@ describe("the shared data directory (nixspark:data)", () => {
         expect(() => evalExpr(fsOf(`"/data/" = { device = "t"; fsType = "virtiofs"; }`))).toThrow(/not of type/);
         expect(() => evalExpr(fsOf(`"/data" = { device = "t"; fsType = "virtiofs"; options = [ ]; }`))).toThrow(/not of type/);
         expect(Object.keys(evalExpr(fsOf(`"/data" = { device = "t"; fsType = "virtiofs"; enable = false; }`)))).toEqual(["/"]);
+    });
+});
+
+// Issue 19: static addresses in bridge mode (nixspark:network.mode bridge).
+// A shared L2 segment across libvirt hosts has no DHCP server, so each node
+// takes its address from the systemd credential nixspark.network that its
+// domain's SMBIOS strings carry (providers/libvirtXml.ts networkCredential).
+// The unit guest.nix generates is run here, in a network namespace this test
+// makes, on an interface with the node's MAC, with exactly the credential
+// the program's domain XML carries for the node (the OEM string's value, as
+// systemd imports it).
+describe("static addresses in bridge mode (nixspark.network.mode)", () => {
+    const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
+    const CRED_PREFIX = "io.systemd.credential:nixspark.network=";
+    let dir: string;
+    /** The program's config, topology and settings file for a stack. */
+    const programWrites = (stack: string, raw: Record<string, unknown>) => {
+        const cfg = parseConfig({ ssh: { publicKey: key }, ...raw });
+        const topo = buildTopology(stack, cfg);
+        fs.writeFileSync(path.join(dir, "stacks", `${stack}.json`), renderNixStackParams(nixStackParams(cfg, topo)));
+        return { cfg, topo };
+    };
+    const bridge = { network: { mode: "bridge", bridge: "br0", cidr: "10.77.0.0/24", gateway: "10.77.0.254" } };
+    let br: ReturnType<typeof programWrites>;
+    beforeAll(() => {
+        dir = flakeCopy();
+        programWrites("nat", { network: { cidr: "10.77.0.0/24" } });
+        br = programWrites("br", bridge);
+        programWrites("brnogw", { network: { mode: "bridge", bridge: "br0", cidr: "10.77.0.0/24" } });
+    });
+    afterAll(() => removeContractDirs());
+    const cfg = <T = any>(system: string, attr: string): T => evalFlake<T>(dir, `nixosConfigurations.${system}.config.${attr}`);
+
+    test("the settings file says bridge only in bridge mode: a nat stack's file and systems are as before", () => {
+        const nat = JSON.parse(fs.readFileSync(path.join(dir, "stacks", "nat.json"), "utf8"));
+        expect(nat).not.toHaveProperty("networkMode");
+        expect(JSON.parse(fs.readFileSync(path.join(dir, "stacks", "br.json"), "utf8")).networkMode).toBe("bridge");
+        // "nat" written out is the same stack to Nix as no field at all; "bridge" moves the image
+        // (its first boot has no DHCP either) and both roles.
+        const as = (networkMode: string | undefined) => {
+            fs.writeFileSync(path.join(dir, "stacks", "same.json"), JSON.stringify({ ...nat, stack: "same", ...(networkMode ? { networkMode } : {}) }));
+            const e = evalFlake<StackEvaluation>(dir, "lib.stackEvaluations.same");
+            return { baseImage: e.baseImage, systems: e.systems }; // not `source`: the flake's files differ
+        };
+        const implicit = as(undefined);
+        expect(as("nat")).toEqual(implicit);
+        const b = as("bridge");
+        expect(b.baseImage.drvPath).not.toBe(implicit.baseImage.drvPath);
+        expect(b.systems.master).not.toBe(implicit.systems.master);
+        expect(b.systems.worker).not.toBe(implicit.systems.worker);
+        fs.rmSync(path.join(dir, "stacks", "same.json"));
+    });
+
+    test("nat: DHCP as before (dhcpcd runs), no address unit; bridge: no DHCP client on any node, the image included, and the address unit before the network targets", () => {
+        for (const system of ["nat-base", "nat-master", "nat-worker"]) {
+            expect(cfg(system, "networking.useDHCP")).toBe(true);
+            const units = cfg<Record<string, unknown>>(system, "systemd.services");
+            expect(units).toHaveProperty("dhcpcd");
+            expect(units).not.toHaveProperty("nixspark-address");
+        }
+        for (const system of ["br-base", "br-master", "br-worker"]) {
+            expect(cfg(system, "nixspark.network.mode")).toBe("bridge");
+            expect(cfg(system, "networking.useDHCP")).toBe(false);
+            expect(cfg(system, "systemd.services")).not.toHaveProperty("dhcpcd");
+            expect(cfg(system, "users.users")).not.toHaveProperty("dhcpcd");
+            const unit = cfg(system, "systemd.services.nixspark-address");
+            expect(unit.serviceConfig).toEqual({ Type: "oneshot", RemainAfterExit: true, ImportCredential: "nixspark.network", ExecStart: expect.stringMatching(/-unit-script-nixspark-address-start\/bin\/nixspark-address-start $/) });
+            expect(unit.before).toEqual(["network.target", "network-online.target"]);
+            expect(unit.wantedBy).toEqual(["multi-user.target", "network-online.target"]);
+            expect(unit.wants).toEqual(["network.target"]);
+        }
+    });
+
+    describe("the unit, run in a network namespace with the program's credential", () => {
+        const id = randomBytes(3).toString("hex");
+        const NODE_NS = `nxs-adn-${id}`;
+        const SEGMENT_NS = `nxs-ads-${id}`;
+        const made: string[] = [];
+        let unit: EvaluatedUnit;
+        let root: ScratchRoot;
+        let node: NodeSpec;
+        let credential: string;
+        const inNs = (ns: string, argv: string[]) => run(["ip", "netns", "exec", ns, ...argv], { timeoutMs: 20_000 });
+        /**
+         * The credential as the node's unit receives it: the domain XML the program defines for the
+         * node (bridge mode: its interface on the host bridge and its address, interfaceOf), its SMBIOS
+         * OEM string `io.systemd.credential:nixspark.network=VALUE`, VALUE verbatim (what systemd imports).
+         */
+        const credentialOf = (topo: Topology, n: NodeSpec): string => {
+            const plug = interfaceOf(topo, n);
+            expect(plug.bridge).toBe("br0");
+            const address = plug.address!;
+            const xml = domainXml({ name: n.domainName, domainType: "qemu", vcpus: 1, memoryMiB: 256, diskPath: "/var/lib/nxs/disk.qcow2", mac: n.mac, ...plug, consoleLog: "/var/log/nxs.log", hostname: n.hostname });
+            const unescape = (t: string) => t.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&quot;/g, '"').replace(/&apos;/g, "'").replace(/&amp;/g, "&");
+            const entries = [...xml.matchAll(/<entry>([^<]*)<\/entry>/g)].map((m) => unescape(m[1]));
+            const ours = entries.filter((e) => e.startsWith(CRED_PREFIX));
+            expect(ours).toHaveLength(1);
+            expect(ours[0]).toBe(networkCredential(n.mac, address));
+            return ours[0].slice(CRED_PREFIX.length);
+        };
+        const runIt = (extraEnv: Record<string, string> = {}) => root.runUnit(unit, { netns: NODE_NS, allowFailure: true, timeoutMs: 60_000, extraEnv });
+
+        beforeAll(async () => {
+            unit = evalUnit(dir, "br-worker", "nixspark-address");
+            root = new ScratchRoot();
+            node = br.topo.workers[0];
+            credential = credentialOf(br.topo, node);
+            expect(credential).toBe(`${node.mac} ${node.ip}/24 10.77.0.254`);
+            for (const ns of [NODE_NS, SEGMENT_NS]) {
+                await run(["ip", "netns", "add", ns], { timeoutMs: 10_000 });
+                made.push(ns);
+            }
+            // The node's NIC (its MAC) and, on the other end, the segment, where the gateway sits.
+            await run(["ip", "link", "add", "nxsnic", "netns", NODE_NS, "address", node.mac, "type", "veth", "peer", "name", "nxsseg", "netns", SEGMENT_NS], { timeoutMs: 10_000 });
+            await inNs(SEGMENT_NS, ["ip", "addr", "add", `${br.cfg.network.gateway}/24`, "dev", "nxsseg"]);
+            await inNs(SEGMENT_NS, ["ip", "link", "set", "nxsseg", "up"]);
+            ifindex = (await inNs(NODE_NS, ["cat", "/sys/class/net/nxsnic/ifindex"])).stdout.trim();
+        });
+        let ifindex: string;
+        /** udev's database entry for the interface (what it writes once it processed, and named, it), or none. */
+        const udevProcessed = (yes: boolean) => {
+            const file = root.at(`/run/udev/data/n${ifindex}`);
+            fs.mkdirSync(path.dirname(file), { recursive: true });
+            if (yes) fs.writeFileSync(file, "I:1000000\nE:ID_NET_NAME=nxsnic\n");
+            else fs.rmSync(file, { force: true });
+        };
+        afterAll(async () => {
+            for (const ns of made) await run(["ip", "netns", "delete", ns], { timeoutMs: 10_000, allowFailure: true });
+        });
+
+        test("sets the address and the default route on the interface with the node's MAC; the node answers there from the segment; a second run changes nothing", async () => {
+            root.putCredential("nixspark-address", "nixspark.network", credential);
+            udevProcessed(true);
+            const r = await runIt();
+            expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: expect.stringContaining(`nixspark-address: nxsnic (${node.mac}): ${node.ip}/24, default route via 10.77.0.254`) });
+            const addrs = () => inNs(NODE_NS, ["ip", "-j", "-4", "addr", "show", "dev", "nxsnic"]).then((o) => JSON.parse(o.stdout)[0]);
+            const a = await addrs();
+            expect(a.flags).toContain("UP");
+            expect(a.addr_info.map((i: any) => `${i.local}/${i.prefixlen}`)).toEqual([`${node.ip}/24`]);
+            const routes = JSON.parse((await inNs(NODE_NS, ["ip", "-j", "route", "show", "default"])).stdout);
+            expect(routes).toEqual([expect.objectContaining({ dst: "default", gateway: "10.77.0.254", dev: "nxsnic" })]);
+            // From the segment: a TCP connection to the node's address is refused by the node's
+            // kernel (nothing listens): it answers at that address.
+            const probe = `import socket\ns=socket.socket(); s.settimeout(3)\ntry:\n    s.connect(("${node.ip}", 9)); print("open")\nexcept ConnectionRefusedError:\n    print("refused")\nexcept Exception as e:\n    print("no answer", e)\n`;
+            expect((await inNs(SEGMENT_NS, ["python3", "-c", probe])).stdout.trim()).toBe("refused");
+            // Run again (a restart): the same single address and route.
+            expect((await runIt()).code).toBe(0);
+            expect((await addrs()).addr_info).toHaveLength(1);
+            expect(JSON.parse((await inNs(NODE_NS, ["ip", "-j", "route", "show", "default"])).stdout)).toHaveLength(1);
+        });
+
+        test("without a gateway in the credential (nixspark:network.gateway unset) no default route is set", async () => {
+            const nogw = evalUnit(dir, "brnogw-worker", "nixspark-address");
+            expect(nogw.execStart).toBe(unit.execStart); // one unit whatever the address: the address is not in the system
+            await inNs(NODE_NS, ["ip", "route", "flush", "default"]);
+            // The same stack without nixspark:network.gateway: the same node, no router in its credential.
+            const topo = buildTopology("br", parseConfig({ ssh: { publicKey: key }, network: { ...bridge.network, gateway: undefined } }));
+            expect(topo.workers[0]).toMatchObject({ mac: node.mac, ip: node.ip });
+            expect(topo.routerAddress).toBeUndefined();
+            root.putCredential("nixspark-address", "nixspark.network", credentialOf(topo, topo.workers[0]));
+            udevProcessed(true);
+            const r = await runIt();
+            expect(r.code).toBe(0);
+            expect(JSON.parse((await inNs(NODE_NS, ["ip", "-j", "route", "show", "default"])).stdout)).toEqual([]);
+        });
+
+        test("a missing or malformed credential, no interface with its MAC, or one udev has not processed yet: the unit waits (bounded) and fails with a message that says which", async () => {
+            root.putCredential("nixspark-address", "nixspark.network", undefined);
+            let r = await runIt();
+            expect(r.code).not.toBe(0);
+            expect(r.stderr).toContain("nixspark-address: no credential nixspark.network: the domain must carry the SMBIOS OEM string io.systemd.credential:nixspark.network=MAC ADDRESS/PREFIX[ GATEWAY]");
+            root.putCredential("nixspark-address", "nixspark.network", `${node.ip}/24`);
+            r = await runIt();
+            expect(r.code).not.toBe(0);
+            expect(r.stderr).toContain(`credential nixspark.network is "${node.ip}/24", not "MAC ADDRESS/PREFIX[ GATEWAY]"`);
+            root.putCredential("nixspark-address", "nixspark.network", credentialOf(br.topo, { ...node, mac: "52:54:00:00:00:01" }));
+            const started = Date.now();
+            r = await runIt({ NIXSPARK_INTERFACE_WAIT_SECONDS: "2" });
+            expect(r.code).not.toBe(0);
+            expect(r.stderr).toMatch(/no interface with MAC 52:54:00:00:00:01 after 2 s \(interfaces: lo nxsnic \)/);
+            expect(Date.now() - started).toBeGreaterThanOrEqual(1500);
+            // The right MAC, but udev has not processed the interface yet (it may still rename it):
+            // the unit waits, and says so when it gives up.
+            root.putCredential("nixspark-address", "nixspark.network", credential);
+            udevProcessed(false);
+            r = await runIt({ NIXSPARK_INTERFACE_WAIT_SECONDS: "2" });
+            expect(r.code).not.toBe(0);
+            expect(r.stderr).toContain(`nixspark-address: interface nxsnic has MAC ${node.mac} but udev has not processed it after 2 s`);
+            // ... and takes it as soon as udev has.
+            const late = root.runUnit(unit, { netns: NODE_NS, allowFailure: true, timeoutMs: 60_000, extraEnv: { NIXSPARK_INTERFACE_WAIT_SECONDS: "20" } });
+            await new Promise((resolve) => setTimeout(resolve, 1500));
+            udevProcessed(true);
+            expect((await late).code).toBe(0);
+        });
     });
 });

@@ -79,6 +79,20 @@ describe("nixStackParams (pure)", () => {
         expect(renderNixStackParams(nixStackParams(a.cfg, a.topo))).toBe(renderNixStackParams(nixStackParams(b.cfg, b.topo)));
     });
 
+    test("the network mode: nothing in nat mode (a nat stack's file is byte for byte what it was), networkMode bridge in bridge mode", () => {
+        const nat = setup("dev", { network: { cidr: "10.50.0.0/24" } });
+        const explicit = setup("dev", { network: { cidr: "10.50.0.0/24", mode: "nat" } });
+        const bridge = setup("dev", { network: { cidr: "10.50.0.0/24", mode: "bridge", bridge: "br0", gateway: "10.50.0.254" } });
+        expect(nixStackParams(nat.cfg, nat.topo)).not.toHaveProperty("networkMode");
+        expect(renderNixStackParams(nixStackParams(explicit.cfg, explicit.topo))).toBe(renderNixStackParams(nixStackParams(nat.cfg, nat.topo)));
+        const b = nixStackParams(bridge.cfg, bridge.topo);
+        expect(b.networkMode).toBe("bridge");
+        // The node's address and gateway travel in its domain (the nixspark.network credential), not here:
+        // every worker keeps one system.
+        expect(renderNixStackParams(b)).not.toContain("10.50.0.254");
+        expect({ ...b, networkMode: undefined }).toEqual({ ...nixStackParams(nat.cfg, nat.topo), networkMode: undefined });
+    });
+
     test("without an SSH key it says which setting to set", () => {
         const cfg = parseConfig({});
         expect(() => nixStackParams(cfg, buildTopology("dev", cfg))).toThrow(/nixspark:ssh.publicKey: required to build the base image/);
@@ -152,6 +166,21 @@ describe("the settings file", () => {
         // The config's default list, sorted (its content is configSchema.ts's and params.nix's to agree on).
         expect(p.pythonPackages).toEqual([...cfg.spark.pythonPackages].sort());
     });
+});
+
+test("nix/lib/params.nix reads the network mode: nat when absent, bridge; anything else is refused naming the field and the setting", () => {
+    nixEnv();
+    const dir = copyDir(NIX_DIR, "nixspark-flake-");
+    const bridge = setup("br", { network: { mode: "bridge", bridge: "br0" } });
+    writeNixStackParams(dir, nixStackParams(bridge.cfg, bridge.topo));
+    const nat = setup("nat");
+    writeNixStackParams(dir, nixStackParams(nat.cfg, nat.topo));
+    expect(evalJson<Record<string, string>>(`builtins.mapAttrs (_: p: p.network.mode) (import ./lib/stacks.nix { stacksDir = ./stacks; })`, dir)).toEqual({ br: "bridge", nat: "nat", example: "nat" });
+    const file = stackParamsPath(dir, "nat");
+    fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(fs.readFileSync(file, "utf8")), networkMode: "macvtap" }));
+    expect(() => evalJson(`(import ./lib/stacks.nix { stacksDir = ./stacks; }).nat.network.mode`, dir)).toThrow(
+        /nixspark stack settings: networkMode: expected "nat" or "bridge" \(nixspark:network.mode\), got "macvtap"/,
+    );
 });
 
 describe("nix/flake.nix at the attributes the program asks for (stub nixpkgs)", () => {
