@@ -34,7 +34,10 @@ interface Guest {
     address: string;
     gateway: string;
     consoleLog: string;
+    /** The interface the guest puts the address on. */
+    iface: string;
 }
+const DECOY_MAC = "02:00:5e:00:00:01";
 const guests: Guest[] = [];
 
 const NETNS = /nxs-[0-9a-f]{8}/g;
@@ -126,6 +129,7 @@ describe("two libvirt hosts on one L2 segment", () => {
                     // The first guest gets a default route via the segment (.1), the second none.
                     gateway: i === 0 ? s.address : "",
                     consoleLog: path.join(bench.dir, `${stack}-${node}-console.log`),
+                    iface: i === 0 ? "eth0" : "eth1",
                 };
                 g.address = `${g.ip}/${s.prefix}${g.gateway ? ` ${g.gateway}` : ""}`;
                 guests[i] = g;
@@ -137,8 +141,10 @@ describe("two libvirt hosts on one L2 segment", () => {
                     bridge: s.bridge, address: g.address, hostname: g.hostname, consoleLog: g.consoleLog,
                     kernel: bench.guest.kernel, initrd: bench.guest.initrd, cmdline: "console=ttyS0",
                 });
+                // The second guest gets another NIC first (eth0, on no address): the credential's MAC, not the name eth0, picks the interface.
+                const decoy = `    <interface type='bridge'>\n      <mac address='${DECOY_MAC}'/>\n      <source bridge='${s.bridge}'/>\n      <model type='virtio'/>\n    </interface>\n`;
                 const file = path.join(bench.dir, `${g.name}.xml`);
-                fs.writeFileSync(file, xml);
+                fs.writeFileSync(file, g.iface === "eth0" ? xml : xml.replace("    <interface type='bridge'>\n", `${decoy}$&`));
                 await bench.virsh(["define", file]);
                 await bench.virsh(["start", g.name]);
             }),
@@ -179,7 +185,8 @@ describe("two libvirt hosts on one L2 segment", () => {
             expect((await info(s.exec, g.ip))?.get("hostname")).toBe(g.hostname);
             const r = await s.ssh(g.ip, ["hostname; ip -4 -o addr show; cat /run/address-source; pidof udhcpc || echo no-udhcpc"], { timeoutMs: 60_000 });
             expect(r.stdout).toContain(`${g.hostname}\n`);
-            expect(r.stdout).toContain(`inet ${g.ip}/${s.prefix}`);
+            expect(r.stdout).toMatch(new RegExp(`^\\d+: ${g.iface}\\s+inet ${g.ip.replace(/\./g, "\\.")}/${s.prefix} `, "m"));
+            expect(r.stdout.match(/inet (?!127\.)/g)).toHaveLength(1); // and on no other interface
             expect(r.stdout).toContain("credential\nno-udhcpc\n");
         }
 
@@ -198,7 +205,7 @@ describe("two libvirt hosts on one L2 segment", () => {
         }
         for (const g of guests) {
             const text = fs.readFileSync(g.consoleLog, "utf8");
-            expect(text).toContain(`test-guest: static address ${g.ip}/${s.prefix} on eth0 hostname=${g.hostname} router=${g.gateway} (credential nixspark.network)`);
+            expect(text).toContain(`test-guest: static address ${g.ip}/${s.prefix} on ${g.iface} hostname=${g.hostname} router=${g.gateway} (credential nixspark.network)`);
             expect(text).not.toMatch(/udhcpc|test-guest: bound/);
         }
         console.log(`segment: two guests booted and answering across the segment in ${bootMs} ms`);
