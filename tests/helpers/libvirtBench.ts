@@ -110,19 +110,13 @@ export async function startBench(options: StartOptions = {}): Promise<Bench> {
 
     reapStaleBenches(log);
 
-    const id = randomBytes(4).toString("hex");
-    const state: BenchState = {
-        id,
-        netns: `nxs-${id}`,
-        dir: path.join(BASE_DIR, `${DIR_PREFIX}${id}`),
-        netnsCreated: false,
-    };
+    const state = newState();
     const uri = `qemu+unix:///system?socket=${state.dir}/run/libvirt-sock`;
     // World-readable on purpose: dnsmasq drops privileges (to nobody) before
     // it reads the DHCP reservations under lib/dnsmasq, and silently hands
     // out range addresses when it cannot.
     fs.mkdirSync(state.dir, { mode: 0o755 });
-    live.set(id, state);
+    live.set(state.id, state);
 
     let stopped: Promise<void> | undefined;
     const bench: Bench = {
@@ -153,6 +147,56 @@ export async function startBench(options: StartOptions = {}): Promise<Bench> {
         await bench.stop().catch((e: Error) => log(`bench: cleanup after failed start: ${e.message}`));
         throw err;
     }
+}
+
+/** A network namespace of its own (no daemons), owned, reaped and torn down as a bench's is. */
+export interface Netns {
+    /** Name of the network namespace (`nxs-<hex>`, as a bench's). */
+    netns: string;
+    /** Its temp dir (holds the owner record), removed by stop(). */
+    dir: string;
+    /** Runs argv inside the network namespace. */
+    exec(argv: string[], opts?: RunOptions): Promise<RunResult>;
+    /** Ends what still runs in it (by PID), deletes it and its dir. Idempotent. */
+    stop(): Promise<void>;
+}
+
+/**
+ * A bare network namespace with loopback up, for what a test needs beside
+ * its benches (tests/helpers/segmentBench.ts: the shared L2 segment). It is
+ * recorded like a bench (owner.json in /tmp/nxs-bench-<id>), so the 'exit'
+ * handler and the next start's reaping remove it if its process dies.
+ */
+export async function startNetns(options: StartOptions = {}): Promise<Netns> {
+    const log = options.log ?? (() => undefined);
+    registerExitHandler();
+    reapStaleBenches(log);
+    const state = newState();
+    fs.mkdirSync(state.dir, { mode: 0o755 });
+    live.set(state.id, state);
+    let stopped: Promise<void> | undefined;
+    const ns: Netns = {
+        netns: state.netns,
+        dir: state.dir,
+        exec: (argv, opts = {}) => run(["ip", "netns", "exec", state.netns, ...argv], { timeoutMs: 60_000, ...opts }),
+        // No libvirtd.pid in its dir: teardown skips the daemons' steps.
+        stop: () => (stopped ??= teardown(state, "")),
+    };
+    try {
+        writeOwner(state);
+        await run(["ip", "netns", "add", state.netns], { timeoutMs: 10_000 });
+        state.netnsCreated = true;
+        await ns.exec(["ip", "link", "set", "lo", "up"], { timeoutMs: 10_000 });
+        return ns;
+    } catch (err) {
+        await ns.stop().catch((e: Error) => log(`netns: cleanup after failed start: ${e.message}`));
+        throw err;
+    }
+}
+
+function newState(): BenchState {
+    const id = randomBytes(4).toString("hex");
+    return { id, netns: `nxs-${id}`, dir: path.join(BASE_DIR, `${DIR_PREFIX}${id}`), netnsCreated: false };
 }
 
 /** Polls `fn` until it returns a value other than undefined; bounded. */
