@@ -24,6 +24,7 @@
 // its /run/current-system at the evaluated system (as tests/e2e/stack.test.ts).
 import * as path from "node:path";
 import { run } from "../../providers/run";
+import { macFor } from "../../cluster/topology";
 import { sshArgv, tailFile, waitFor } from "../helpers/libvirtBench";
 import type { Bench } from "../helpers/libvirtBench";
 import { startSegment } from "../helpers/segmentBench";
@@ -167,6 +168,13 @@ describe(`one stack over two libvirt hosts (stack ${stack})`, () => {
         // No libvirt network, so no DHCP server: the addresses can only be the credential's.
         expect([...(await networks(hostA())), ...(await networks(hostB()))]).toEqual([]);
         await Promise.all([expectAnswersFrom(hostB(), "master", hostA()), expectAnswersFrom(hostB(), "worker-1", hostA()), expectAnswersFrom(hostA(), "worker-33", hostB())]);
+
+        // The address is on the interface with the credential's MAC and no other, and no DHCP client ever ran.
+        const seen = await segment!.exec(sshArgv(hostA().guest.sshKey, ipOf("worker-33"), ["ip -4 -o addr show; ip -o link show; pidof udhcpc || echo no-udhcpc"]), { timeoutMs: 60_000 });
+        expect(seen.stdout.match(/inet (?!127\.)/g)).toHaveLength(1);
+        expect(seen.stdout).toContain("no-udhcpc");
+        const iface = new RegExp(`^\\d+: (\\S+)\\s+inet ${ipOf("worker-33").replace(/\./g, "\\.")}/24 `, "m").exec(seen.stdout)?.[1];
+        expect(seen.stdout).toMatch(new RegExp(`^\\d+: ${iface}: .*link/ether ${macFor(stack, "worker-33")} `, "m"));
 
         const systems = { master: await evalSystem("master"), worker: await evalSystem("worker") };
         expect(await currentSystem("master")).toBe(systems.master);
