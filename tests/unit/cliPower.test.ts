@@ -104,6 +104,38 @@ describe("stop", () => {
         expect(() => stackVms({ nodes: [...nodes, { name: "worker-3", role: "worker", ip: "10.0.0.13" }], libvirtUri: "u", masterUrl: "", webUiUrl: "" })).toThrow(/names no libvirt domain for worker-3/);
         expect(stackVms({ nodes: [nodes[1], nodes[0], nodes[2]], libvirtUri: "u", masterUrl: "", webUiUrl: "" }).vms.map((v) => v.domain)).toEqual(["dev-master", "dev-worker-1", "dev-worker-2"]);
     });
+    test("with several libvirt hosts each VM is asked on its own host: stackVms and the real virsh calls use the node's libvirtUri", async () => {
+        const fs = require("node:fs") as typeof import("node:fs");
+        const os = require("node:os") as typeof import("node:os");
+        const path = require("node:path") as typeof import("node:path");
+        const nodes = [
+            { name: "master", role: "master", ip: "10.0.0.10", libvirtName: "lab-master", libvirtUri: "qemu+ssh://root@hv-a/system" },
+            { name: "worker-33", role: "worker", ip: "10.0.0.43", libvirtName: "lab-worker-33", libvirtUri: "qemu+ssh://root@hv-b/system" },
+        ];
+        const outputs = { nodes, libvirtUri: "qemu+ssh://root@hv-a/system", masterUrl: "spark://10.0.0.10:7077", webUiUrl: "http://10.0.0.10:8080" };
+        const { uri, vms: placed } = stackVms(outputs);
+        expect(placed.map((v) => [v.domain, v.uri])).toEqual([
+            ["lab-master", "qemu+ssh://root@hv-a/system"],
+            ["lab-worker-33", "qemu+ssh://root@hv-b/system"],
+        ]);
+        // A stand-in virsh that records its arguments and says "running".
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "nxs-virsh-"));
+        try {
+            const virsh = path.join(dir, "virsh");
+            fs.writeFileSync(virsh, `#!/bin/sh\necho "$@" >> ${dir}/calls\necho running\n`, { mode: 0o755 });
+            const { realOps } = await import("../../cli/power");
+            const ops = realOps({ dir, outputs, raw: {} }, uri, { virsh, probeTimeoutMs: 5000, say: () => undefined });
+            for (const vm of placed) expect(await ops.state(vm)).toBe("running");
+            await ops.virsh(placed[1], "start");
+            expect(fs.readFileSync(path.join(dir, "calls"), "utf8").trim().split("\n")).toEqual([
+                "-c qemu+ssh://root@hv-a/system domstate lab-master",
+                "-c qemu+ssh://root@hv-b/system domstate lab-worker-33",
+                "-c qemu+ssh://root@hv-b/system start lab-worker-33",
+            ]);
+        } finally {
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
+    });
     test("already off: said, nothing sent", async () => {
         const f = fake({ states: { master: "shut off", "worker-1": "shut off", "worker-2": "shut off" } });
         expect(await stopVms(f.ops, vms, { timeoutMs: 30_000, force: false, uri: "u" })).toEqual([]);
