@@ -137,7 +137,11 @@ export class SparkCluster extends pulumi.ComponentResource {
         if (several) {
             this.placement = new Placement(
                 `${args.stack}-placement`,
-                { hosts: Object.fromEntries(t.hosts.map((h) => [h.name, h.uri])), nodes: Object.fromEntries(t.nodes.map((n) => [n.name, t.hosts[n.host].name])) },
+                {
+                    hosts: Object.fromEntries(t.hosts.map((h) => [h.name, h.uri])),
+                    nodes: Object.fromEntries(t.nodes.map((n) => [n.name, t.hosts[n.host].name])),
+                    addressesPerHost: cfg.libvirt.addressesPerHost,
+                },
                 child,
             );
         }

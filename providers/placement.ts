@@ -12,7 +12,9 @@
 //     first, `pulumi up` (they are decommissioned and removed), then remove it;
 //   - a node may not change host (a reordered list, a host inserted before
 //     another, a changed uri): its VM would be deleted on one host and a new
-//     one made on another.
+//     one made on another;
+//   - addressesPerHost may not change while nodes run on several hosts (the
+//     later hosts' workers would be renumbered: new VMs).
 // It makes nothing; create, update and delete only record.
 import * as pulumi from "@pulumi/pulumi";
 import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
@@ -22,6 +24,8 @@ export interface PlacementInputs {
     hosts: Record<string, string>;
     /** Each node by name: the name of the host that runs it. */
     nodes: Record<string, string>;
+    /** nixspark:libvirt.addressesPerHost: the worker numbers each host's position owns. */
+    addressesPerHost?: number;
 }
 
 /** What a change of placement would do that the guard refuses; one line each, naming the nodes and the fix. */
@@ -49,6 +53,13 @@ export function placementProblems(olds: PlacementInputs | undefined, news: Place
                 `so keep the hosts in their order and add new ones at the end`,
         );
     }
+    const per = [olds.addressesPerHost, news.addressesPerHost];
+    if (typeof per[0] === "number" && typeof per[1] === "number" && per[0] !== per[1] && byHost.size > 1) {
+        out.push(
+            `nixspark:libvirt.addressesPerHost changed from ${per[0]} to ${per[1]} while nodes run on ${byHost.size} hosts: the workers of every host after the first would get new numbers, names and addresses (new VMs). ` +
+                `Set it back: pulumi config set --path libvirt.addressesPerHost ${per[0]}`,
+        );
+    }
     for (const [host, nodes] of byHost) {
         const [was, now] = [olds.hosts[host], news.hosts[host]];
         if (now !== undefined && was !== undefined && was !== now) {
@@ -67,16 +78,16 @@ export const placementProvider: pulumi.dynamic.ResourceProvider = {
     },
 
     async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
-        const same = JSON.stringify([olds.hosts, olds.nodes]) === JSON.stringify([news.hosts, news.nodes]);
+        const same = JSON.stringify([olds.hosts, olds.nodes, olds.addressesPerHost]) === JSON.stringify([news.hosts, news.nodes, news.addressesPerHost]);
         return { changes: !same || providerCodeChanged(olds, news), replaces: [], deleteBeforeReplace: false };
     },
 
     async create(inputs: Record<string, unknown>) {
-        return { id: "placement", outs: { hosts: inputs.hosts, nodes: inputs.nodes } };
+        return { id: "placement", outs: { hosts: inputs.hosts, nodes: inputs.nodes, addressesPerHost: inputs.addressesPerHost } };
     },
 
     async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
-        return { outs: { ...keptOutputs(olds), hosts: news.hosts, nodes: news.nodes } };
+        return { outs: { ...keptOutputs(olds), hosts: news.hosts, nodes: news.nodes, addressesPerHost: news.addressesPerHost } };
     },
 
     async read(id: string, props: Record<string, unknown>) {

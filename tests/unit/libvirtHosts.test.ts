@@ -181,6 +181,13 @@ describe("the placement guard (providers/placement.ts)", () => {
         const moved = placementProblems(olds, { hosts: { a: A, b: "qemu+ssh://root@hv-z/system" }, nodes: olds.nodes });
         expect(moved.join("\n")).toMatch(/host b changed its uri from qemu\+ssh:\/\/root@hv-b\/system to qemu\+ssh:\/\/root@hv-z\/system while it runs worker-33, worker-34/);
     });
+
+    test("addressesPerHost may not change while nodes run on several hosts (the later hosts' workers would be renumbered); on one host it may", () => {
+        const renumbered = placementProblems({ ...olds, addressesPerHost: 32 }, { hosts: olds.hosts, nodes: { master: "a", "worker-1": "a", "worker-17": "b", "worker-18": "b" }, addressesPerHost: 16 });
+        expect(renumbered.join("\n")).toMatch(/nixspark:libvirt\.addressesPerHost changed from 32 to 16 while nodes run on 2 hosts.*pulumi config set --path libvirt\.addressesPerHost 32/);
+        const oneHost = { hosts: { a: A, b: B }, nodes: { master: "a", "worker-1": "a" }, addressesPerHost: 32 };
+        expect(placementProblems(oneHost, { ...oneHost, addressesPerHost: 16 })).toEqual([]);
+    });
 });
 
 describe("the domain on a host bridge, with its static address as a credential", () => {
