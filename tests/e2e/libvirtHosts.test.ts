@@ -8,9 +8,11 @@
 // static address the program hands it in its SMBIOS strings.
 //   1. preview of a new stack: the placement, a pool and a base volume per
 //      host, three volumes, domains and deployments, and no network;
-//   2. up: the master and worker-1 on host a, worker-33 on host b; each guest
-//      answers at its static address from the other host's namespace, says
-//      its address came from the credential, and runs its role system;
+//   2. up: the master and worker-1 on host a, worker-33 on host b; each new
+//      VM's host key is pinned from the console log its own host writes (a
+//      directory per host); each guest answers at its static address from the
+//      other host's namespace, on the interface with its MAC only, with no
+//      DHCP client, and runs its role system;
 //   3. one more worker on b: preview shows its volume, domain and deployment
 //      and the placement's update, nothing of any existing node; up puts it
 //      on b, where the placement says;
@@ -63,14 +65,19 @@ function config(workersA: number, workersB: number | undefined): Record<string, 
         ...rest,
         network: { mode: "bridge", bridge: BRIDGE, cidr },
         workers: { vcpus: 1, memoryMiB: 256, diskGiB: 1 },
+        // Each new VM's host key is checked against what it printed on its console, in the log its own host writes.
+        ssh: { ...(rest.ssh as Record<string, unknown>), hostKeys: "console" },
         libvirt: {
             hosts: [
-                { name: "a", uri: hostA().uri, workers: workersA },
-                ...(workersB === undefined ? [] : [{ name: "b", uri: hostB().uri, workers: workersB }]),
+                { name: "a", uri: hostA().uri, workers: workersA, consoleLogDir: consoleDir(hostA()) },
+                ...(workersB === undefined ? [] : [{ name: "b", uri: hostB().uri, workers: workersB, consoleLogDir: consoleDir(hostB()) }]),
             ],
         },
     };
 }
+
+/** Where a host's libvirt writes the console logs (a directory of its own, as on two machines). */
+const consoleDir = (bench: Bench) => path.join(bench.dir, "log", "qemu");
 
 async function domains(bench: Bench): Promise<string[]> {
     const r = await bench.virsh(["list", "--all", "--name"]);
@@ -180,6 +187,10 @@ describe(`one stack over two libvirt hosts (stack ${stack})`, () => {
         expect(await currentSystem("master")).toBe(systems.master);
         expect(await currentSystem("worker-1")).toBe(systems.worker);
         expect(await currentSystem("worker-33")).toBe(systems.worker);
+
+        // Each deployment pinned the host key its VM printed on its own host's console.
+        const text = `${u.stderr}\n${u.diagnostics.map((d) => d.message).join("\n")}`;
+        for (const n of ["master", "worker-1", "worker-33"]) expect(text).toMatch(new RegExp(`host key of root@${ipOf(n).replace(/\./g, "\\.")} port 22 matches the VM's console \\(SHA256:`));
 
         const out = await cli!.outputs();
         expect(out.nodes.map((n: Record<string, string>) => [n.name, n.ip, n.libvirtHost, n.libvirtUri])).toEqual([
