@@ -1,12 +1,13 @@
 // Reading a VM's serial console log on the libvirt host that runs it: the
 // file itself when that host is this machine (a URI without a host part:
 // qemu:///system, qemu+unix:///system?socket=...), over ssh when it is
-// another (qemu+ssh://[user@]host[:port]/system[?keyfile=...], the same
-// login virsh makes). Other transports cannot be read from here.
+// another (qemu+ssh://[user@]host[:port]/system[?keyfile=...&known_hosts=...
+// &no_verify=1], the same login virsh makes). Other transports cannot be read
+// from here.
 import { run } from "./run";
 
 /** Where a console log is read: this machine, or another over ssh. */
-export type ConsoleLogPlace = { local: true } | { local: false; user?: string; host: string; port?: number; keyfile?: string };
+export type ConsoleLogPlace = { local: true } | { local: false; user?: string; host: string; port?: number; keyfile?: string; knownHosts?: string; noVerify?: boolean };
 
 /** Where the console logs of a libvirt host are read, from its connection URI; throws for a transport nixspark cannot read them over. */
 export function consoleLogPlace(uri: string | undefined): ConsoleLogPlace {
@@ -30,6 +31,9 @@ export function consoleLogPlace(uri: string | undefined): ConsoleLogPlace {
         host: a[2].replace(/^\[|\]$/g, ""),
         ...(a[3] ? { port: Number(a[3]) } : {}),
         ...(params.get("keyfile") ? { keyfile: params.get("keyfile")! } : {}),
+        // libvirt's own URI parameters for the host key: a known-hosts file, or none checked at all.
+        ...(params.get("known_hosts") ? { knownHosts: params.get("known_hosts")! } : {}),
+        ...(params.get("no_verify") === "1" ? { noVerify: true } : {}),
     };
 }
 
@@ -41,6 +45,8 @@ export function remoteCatArgv(place: Exclude<ConsoleLogPlace, { local: true }>, 
         "-o", "ConnectTimeout=10",
         ...(place.port ? ["-p", String(place.port)] : []),
         ...(place.keyfile ? ["-i", place.keyfile] : []),
+        ...(place.knownHosts ? ["-o", `UserKnownHostsFile=${place.knownHosts}`] : []),
+        ...(place.noVerify ? ["-o", "StrictHostKeyChecking=no"] : []),
         "--",
         place.user ? `${place.user}@${place.host}` : place.host,
         "cat", "--", file,
@@ -60,6 +66,16 @@ export async function readConsoleLog(file: string, uri?: string): Promise<string
         }
     }
     const r = await run(remoteCatArgv(place, file), { timeoutMs: 30_000, allowFailure: true });
+    if (r.code === 0) return r.stdout;
+    // ssh's own failure (no connection, login refused, an unknown or changed host key): said, not waited out.
+    if (r.code === 255) {
+        const e = new Error(
+            `cannot read the console log ${file} on ${place.host} over ssh (${uri}): ${r.stderr.trim().split("\n").pop()}; ` +
+                `the VM's host key is checked against it. Make \`ssh ${place.user ? `${place.user}@` : ""}${place.host}\` work without a prompt (its host key in known_hosts, a key that logs in), or set nixspark:ssh.hostKeys to "first-use"`,
+        );
+        e.name = "ConsoleLogUnreachable";
+        throw e;
+    }
     // Not there yet (the VM has not started writing): nothing printed yet.
-    return r.code === 0 ? r.stdout : "";
+    return "";
 }

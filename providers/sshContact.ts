@@ -156,6 +156,7 @@ export async function verifiedFirstContact(t: SshTarget, consoleLog: string, opt
         try {
             log = await readConsoleLog(consoleLog, opts.consoleLogHost);
         } catch (e) {
+            if ((e as Error).name === "ConsoleLogUnreachable") throw e;
             if ((e as NodeJS.ErrnoException).code === "EACCES") {
                 // libvirt's logs are root's; nixosModules.host publishes each
                 // VM's latest host key line (public information) here.

@@ -223,9 +223,9 @@ describe("console logs are read on the host that runs the VM", () => {
         expect(consoleLogPlace("qemu:///system")).toEqual({ local: true });
         expect(consoleLogPlace("qemu+unix:///system?socket=/tmp/x/sock")).toEqual({ local: true });
         const p = consoleLogPlace("qemu+ssh://deploy@hv-b:2222/system?keyfile=/k/id&no_verify=1");
-        expect(p).toEqual({ local: false, user: "deploy", host: "hv-b", port: 2222, keyfile: "/k/id" });
+        expect(p).toEqual({ local: false, user: "deploy", host: "hv-b", port: 2222, keyfile: "/k/id", noVerify: true });
         expect(remoteCatArgv(p as Exclude<typeof p, { local: true }>, "/var/log/libvirt/qemu/x-console.log")).toEqual([
-            "ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", "2222", "-i", "/k/id", "--", "deploy@hv-b", "cat", "--", "/var/log/libvirt/qemu/x-console.log",
+            "ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", "2222", "-i", "/k/id", "-o", "StrictHostKeyChecking=no", "--", "deploy@hv-b", "cat", "--", "/var/log/libvirt/qemu/x-console.log",
         ]);
         expect(() => consoleLogPlace("qemu+tcp://hv-b/system")).toThrow(/reads only over ssh .* or set nixspark:ssh\.hostKeys to "first-use"/);
     });
