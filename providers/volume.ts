@@ -298,9 +298,11 @@ export const volumeProvider: pulumi.dynamic.ResourceProvider = {
 
     async create(inputs: VolumeInputs) {
         const backingPath = inputs.basePath;
-        // Asked of libvirt, not of this machine's file system: the base volume is
-        // in a pool of the host that runs the VM, which may be another machine.
-        if ((await lookup(inputs.uri, "volume", backingPath, ["vol-info", backingPath])) === undefined) {
+        // Asked of libvirt first: the base volume is in a pool of the host that
+        // runs the VM, which may be another machine (or mount namespace). A
+        // backing file outside any pool is looked for here.
+        const fs = require("node:fs") as typeof import("node:fs");
+        if ((await lookup(inputs.uri, "volume", backingPath, ["vol-info", backingPath])) === undefined && !fs.existsSync(backingPath)) {
             throw new Error(`base image ${backingPath} does not exist on ${inputs.uri}; build it (see README) or set nixspark:image.path`);
         }
         const existing = await volumeXmlOf(inputs, true);
