@@ -86,6 +86,10 @@ let refused: Promise<RunResult[]>;
 /** The jobs (the PySpark pair, then the JVM pair once the accepted smoke job has given its cores back: at once they only compete for the machine's two cores); each test awaits its own. */
 let pyRuns: Promise<RunResult[]>;
 let jvmRuns: ReturnType<typeof startJvm>;
+/** The README walkthrough, once the JVM pair is done (while the refused drivers still wait). */
+let walkthroughRun: Promise<RunResult>;
+/** What /data points to while the walkthrough runs (claimDataLink). */
+let dataLink: string | undefined;
 
 beforeAll(async () => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), "nxsubmit-"));
@@ -188,7 +192,8 @@ beforeAll(async () => {
     pyRuns = startPython();
     // The smoke job wants an executor on each worker: the JVM pair's drivers and executors could fill one of them.
     jvmRuns = Promise.allSettled([pyRuns, accepted]).then(() => startJvm());
-    for (const p of [pyRuns, jvmRuns]) p.catch(() => undefined); // awaited by their tests
+    walkthroughRun = Promise.allSettled([jvmRuns]).then(() => startWalkthrough());
+    for (const p of [pyRuns, jvmRuns, walkthroughRun]) p.catch(() => undefined); // awaited by their tests
 }, 10 * 60_000);
 
 afterAll(async () => {
@@ -209,6 +214,7 @@ afterAll(async () => {
         await spark?.stop();
         for (const pid of pids) expect(livingInGroup(pid)).toEqual([]);
     } finally {
+        releaseDataLink();
         if (root) fs.rmSync(root, { recursive: true, force: true });
         scratch?.remove();
         removeContractDirs();
@@ -498,47 +504,65 @@ test("submit refuses what Spark standalone or the nodes cannot do: exit 2 before
  * the CLI at this loopback cluster as `pulumi stack output` would.
  */
 test("the README walkthrough runs as written: the CSV job's totals, the JVM job's driver in the cluster, both listed by the history server", async () => {
+    const r = await walkthroughRun;
+    if (r.code !== 0) throw new Error(`the walkthrough failed: ${explain(r)}`);
+    // The CSV job's totals on stdout and, through /data, in the host directory (cat prints them).
+    expect(r.stdout).toContain("north\t17\nsouth\t5\n");
+    expect(r.stdout).toContain("region,total\nnorth,17\nsouth,5\n");
+    const ids = [...r.stderr.matchAll(/submit: application (app-\d+-\d+)/g)].map((m) => m[1]);
+    expect(ids).toHaveLength(2);
+    // The JVM job ran its driver on a worker, followed to its end, its output printed here.
+    expect(r.stderr).toMatch(/submit: driver driver-\d+-\d+ RUNNING on worker-\d/);
+    expect(r.stderr).toMatch(/submit: driver driver-\d+-\d+ ended FINISHED/);
+    expect(r.stdout).toContain("lines containing north: 2");
+
+    // Both applications, completed, as status lists them (the history server scans every 2 s here).
+    let listed = "";
+    const deadline = Date.now() + 120_000;
+    while (Date.now() < deadline) {
+        listed = (await nixspark(["status", "--no-libvirt", "--no-ssh"])).stdout;
+        if (ids.every((id) => new RegExp(`^COMPLETED +[0-9hms]+ +${id} `, "m").test(listed))) break;
+        await new Promise((res) => setTimeout(res, 1_000));
+    }
+    for (const id of ids) expect(listed).toMatch(new RegExp(`^COMPLETED +[0-9hms]+ +${id} `, "m"));
+});
+
+/**
+ * Runs the walkthrough block in bash, with /data (claimDataLink) pointing at
+ * the temporary HOME's nixspark-data for as long as it runs.
+ */
+async function startWalkthrough(): Promise<RunResult> {
     const home = path.join(root, "home");
     const data = path.join(home, "nixspark-data");
     fs.mkdirSync(data, { recursive: true });
     fs.chmodSync(data, 0o1777); // as walkthrough:up makes it
     const script = path.join(root, "walkthrough.sh");
     fs.writeFileSync(script, walkthroughBlock("use"));
-    const madeData = claimDataLink(data);
+    dataLink = claimDataLink(data);
     try {
-        const r = await run(["bash", "-euo", "pipefail", script], {
+        return await run(["bash", "-euo", "pipefail", script], {
             cwd: REPO,
             env: { ...process.env, HOME: home, NIXSPARK_OUTPUTS: outputsFile },
             timeoutMs: 600_000,
             allowFailure: true,
         });
-        if (r.code !== 0) throw new Error(`the walkthrough failed: ${explain(r)}`);
-        // The CSV job's totals on stdout and, through /data, in the host directory (cat prints them).
-        expect(r.stdout).toContain("north\t17\nsouth\t5\n");
-        expect(r.stdout).toContain("region,total\nnorth,17\nsouth,5\n");
-        const ids = [...r.stderr.matchAll(/submit: application (app-\d+-\d+)/g)].map((m) => m[1]);
-        expect(ids).toHaveLength(2);
-        // The JVM job ran its driver on a worker, followed to its end, its output printed here.
-        expect(r.stderr).toMatch(/submit: driver driver-\d+-\d+ RUNNING on worker-\d/);
-        expect(r.stderr).toMatch(/submit: driver driver-\d+-\d+ ended FINISHED/);
-        expect(r.stdout).toContain("lines containing north: 2");
-
-        // Both applications, completed, as status lists them (the history server scans every 2 s here).
-        let listed = "";
-        const deadline = Date.now() + 120_000;
-        while (Date.now() < deadline) {
-            listed = (await nixspark(["status", "--no-libvirt", "--no-ssh"])).stdout;
-            if (ids.every((id) => new RegExp(`^COMPLETED +[0-9hms]+ +${id} `, "m").test(listed))) break;
-            await new Promise((res) => setTimeout(res, 1_000));
-        }
-        for (const id of ids) expect(listed).toMatch(new RegExp(`^COMPLETED +[0-9hms]+ +${id} `, "m"));
     } finally {
-        if (madeData) fs.unlinkSync("/data");
+        releaseDataLink();
     }
-});
+}
 
-/** Makes /data a symlink to `dir`; refuses a /data this test did not make (a stale link of an earlier run into a removed temp dir is replaced). */
-function claimDataLink(dir: string): boolean {
+/** Removes the /data link this test made, if it is still there (also from afterAll, should the walkthrough outlive its test). */
+function releaseDataLink(): void {
+    try {
+        if (dataLink !== undefined && fs.readlinkSync("/data") === dataLink) fs.unlinkSync("/data");
+    } catch {
+        /* not a link, or gone */
+    }
+    dataLink = undefined;
+}
+
+/** Makes /data a symlink to `dir` and returns `dir`; refuses a /data this test did not make (a stale link of an earlier run into a removed temp dir is replaced). */
+function claimDataLink(dir: string): string {
     let existing: fs.Stats | undefined;
     try {
         existing = fs.lstatSync("/data");
@@ -551,5 +575,5 @@ function claimDataLink(dir: string): boolean {
         fs.unlinkSync("/data");
     }
     fs.symlinkSync(dir, "/data");
-    return true;
+    return dir;
 }
