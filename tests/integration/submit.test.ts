@@ -1,19 +1,36 @@
-// `nixspark submit` and `nixspark status`'s application list, run as a user
-// runs them (node cli/nixspark.js) against real Spark (issue 17, must-show 1):
+// One real Spark standalone cluster on loopback, with authentication and RPC
+// encryption as the nodes run them, serves three stories (one cluster start
+// for all, and the refused drivers' fixed wait overlaps the other jobs):
 //
-// - the project's test Spark on loopback (tests/helpers/sparkLocal.ts: a
-//   master on 127.0.0.1, workers on 127.0.0.2 and 127.0.0.3) with
-//   authentication, RPC encryption and event logs on, as the nodes have them;
-// - three "nodes" (tests/helpers/loopbackNodes.ts): real sshds on the same
-//   loopback addresses, each in its own mount namespace holding what a NixOS
-//   node has where the CLI looks: spark-submit at the system profile path
-//   (scripts/smoke.ts NODE_SPARK_SUBMIT; here a wrapper around the test
-//   Spark's), SPARK_CONF_DIR in the login environment naming the nodes'
-//   configuration (the cluster's spark-defaults.conf, a spark-env.sh that
+// 1. The contract between ClusterSecret and the node's nixspark-spark-conf
+//    unit, up to the daemons (secretContract.test.ts runs the unit alone and
+//    checks its files): the unit's ExecStart, from the real evaluation of
+//    the master role (against the stand-in nixpkgs), runs in a scratch root
+//    on the file the program writes (secretProperties of the stack's secret
+//    output), and the master and both workers start from the configuration
+//    directory it assembled, as it is.
+// 2. Spark authentication (nix/lib/params.nix with security.authenticate,
+//    nix/modules/spark.nix): the smoke job, submitted with the stack's
+//    secret, runs on both workers; drivers with another secret, with none,
+//    and with the doubly wrapped string ("spark.authenticate.secret <S>",
+//    what the unit used to make of it) are refused by the master: no
+//    application registers, spark-submit fails.
+// 3. `nixspark submit` and `nixspark status`'s application list, run as a
+//    user runs them (node cli/nixspark.js) against that cluster (issue 17,
+//    must-show 1), with event logs on, as the nodes have them:
+// - three "nodes" (tests/helpers/loopbackNodes.ts): real sshds on the
+//   cluster's loopback addresses (tests/helpers/sparkLocal.ts: master
+//   127.0.0.1, workers 127.0.0.2 and 127.0.0.3), each in its own mount
+//   namespace holding what a NixOS node has where the CLI looks:
+//   spark-submit at the system profile path (scripts/smoke.ts
+//   NODE_SPARK_SUBMIT; here a wrapper around the test Spark's),
+//   SPARK_CONF_DIR in the login environment naming the nodes' configuration
+//   (the cluster's security settings with the secret, a spark-env.sh that
 //   sets SPARK_LOCAL_IP to the node's address unless it is set, as
-//   nix/modules/spark.nix's does, and the driver's secret argument file), and
-//   on the workers the worker's work directory at /var/lib/spark (NixOS's
-//   services.spark.worker.workDir default, cli/drivers.ts);
+//   nix/modules/spark.nix's does, and the driver's secret argument file the
+//   unit wrote), and on the workers the worker's work directory at
+//   /var/lib/spark (NixOS's services.spark.worker.workDir default,
+//   cli/drivers.ts);
 // - a Spark History Server from the same Spark reading the event logs, with
 //   the master role's settings (nix/modules/master.nix spark-history).
 // The stack outputs come from --outputs (cli.test.ts proves reading them
@@ -30,8 +47,13 @@ import { ChildProcess, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { parseConfig } from "../../cluster/config";
+import { buildTopology } from "../../cluster/topology";
+import { nixStackParams } from "../../cluster/nixParams";
+import { clusterSecretProvider, secretProperties, SECRET_FILE } from "../../providers/clusterSecret";
 import { run, RunResult } from "../../providers/run";
 import { LoopbackNodes } from "../helpers/loopbackNodes";
+import { evalUnit, removeContractDirs, ScratchRoot, stackFlake } from "../helpers/nixContract";
 import { ensureSpark, findJavaHome, freePort, livingInGroup, LocalSpark, REPO, startLocalSpark } from "../helpers/sparkLocal";
 import { NODE_SPARK_SUBMIT } from "../../scripts/smoke";
 import { NODE_SPARK_WORK_DIR } from "../../cli/drivers";
@@ -40,9 +62,14 @@ import { walkthroughBlock } from "../helpers/readmeBlocks";
 jest.setTimeout(10 * 60_000);
 
 const NIXSPARK = path.join(REPO, "cli", "nixspark.js");
-const SECRET = "c3VibWl0LXRlc3Qtc2VjcmV0LW5vdC1mb3ItYW55LWxvZy0wMDA";
+const STACK = "contract";
+const CONF_DIR = "/run/nixspark/spark-conf";
 
 let root: string;
+/** The node's root for the nixspark-spark-conf unit: the secret file, and the directory the unit assembles. */
+let scratch: ScratchRoot;
+/** The stack's secret output, as the provider makes it. */
+let secret: string;
 let spark: LocalSpark | undefined;
 let nodes: LoopbackNodes | undefined;
 let history: ChildProcess | undefined;
@@ -51,9 +78,18 @@ let outputsFile: string;
 let dataDir: string;
 let jar: string;
 let eventLogs: string;
-/** The jobs, started at the end of beforeAll (the PySpark pair, then the JVM pair: at once they only compete for the machine's two cores); each test awaits its own. */
+/** The smoke job's applications the master had before any driver ran. */
+let smokeAppsBefore: { active: number; completed: number };
+/** The smoke drivers, started as soon as the cluster is up: the refused ones spend a minute in Spark's registration retries (3 x 20 s), the other jobs meanwhile. */
+let accepted: Promise<RunResult>;
+let refused: Promise<RunResult[]>;
+/** The jobs (the PySpark pair, then the JVM pair once the accepted smoke job has given its cores back: at once they only compete for the machine's two cores); each test awaits its own. */
 let pyRuns: Promise<RunResult[]>;
 let jvmRuns: ReturnType<typeof startJvm>;
+/** The README walkthrough, once the JVM pair is done (while the refused drivers still wait). */
+let walkthroughRun: Promise<RunResult>;
+/** What /data points to while the walkthrough runs (claimDataLink). */
+let dataLink: string | undefined;
 
 beforeAll(async () => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), "nxsubmit-"));
@@ -62,38 +98,55 @@ beforeAll(async () => {
     dataDir = path.join(root, "data");
     fs.mkdirSync(eventLogs);
     fs.mkdirSync(dataDir);
-    // The jar builds while Spark starts.
+    // The jar builds while the unit runs and Spark starts.
     const sparkHome = await ensureSpark();
     const built = buildJar(sparkHome, await findJavaHome());
     built.catch(() => undefined); // awaited below; this only keeps a failed build from being unhandled meanwhile
+
+    // The master node's configuration directory, assembled by its own unit from the program's secret file.
+    const cfg = parseConfig({ workers: { count: 2 }, ssh: { publicKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIContractContractContractContractContract00 contract" } });
+    expect(cfg.security.authenticate).toBe(true);
+    const unit = evalUnit(stackFlake(nixStackParams(cfg, buildTopology(STACK, cfg))), `${STACK}-master`, "nixspark-spark-conf");
+    secret = ((await clusterSecretProvider.create!({ generation: 1 })).outs as { value: string }).value;
+    scratch = new ScratchRoot();
+    scratch.withAccounts(["spark", "deploy"], { "spark-users": ["spark", "deploy"] });
+    fs.mkdirSync(path.dirname(scratch.at(SECRET_FILE)), { recursive: true });
+    fs.writeFileSync(scratch.at(SECRET_FILE), secretProperties(secret), { mode: 0o400 }); // as the deployment installs it
+    await scratch.runUnit(unit);
+    expect(fs.existsSync(scratch.at(`${CONF_DIR}/spark-defaults.conf`))).toBe(true);
+
     spark = await startLocalSpark({
         workers: 2,
         // A cluster-mode driver takes a core and memory of its worker; executors need the rest.
         coresPerWorker: 2,
         memoryPerWorker: "1g",
-        sparkDefaults: {
-            "spark.authenticate": "true",
-            "spark.authenticate.secret": SECRET,
-            "spark.network.crypto.enabled": "true",
-            "spark.eventLog.enabled": "true",
-            "spark.eventLog.dir": `file:${eventLogs}`,
-        },
+        confDir: scratch.at(CONF_DIR),
     });
     const s = spark;
+    smokeAppsBefore = await smokeApps();
+    const wrong = authConf("wrong-secret", { "spark.authenticate": "true", "spark.authenticate.secret": "not-the-cluster-secret", "spark.network.crypto.enabled": "true" });
+    const none = authConf("no-auth", { "spark.authenticate": "false" });
+    accepted = smoke({ ...s.env, SPARK_CONF_DIR: driverConf("stack-secret", secret) });
+    refused = Promise.all([smoke({ ...s.env, SPARK_CONF_DIR: wrong }), smoke({ ...s.env, SPARK_CONF_DIR: none }), smoke({ ...s.env, SPARK_CONF_DIR: driverConf("wrapped", `spark.authenticate.secret ${secret}`) })]);
+    for (const p of [accepted, refused]) p.catch(() => undefined); // awaited by the tests; this keeps a rejection from being unhandled meanwhile
     jar = await built;
 
     // The nodes' configuration directory (SPARK_CONF_DIR in their login environment, as on NixOS; one path on
-    // every node): the cluster's defaults with the secret, spark-env.sh as nix/modules/spark.nix writes it (the
-    // node's address for SPARK_LOCAL_IP unless set; here the wrapper says which node it is) and the driver's
-    // java argument file as the roles' nixspark-spark-conf unit writes it (secretContract.test.ts runs that unit).
+    // every node): the cluster's security settings with the secret and event logs into this test's directory,
+    // spark-env.sh as nix/modules/spark.nix writes it (the node's address for SPARK_LOCAL_IP unless set; here
+    // the wrapper says which node it is) and the driver's java argument file the unit wrote.
     const conf = path.join(root, "node-conf");
     fs.mkdirSync(conf);
-    fs.copyFileSync(path.join(s.env.SPARK_CONF_DIR, "spark-defaults.conf"), path.join(conf, "spark-defaults.conf"));
+    fs.writeFileSync(
+        path.join(conf, "spark-defaults.conf"),
+        ["spark.authenticate true", `spark.authenticate.secret ${secret}`, "spark.network.crypto.enabled true", "spark.eventLog.enabled true", `spark.eventLog.dir file:${eventLogs}`, ""].join("\n"),
+    );
     fs.writeFileSync(
         path.join(conf, "spark-env.sh"),
         [`export PYSPARK_PYTHON=${s.python}`, `export PYSPARK_DRIVER_PYTHON=${s.python}`, 'if [ -z "${SPARK_LOCAL_IP:-}" ]; then', '  export SPARK_LOCAL_IP="$NXTEST_NODE_IP"', "fi", ""].join("\n"),
     );
-    fs.writeFileSync(path.join(conf, "driver-secret.args"), `-Dspark.authenticate.secret=${SECRET}\n`, { mode: 0o440 });
+    fs.copyFileSync(scratch.at(`${CONF_DIR}/driver-secret.args`), path.join(conf, "driver-secret.args"));
+    expect(fs.readFileSync(path.join(conf, "driver-secret.args"), "utf8")).toBe(`-Dspark.authenticate.secret=${secret}\n`);
 
     // The nodes: the master's address is the Spark master's, each worker's its Spark worker's.
     const specs = [{ name: "master", ip: "127.0.0.1" }, ...s.workers.map((w) => ({ name: w.name, ip: w.ip }))];
@@ -137,7 +190,10 @@ beforeAll(async () => {
         }),
     );
     pyRuns = startPython();
-    jvmRuns = pyRuns.then(() => startJvm());
+    // The smoke job wants an executor on each worker: the JVM pair's drivers and executors could fill one of them.
+    jvmRuns = Promise.allSettled([pyRuns, accepted]).then(() => startJvm());
+    walkthroughRun = Promise.allSettled([jvmRuns]).then(() => startWalkthrough());
+    for (const p of [pyRuns, jvmRuns, walkthroughRun]) p.catch(() => undefined); // awaited by their tests
 }, 10 * 60_000);
 
 afterAll(async () => {
@@ -154,10 +210,75 @@ afterAll(async () => {
             if (livingInGroup(pgid).length > 0) process.kill(-pgid, "SIGKILL");
         }
         await nodes?.cleanup();
+        const pids = spark ? [spark.master.pid, ...spark.workers.map((w) => w.pid)] : [];
         await spark?.stop();
+        for (const pid of pids) expect(livingInGroup(pid)).toEqual([]);
     } finally {
+        releaseDataLink();
         if (root) fs.rmSync(root, { recursive: true, force: true });
+        scratch?.remove();
+        removeContractDirs();
     }
+});
+
+/** The smoke script as `npm run smoke` runs it, submitting from here against the loopback master. */
+function smoke(env: Record<string, string>): Promise<RunResult> {
+    return run(
+        [process.execPath, "-r", "ts-node/register/transpile-only", path.join(REPO, "scripts/smoke.ts"), "--master", spark!.masterUrl, "--web-ui", spark!.webUiUrl, "--local-submit", "--timeout", "150"],
+        { cwd: REPO, timeoutMs: 200_000, allowFailure: true, env: { ...(process.env as Record<string, string>), ...env } },
+    );
+}
+
+/** The master's own account of the smoke job's applications (its /json/ page; scripts/jobs/sum_of_squares.py names them nixspark-smoke-sum-of-squares): every smoke driver's, and no other job's. */
+async function smokeApps(): Promise<{ active: number; completed: number }> {
+    const r = (await (await fetch(`${spark!.webUiUrl}/json/`)).json()) as { activeapps?: { name: string }[]; completedapps?: { name: string }[] };
+    const count = (list?: { name: string }[]) => (list ?? []).filter((a) => a.name.startsWith("nixspark-smoke")).length;
+    return { active: count(r.activeapps), completed: count(r.completedapps) };
+}
+
+/** A driver's configuration with these settings only (authentication settings other than the cluster's). */
+function authConf(name: string, settings: Record<string, string>): string {
+    const dir = path.join(spark!.dir, name);
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, "spark-defaults.conf"), Object.entries(settings).map(([k, v]) => `${k} ${v}\n`).join(""));
+    return dir;
+}
+
+/** A driver's configuration: the node's assembled one, with the secret the driver was given. */
+function driverConf(name: string, givenSecret: string): string {
+    const assembled = fs.readFileSync(scratch.at(`${CONF_DIR}/spark-defaults.conf`), "utf8");
+    const dir = path.join(scratch.dir, "drivers", name);
+    fs.mkdirSync(dir, { recursive: true });
+    // Not the event-log settings: their directory is the node's, and this driver runs here (historyContract.test.ts runs them in a scratch root).
+    const lines = assembled.split("\n").filter((l) => l.trim() && !l.startsWith("spark.authenticate.secret ") && !l.startsWith("spark.master ") && !l.startsWith("spark.eventLog."));
+    fs.writeFileSync(path.join(dir, "spark-defaults.conf"), [...lines, `spark.authenticate.secret ${givenSecret}`, ""].join("\n"));
+    return dir;
+}
+
+describe("the cluster's daemons run from the directory the node's unit assembled", () => {
+    test("real Spark daemons started from the assembled directory accept a driver with the stack's secret: the smoke job runs on both workers", async () => {
+        const defaults = fs.readFileSync(path.join(spark!.env.SPARK_CONF_DIR, "spark-defaults.conf"), "utf8");
+        expect(spark!.env.SPARK_CONF_DIR).toBe(scratch.at(CONF_DIR));
+        expect(defaults).toContain("spark.authenticate true");
+        expect(defaults).toMatch(/^spark\.network\.crypto\.enabled true$/m);
+        const ok = await accepted;
+        if (ok.code !== 0) throw new Error(`the driver with the stack's secret was refused (exit ${ok.code})\n${ok.stdout}\n${ok.stderr.slice(-3000)}`);
+        expect(ok.stdout).toMatch(/smoke: OK in \d+ s: sum of squares 1\.\.100000 = 333338333350000; 4 tasks on 2 workers/);
+    });
+
+    test("a driver with another secret, with no authentication, or with the wrapped string is refused: no application registers, spark-submit fails", async () => {
+        const ok = await accepted;
+        for (const r of await refused) {
+            expect(r.code).not.toBe(0);
+            expect(r.stdout).not.toMatch(/smoke: OK/);
+            expect(r.stderr).toMatch(/All masters are unresponsive|Spark context stopped while waiting for backend/);
+        }
+        // The master registered the accepted smoke job alone (once the refused drivers gave up, none of them is active).
+        const after = await smokeApps();
+        expect(after.active).toBe(0);
+        expect(after.completed).toBe(smokeAppsBefore.completed + (ok.code === 0 ? 1 : 0));
+        expect(ok.code).toBe(0);
+    });
 });
 
 /** A small JVM job, built with the installed JDK against the test Spark's jars. */
@@ -259,7 +380,7 @@ function startPython(): Promise<RunResult[]> {
 /** The JVM jobs in cluster mode (one throws), while every process's command line is sampled for the secret. */
 async function startJvm(): Promise<{ ok: RunResult; bad: RunResult; seen: { driver: boolean; leaks: string[] } }> {
     const seen = { driver: false, leaks: [] as string[] };
-    const scanner = setInterval(() => scanProcesses(SECRET, seen), 150);
+    const scanner = setInterval(() => scanProcesses(secret, seen), 150);
     const opts = ["--deploy-mode", "cluster", "--class", "Squares", "--conf", "spark.driver.memory=512m", "--conf", "spark.executor.memory=512m", "--conf", "spark.cores.max=1"];
     try {
         const [ok, bad] = await Promise.all([nixspark(["submit", ...opts, jar]), nixspark(["submit", ...opts, "--name", "squares-failing", jar, "--", "fail"])]);
@@ -315,12 +436,12 @@ test("a JVM job in cluster mode: its driver runs on a worker (with that worker's
     // no file of the workers (work directories, the drivers' Launch Command, logs) and no output has it.
     expect(seen.driver).toBe(true);
     expect(seen.leaks).toEqual([]);
-    // (The cluster's configuration directory holds it by design.)
+    // (The cluster's configuration directory holds it by design; here it is the scratch root's, outside the cluster's directory.)
     const conf = spark!.env.SPARK_CONF_DIR;
-    expect(filesContaining(spark!.dir, SECRET).filter((f) => !f.startsWith(conf + path.sep))).toEqual([]);
-    expect(filesContaining(eventLogs, SECRET)).toEqual([]);
+    expect(filesContaining(spark!.dir, secret).filter((f) => !f.startsWith(conf + path.sep))).toEqual([]);
+    expect(filesContaining(eventLogs, secret)).toEqual([]);
     expect(fs.readFileSync(path.join(spark!.dir, ran![1], okDriver!, "stderr"), "utf8")).toContain("Launch Command:");
-    for (const r of [ok, bad]) expect(r.stdout + r.stderr).not.toContain(SECRET);
+    for (const r of [ok, bad]) expect(r.stdout + r.stderr).not.toContain(secret);
 });
 
 test("the history server lists the applications as completed, and nixspark status lists them (text and --json)", async () => {
@@ -383,47 +504,65 @@ test("submit refuses what Spark standalone or the nodes cannot do: exit 2 before
  * the CLI at this loopback cluster as `pulumi stack output` would.
  */
 test("the README walkthrough runs as written: the CSV job's totals, the JVM job's driver in the cluster, both listed by the history server", async () => {
+    const r = await walkthroughRun;
+    if (r.code !== 0) throw new Error(`the walkthrough failed: ${explain(r)}`);
+    // The CSV job's totals on stdout and, through /data, in the host directory (cat prints them).
+    expect(r.stdout).toContain("north\t17\nsouth\t5\n");
+    expect(r.stdout).toContain("region,total\nnorth,17\nsouth,5\n");
+    const ids = [...r.stderr.matchAll(/submit: application (app-\d+-\d+)/g)].map((m) => m[1]);
+    expect(ids).toHaveLength(2);
+    // The JVM job ran its driver on a worker, followed to its end, its output printed here.
+    expect(r.stderr).toMatch(/submit: driver driver-\d+-\d+ RUNNING on worker-\d/);
+    expect(r.stderr).toMatch(/submit: driver driver-\d+-\d+ ended FINISHED/);
+    expect(r.stdout).toContain("lines containing north: 2");
+
+    // Both applications, completed, as status lists them (the history server scans every 2 s here).
+    let listed = "";
+    const deadline = Date.now() + 120_000;
+    while (Date.now() < deadline) {
+        listed = (await nixspark(["status", "--no-libvirt", "--no-ssh"])).stdout;
+        if (ids.every((id) => new RegExp(`^COMPLETED +[0-9hms]+ +${id} `, "m").test(listed))) break;
+        await new Promise((res) => setTimeout(res, 1_000));
+    }
+    for (const id of ids) expect(listed).toMatch(new RegExp(`^COMPLETED +[0-9hms]+ +${id} `, "m"));
+});
+
+/**
+ * Runs the walkthrough block in bash, with /data (claimDataLink) pointing at
+ * the temporary HOME's nixspark-data for as long as it runs.
+ */
+async function startWalkthrough(): Promise<RunResult> {
     const home = path.join(root, "home");
     const data = path.join(home, "nixspark-data");
     fs.mkdirSync(data, { recursive: true });
     fs.chmodSync(data, 0o1777); // as walkthrough:up makes it
     const script = path.join(root, "walkthrough.sh");
     fs.writeFileSync(script, walkthroughBlock("use"));
-    const madeData = claimDataLink(data);
+    dataLink = claimDataLink(data);
     try {
-        const r = await run(["bash", "-euo", "pipefail", script], {
+        return await run(["bash", "-euo", "pipefail", script], {
             cwd: REPO,
             env: { ...process.env, HOME: home, NIXSPARK_OUTPUTS: outputsFile },
             timeoutMs: 600_000,
             allowFailure: true,
         });
-        if (r.code !== 0) throw new Error(`the walkthrough failed: ${explain(r)}`);
-        // The CSV job's totals on stdout and, through /data, in the host directory (cat prints them).
-        expect(r.stdout).toContain("north\t17\nsouth\t5\n");
-        expect(r.stdout).toContain("region,total\nnorth,17\nsouth,5\n");
-        const ids = [...r.stderr.matchAll(/submit: application (app-\d+-\d+)/g)].map((m) => m[1]);
-        expect(ids).toHaveLength(2);
-        // The JVM job ran its driver on a worker, followed to its end, its output printed here.
-        expect(r.stderr).toMatch(/submit: driver driver-\d+-\d+ RUNNING on worker-\d/);
-        expect(r.stderr).toMatch(/submit: driver driver-\d+-\d+ ended FINISHED/);
-        expect(r.stdout).toContain("lines containing north: 2");
-
-        // Both applications, completed, as status lists them (the history server scans every 2 s here).
-        let listed = "";
-        const deadline = Date.now() + 120_000;
-        while (Date.now() < deadline) {
-            listed = (await nixspark(["status", "--no-libvirt", "--no-ssh"])).stdout;
-            if (ids.every((id) => new RegExp(`^COMPLETED +[0-9hms]+ +${id} `, "m").test(listed))) break;
-            await new Promise((res) => setTimeout(res, 1_000));
-        }
-        for (const id of ids) expect(listed).toMatch(new RegExp(`^COMPLETED +[0-9hms]+ +${id} `, "m"));
     } finally {
-        if (madeData) fs.unlinkSync("/data");
+        releaseDataLink();
     }
-});
+}
 
-/** Makes /data a symlink to `dir`; refuses a /data this test did not make (a stale link of an earlier run into a removed temp dir is replaced). */
-function claimDataLink(dir: string): boolean {
+/** Removes the /data link this test made, if it is still there (also from afterAll, should the walkthrough outlive its test). */
+function releaseDataLink(): void {
+    try {
+        if (dataLink !== undefined && fs.readlinkSync("/data") === dataLink) fs.unlinkSync("/data");
+    } catch {
+        /* not a link, or gone */
+    }
+    dataLink = undefined;
+}
+
+/** Makes /data a symlink to `dir` and returns `dir`; refuses a /data this test did not make (a stale link of an earlier run into a removed temp dir is replaced). */
+function claimDataLink(dir: string): string {
     let existing: fs.Stats | undefined;
     try {
         existing = fs.lstatSync("/data");
@@ -436,5 +575,5 @@ function claimDataLink(dir: string): boolean {
         fs.unlinkSync("/data");
     }
     fs.symlinkSync(dir, "/data");
-    return true;
+    return dir;
 }
