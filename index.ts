@@ -140,7 +140,8 @@ async function main() {
     }
 
     return {
-        libvirtUri: config.libvirtUri,
+        // The first (or only) libvirt host; with several, each node names its own (nodes[].libvirtUri).
+        libvirtUri: cluster.topology.hosts[0].uri,
         network: cluster.network?.name,
         // `system`: what each node must run (npm run status compares it with the node).
         nodes: cluster.nodeOutputs.map((n) => ({ ...n, system: systems ? systems[n.role === "master" ? "master" : "worker"].expectedSystem : undefined })),

@@ -312,7 +312,7 @@ export class SparkCluster extends pulumi.ComponentResource {
                         // its image is not known to print it (nixspark:ssh.hostKeys).
                         consoleLog: (cfg.ssh.hostKeys ?? (cfg.image.path ? "first-use" : "console")) === "console" ? consoleLogOf(node.spec) : undefined,
                         // ... read on the host that runs the VM (a remote libvirt host: over ssh).
-                        ...(several ? { consoleLogHost: node.host.uri } : {}),
+                        consoleLogHost: node.host.uri,
                         packages: role.packages,
                         // What moved, by package, after the build: once per role, from
                         // the first node of the role to switch (the master, the canary).
