@@ -5,17 +5,17 @@
 // &no_verify=1], the same login virsh makes). Other transports cannot be read
 // from here.
 import { run } from "./run";
+import { onThisMachine } from "./virsh";
 
 /** Where a console log is read: this machine, or another over ssh. */
 export type ConsoleLogPlace = { local: true } | { local: false; user?: string; host: string; port?: number; keyfile?: string; knownHosts?: string; noVerify?: boolean };
 
 /** Where the console logs of a libvirt host are read, from its connection URI; throws for a transport nixspark cannot read them over. */
 export function consoleLogPlace(uri: string | undefined): ConsoleLogPlace {
-    if (!uri) return { local: true };
-    const m = /^([a-z0-9]+)(?:\+([a-z0-9]+))?:\/\/([^/?]*)(\/[^?]*)?(?:\?(.*))?$/i.exec(uri);
+    if (!uri || onThisMachine(uri)) return { local: true };
+    const m = /^([a-z0-9]+)(?:\+([a-z0-9]+))?:\/\/([^/?]+)(\/[^?]*)?(?:\?(.*))?$/i.exec(uri);
     if (!m) throw new Error(`cannot tell the host of libvirt URI ${uri}`);
     const [, , transport, authority, , query] = m;
-    if (authority === "") return { local: true };
     if ((transport ?? "").toLowerCase() !== "ssh") {
         throw new Error(
             `the VMs of ${uri} log their consoles on that host, which nixspark reads only over ssh (qemu+ssh://...) or locally: ` +

@@ -30,7 +30,7 @@ import { domainXml, isHostnameLabel, isStaticAddress, readDomain, readInterfaces
 import { run } from "./run";
 import { isUnknown } from "./unknown";
 import { holderWhat, withLock } from "./lock";
-import { diffByKeys, infoFields, isGone, label, lookup, virsh, virshError, withXmlFile } from "./virsh";
+import { diffByKeys, infoFields, isGone, label, lookup, onThisMachine, virsh, virshError, withXmlFile } from "./virsh";
 import { bringUp, definitionChanges, domState, pendingChanges, powerOff, restartKeys } from "./vmPower";
 
 export interface DomainInputs {
@@ -234,8 +234,7 @@ export function dataDirProblems(news: Record<string, unknown>): { property: stri
         out.push({ property: "dataTag", reason: `nixspark:data.tag ${JSON.stringify(tag)} must be 1 to 36 bytes (what a virtio-fs device holds): pulumi config set --path data.tag nixspark-data` });
     }
     const uri = typeof news.uri === "string" && !isUnknown(news.uri) ? news.uri : "";
-    const local = /^[a-z+]+:\/\/\//.test(uri); // qemu:///system, qemu+unix:///system?socket=...: this machine
-    if (local) {
+    if (onThisMachine(uri)) {
         const fs = require("node:fs") as typeof import("node:fs");
         let st: import("node:fs").Stats | undefined;
         try {

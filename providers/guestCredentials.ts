@@ -1,6 +1,7 @@
-// What libvirt hands a guest as systemd credentials in SMBIOS OEM strings
-// (type 11, `io.systemd.credential:NAME=VALUE`): its host name and, in bridge
-// mode, its static address. Pure string functions (providers/libvirtXml.ts
+// What a domain hands its guest beyond disk and network: systemd credentials
+// in SMBIOS OEM strings (type 11, `io.systemd.credential:NAME=VALUE`: its host
+// name and, in bridge mode, its static address) and the label of its
+// watchdog and panic devices. Pure string functions (providers/libvirtXml.ts
 // puts them in the domain XML and reads them back).
 
 /** What `resilience` asks for, as readDomain reports it back (pvpanic "isa" is QEMU's `-device pvpanic`, x86's default model). */

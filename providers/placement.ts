@@ -37,6 +37,10 @@ export function placementProblems(olds: PlacementInputs | undefined, news: Place
     const shown = (host: string) => (host === "" ? "the stack's libvirt host" : `host ${host}`);
     for (const [host, nodes] of byHost) {
         if (host in news.hosts) continue;
+        if (nodes.includes("master")) {
+            out.push(`${shown(host)} is no longer in nixspark:libvirt.hosts but runs ${nodes.join(", ")}: the master stays on the host it was made on, the first of the list; keep that host first`);
+            continue;
+        }
         out.push(
             `${shown(host)} is no longer in nixspark:libvirt.hosts but runs ${nodes.join(", ")}: removing it would delete ${nodes.length === 1 ? "that VM" : "those VMs"} with ${nodes.length === 1 ? "its disk" : "their disks"}. ` +
                 `Move them first: set its workers to 0 (pulumi config set --path 'libvirt.hosts[N].workers' 0), run pulumi up (they are decommissioned and removed), then remove the host`,

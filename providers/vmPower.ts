@@ -75,8 +75,11 @@ export interface BootDefinition {
     cmdline?: string;
     /** The serial console's log file. */
     consoleLog?: string;
-    /** The libvirt network the VM's interface attaches to. */
+    /** The libvirt network the VM's interface attaches to (NAT mode). */
     network?: string;
+    /** Bridge mode: the host bridge, and the static address handed over as a credential. */
+    bridge?: string;
+    address?: string;
     hostname?: string;
     /** The shared data directory (virtiofs): host directory, tag, virtiofsd. */
     dataDir?: string;

@@ -167,6 +167,11 @@ describe("the placement guard (providers/placement.ts)", () => {
         expect(p[0]).toMatch(/^host b is no longer in nixspark:libvirt\.hosts but runs worker-33, worker-34: removing it would delete those VMs.*set its workers to 0.*then remove the host/);
     });
 
+    test("the first host, which runs the master, cannot leave: no count moves the master", () => {
+        const p = placementProblems(olds, { hosts: { b: B }, nodes: { "worker-1": "b" } });
+        expect(p.join("\n")).toMatch(/^host a is no longer in nixspark:libvirt\.hosts but runs master, worker-1: the master stays on the host it was made on, the first of the list; keep that host first$/m);
+    });
+
     test("once the count moved them (workers 0, up), the host leaves freely; growing and shrinking pass", () => {
         const emptied = { hosts: { a: A, b: B }, nodes: { master: "a", "worker-1": "a" } };
         expect(placementProblems(emptied, { hosts: { a: A }, nodes: { master: "a", "worker-1": "a" } })).toEqual([]);
