@@ -28,6 +28,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { readVolume } from "./libvirtXml";
 import { keptOutputs } from "./unknown";
 import { diffByKeys, isNotFound, isPoolInactive, label, virsh, virshError, withXmlFile } from "./virsh";
+import { providerRef } from "./codeRef";
 
 export interface BaseVolumeInputs {
     uri: string;
@@ -339,6 +340,6 @@ export class BaseVolume extends pulumi.dynamic.Resource {
     /** The stack's retired base volumes (see markRetiredBases). */
     declare readonly retiredBases: pulumi.Output<string[] | undefined>;
     constructor(name: string, args: { [K in keyof BaseVolumeInputs]: pulumi.Input<BaseVolumeInputs[K]> }, opts?: pulumi.CustomResourceOptions) {
-        super(baseVolumeProvider, name, { ...args, path: undefined, capacityBytes: undefined, retiredBases: undefined }, opts, "nixspark", "BaseVolume");
+        super(providerRef("BaseVolume", baseVolumeProvider), name, { ...args, path: undefined, capacityBytes: undefined, retiredBases: undefined }, opts, "nixspark", "BaseVolume");
     }
 }

@@ -17,6 +17,7 @@
 // tests/integration/secretContract.test.ts runs the node's unit on it.
 import * as pulumi from "@pulumi/pulumi";
 import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
+import { providerRef } from "./codeRef";
 
 /** Where the node keeps the secret properties (nix/modules/options.nix: nixspark.security.secretFile). */
 export const SECRET_FILE = "/var/lib/nixspark/spark-secret";
@@ -90,6 +91,6 @@ export class ClusterSecret extends pulumi.dynamic.Resource {
     declare readonly generation: pulumi.Output<number>;
 
     constructor(name: string, args: ClusterSecretArgs, opts?: pulumi.CustomResourceOptions) {
-        super(clusterSecretProvider, name, { ...args, value: undefined }, { ...opts, additionalSecretOutputs: ["value"] }, "nixspark", "ClusterSecret");
+        super(providerRef("ClusterSecret", clusterSecretProvider), name, { ...args, value: undefined }, { ...opts, additionalSecretOutputs: ["value"] }, "nixspark", "ClusterSecret");
     }
 }

@@ -22,6 +22,7 @@
 // deletes a private key).
 import * as pulumi from "@pulumi/pulumi";
 import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
+import { providerRef } from "./codeRef";
 
 export type DeployKeySource = "stack" | "legacy-default";
 
@@ -186,7 +187,7 @@ export class DeployKey extends pulumi.dynamic.Resource {
 
     constructor(name: string, args: DeployKeyArgs, opts?: pulumi.CustomResourceOptions) {
         super(
-            deployKeyProvider,
+            providerRef("DeployKey", deployKeyProvider),
             name,
             { ...args, fingerprint: undefined },
             { ...opts, additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "privateKey"] },

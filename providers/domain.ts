@@ -32,6 +32,7 @@ import { isUnknown } from "./unknown";
 import { holderWhat, withLock } from "./lock";
 import { diffByKeys, infoFields, isGone, label, lookup, onThisMachine, virsh, virshError, withXmlFile } from "./virsh";
 import { bringUp, definitionChanges, domState, pendingChanges, powerOff, restartKeys } from "./vmPower";
+import { providerRef } from "./codeRef";
 
 export interface DomainInputs {
     uri: string;
@@ -439,6 +440,6 @@ export class Domain extends pulumi.dynamic.Resource {
     declare readonly state: pulumi.Output<string>;
     declare readonly name: pulumi.Output<string>;
     constructor(name: string, args: { [K in keyof DomainInputs]: pulumi.Input<DomainInputs[K]> }, opts?: pulumi.CustomResourceOptions) {
-        super(domainProvider, name, { ...args, uuid: undefined, state: undefined, pendingRestart: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "Domain");
+        super(providerRef("Domain", domainProvider), name, { ...args, uuid: undefined, state: undefined, pendingRestart: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "Domain");
     }
 }

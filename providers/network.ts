@@ -7,6 +7,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import { byMac, DhcpHost, dhcpHostXml, DnsEntry, dnsEntryXml, dnsHostXml, networkXml, NetworkSpec, readNetwork } from "./libvirtXml";
 import { diffByKeys, infoFields, label, lookup, virsh, withXmlFile } from "./virsh";
+import { providerRef } from "./codeRef";
 
 export interface NetworkInputs extends NetworkSpec {
     uri: string;
@@ -197,6 +198,6 @@ export class Network extends pulumi.dynamic.Resource {
     declare readonly name: pulumi.Output<string>;
     declare readonly hosts: pulumi.Output<DhcpHost[]>;
     constructor(name: string, args: { [K in keyof NetworkInputs]: pulumi.Input<NetworkInputs[K]> }, opts?: pulumi.CustomResourceOptions) {
-        super(networkProvider, name, { ...args, uuid: undefined, active: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "Network");
+        super(providerRef("Network", networkProvider), name, { ...args, uuid: undefined, active: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "Network");
     }
 }

@@ -16,6 +16,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import { lastLines, run } from "./run";
 import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
+import { providerRef } from "./codeRef";
 
 /** Resolved inputs, as the provider sees them (every one is also in the outputs). */
 export interface NixImageInputs {
@@ -269,6 +270,6 @@ export class NixImage extends pulumi.dynamic.Resource {
     declare readonly gcRoot: pulumi.Output<string>;
 
     constructor(name: string, args: NixImageArgs, opts?: pulumi.CustomResourceOptions) {
-        super(nixImageProvider, name, { ...args, storePath: undefined, imagePath: undefined, sizeBytes: undefined, gcRoot: undefined }, opts, "nixspark", "NixImage");
+        super(providerRef("NixImage", nixImageProvider), name, { ...args, storePath: undefined, imagePath: undefined, sizeBytes: undefined, gcRoot: undefined }, opts, "nixspark", "NixImage");
     }
 }

@@ -30,6 +30,7 @@ import { defaultInputs, checkInputs, inputsOf, reachOf, withDefaults } from "./d
 import { readCurrentSystem } from "./deployment/rebuild";
 import { diskGoneOf, vmGoneOf, vmPendingOf } from "./deployment/vmState";
 import type { NixosDeploymentArgs } from "./deployment/types";
+import { providerRef } from "./codeRef";
 
 export type { NixosDeploymentArgs, NixosDeploymentInputs, NixosDeploymentOutputs, RebuildFlavour } from "./deployment/types";
 export type { SparkCheck } from "./spark/verify";
@@ -140,7 +141,7 @@ export class NixosDeployment extends pulumi.dynamic.Resource {
     constructor(name: string, args: NixosDeploymentArgs, opts?: pulumi.CustomResourceOptions) {
         const DEFAULTS = defaultInputs();
         super(
-            nixosDeploymentProvider,
+            providerRef("NixosDeployment", nixosDeploymentProvider),
             name,
             {
                 ...args,

@@ -2,7 +2,7 @@
 // same evaluation that gives its system (nix/flake.nix packageSummary):
 // "numpy 1.26.4 → 2.0.2", "+ scipy 1.14.1", "- pandas 2.2.3". Shown by
 // `pulumi preview` for each node whose deployment will switch, before
-// anything is built. Import-free: the serialized provider carries it.
+// anything is built. Import-free.
 
 export type Summary = Record<string, unknown>;
 

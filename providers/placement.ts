@@ -18,6 +18,7 @@
 // It makes nothing; create, update and delete only record.
 import * as pulumi from "@pulumi/pulumi";
 import { keptOutputs, providerCodeChanged, UNKNOWN } from "./unknown";
+import { providerRef } from "./codeRef";
 
 export interface PlacementInputs {
     /** Each libvirt host by name: its connection URI. */
@@ -102,6 +103,6 @@ export const placementProvider: pulumi.dynamic.ResourceProvider = {
 export class Placement extends pulumi.dynamic.Resource {
     declare readonly nodes: pulumi.Output<Record<string, string>>;
     constructor(name: string, args: PlacementInputs, opts?: pulumi.CustomResourceOptions) {
-        super(placementProvider, name, args, opts, "nixspark", "Placement");
+        super(providerRef("Placement", placementProvider), name, args, opts, "nixspark", "Placement");
     }
 }

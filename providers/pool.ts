@@ -8,6 +8,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { poolXml, readPool } from "./libvirtXml";
 import { keptOutputs } from "./unknown";
 import { diffByKeys, infoFields, label, lookup, virsh, withXmlFile } from "./virsh";
+import { providerRef } from "./codeRef";
 
 export interface PoolInputs {
     uri: string;
@@ -122,6 +123,6 @@ export class StoragePool extends pulumi.dynamic.Resource {
     declare readonly active: pulumi.Output<boolean>;
     declare readonly autostart: pulumi.Output<boolean>;
     constructor(name: string, args: { [K in keyof PoolInputs]: pulumi.Input<PoolInputs[K]> }, opts?: pulumi.CustomResourceOptions) {
-        super(poolProvider, name, { ...args, active: undefined, autostart: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "StoragePool");
+        super(providerRef("StoragePool", poolProvider), name, { ...args, active: undefined, autostart: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "StoragePool");
     }
 }

@@ -18,6 +18,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { describeMaster, fetchMasterState, healthVerdict } from "./spark/master";
 import type { ExpectedWorker, HealthVerdict, MasterState } from "./spark/master";
 import { isUnknown, keptOutputs, providerCodeChanged } from "./unknown";
+import { providerRef } from "./codeRef";
 
 export type { ExpectedWorker } from "./spark/master";
 // For callers that fetched the master's state from here before (scripts/bench.d/rollout.ts).
@@ -291,6 +292,6 @@ export class SparkHealth extends pulumi.dynamic.Resource {
             masterStatus: undefined,
             workers: undefined,
         };
-        super(sparkHealthProvider, name, props, opts, "nixspark", "SparkHealth");
+        super(providerRef("SparkHealth", sparkHealthProvider), name, props, opts, "nixspark", "SparkHealth");
     }
 }

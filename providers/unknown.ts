@@ -1,8 +1,8 @@
 // Markers the engine puts into a dynamic provider's inputs, recognised here
 // without capturing @pulumi/pulumi: Pulumi's unknown value
-// (pulumi.runtime.unknownValue) and the serialized provider code
-// (`__provider`). Tiny and dependency-free: a provider that imports it
-// serializes with it.
+// (pulumi.runtime.unknownValue) and the stored provider (`__provider`:
+// a reference to the provider's code and its version, providers/codeRef.ts).
+// Tiny and dependency-free.
 export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 
 /** True when the value, or anything inside it, is unknown. */
@@ -15,12 +15,13 @@ export function isUnknown(v: unknown): boolean {
 
 /**
  * True when the resource's state was written by other provider code than the
- * code now asked. The engine stores the serialized provider with every
- * resource (`__provider`; olds hold the old code, news the new one) and a
- * "same" step keeps the old code for good, so a fix to read or delete would
- * never reach existing resources. Every provider's diff therefore answers an
+ * code now asked. The engine stores the provider with every resource
+ * (`__provider`: olds hold the old one, news the new one) and a "same" step
+ * keeps the old one for good: a state written before references
+ * (providers/codeRef.ts) holds the old code itself, and a reference names the
+ * version it was written by. Every provider's diff therefore answers an
  * update for this alone, and that update keeps the outputs and stores the new
- * code. False when either side does not carry the code (direct calls in tests).
+ * reference. False when either side does not carry the code (direct calls in tests).
  */
 export function providerCodeChanged(olds: unknown, news: unknown): boolean {
     const o = (olds as Record<string, unknown> | undefined)?.__provider;

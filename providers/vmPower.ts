@@ -2,7 +2,7 @@
 // (start, stop, restart for a new definition when no deployment does it) and
 // the NixosDeployment provider (the restart a new definition needs, taken in
 // rollout order: see restartForDefinition). Import-free of @pulumi/pulumi,
-// so both serialized providers can carry it.
+// like everything a provider object calls (docs/design.md, Provider rules).
 import { readDomain } from "./libvirtXml";
 import type { DomainFacts } from "./libvirtXml";
 import { isUnknown } from "./unknown";

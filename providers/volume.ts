@@ -23,6 +23,7 @@ import { run } from "./run";
 import { isUnknown, keptOutputs } from "./unknown";
 import { diffByKeys, isNotFound, isPoolInactive, label, lookup, virsh, virshError, withXmlFile } from "./virsh";
 import { bringUp, domState, powerOff } from "./vmPower";
+import { providerRef } from "./codeRef";
 
 export interface VolumeInputs {
     uri: string;
@@ -395,6 +396,6 @@ export class Volume extends pulumi.dynamic.Resource {
     declare readonly backingPath: pulumi.Output<string>;
     declare readonly diskId: pulumi.Output<string>;
     constructor(name: string, args: { [K in keyof VolumeInputs]: pulumi.Input<VolumeInputs[K]> }, opts?: pulumi.CustomResourceOptions) {
-        super(volumeProvider, name, { path: undefined, ...args, backingPath: undefined, diskId: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "Volume");
+        super(providerRef("Volume", volumeProvider), name, { path: undefined, ...args, backingPath: undefined, diskId: undefined }, { deleteBeforeReplace: true, ...opts }, "nixspark", "Volume");
     }
 }

@@ -92,13 +92,7 @@ function build(root = ROOT) {
         ...program.getGlobalDiagnostics(),
         ...program.getSemanticDiagnostics(),
     ];
-    // The providers' code is serialized into every resource's state and sent
-    // to the engine and back on each preview (docs/benchmarks.md, "What was
-    // checked per resource"): it is emitted without comments and whitespace,
-    // with local names shortened (terser, no other transformation), which
-    // takes about a quarter off each node's provider text.
-    const writeFile = (fileName, text, bom) => ts.sys.writeFile(fileName, providerFile(root, fileName) ? compact(text, fileName) : text, bom);
-    const emitted = program.emit(undefined, writeFile);
+    const emitted = program.emit();
     diagnostics.push(...emitted.diagnostics);
     const errors = diagnostics.filter((d) => d.category === ts.DiagnosticCategory.Error);
     fs.rmSync(path.join(root, "bin", ".sources.json"), { force: true });
@@ -110,22 +104,6 @@ function build(root = ROOT) {
     fs.writeFileSync(tmp, JSON.stringify({ files }, null, 1) + "\n");
     fs.renameSync(tmp, path.join(root, "bin", ".sources.json"));
     return Object.keys(files).length;
-}
-
-/** Whether an emitted file is a provider's code (bin/providers/**.js), which dynamic resources carry serialized. */
-function providerFile(root, fileName) {
-    const rel = path.relative(path.join(root, "bin", "providers"), fileName);
-    return rel !== "" && !rel.startsWith("..") && !path.isAbsolute(rel) && rel.endsWith(".js");
-}
-
-/** The same JavaScript without comments and whitespace, local names shortened: nothing else changes (no compression). */
-function compact(text, fileName) {
-    const { minify_sync } = require("terser");
-    try {
-        return minify_sync(text, { compress: false, mangle: { toplevel: false }, format: { comments: false }, ecma: 2022, module: false }).code;
-    } catch (e) {
-        throw new Error(`compacting ${fileName} failed: ${e.message}`);
-    }
 }
 
 /** The program's own source files: what tsc read from this project, not from node_modules or its lib. */

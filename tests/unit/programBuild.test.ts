@@ -64,27 +64,6 @@ test("a build records the sources it compiled, and is fresh until one changes", 
     expect(said).toHaveLength(1);
 });
 
-test("a provider's emitted code is compacted (no comments or whitespace, short local names) and still runs; other code is emitted as tsc writes it", () => {
-    fs.mkdirSync(path.join(dir, "providers"));
-    const code = [
-        "// A provider's helper, with a comment the serialized closure need not carry.",
-        "export function offer(coresPerWorker: number, workersOnTheHost: number): number {",
-        "    /* every core of every worker */",
-        "    const totalCoresOfTheHost = coresPerWorker * workersOnTheHost;",
-        "    return totalCoresOfTheHost;",
-        "}",
-        "",
-    ].join("\n");
-    fs.writeFileSync(path.join(dir, "providers", "offer.ts"), code);
-    fs.writeFileSync(path.join(dir, "lib", "value.ts"), `// kept\nimport { offer } from "../providers/offer";\nexport const value: number = offer(3, 4);\n`);
-    guard.build(dir);
-    const emitted = fs.readFileSync(path.join(dir, "bin", "providers", "offer.js"), "utf8");
-    expect(emitted).not.toMatch(/A provider's helper|every core|totalCoresOfTheHost|\n {4}/);
-    expect(emitted).toContain("function offer(");
-    expect(fs.readFileSync(path.join(dir, "bin", "lib", "value.js"), "utf8")).toContain("// kept");
-    expect(load().value).toBe(12);
-});
-
 test("a deleted source, a changed tsconfig or a missing bin/index.js make the build stale", () => {
     guard.build(dir);
     fs.writeFileSync(path.join(dir, "tsconfig.json"), JSON.stringify({ compilerOptions: { target: "ES2020", module: "commonjs", strict: true, types: [] } }));
