@@ -6,9 +6,9 @@
 import * as crypto from "node:crypto";
 import * as path from "node:path";
 import { run } from "../providers/run";
-import { privileged, sshArgv } from "../providers/ssh";
+import { sshArgv } from "../providers/ssh";
 import type { StackNode, StackOutputs } from "../cluster/sparkStatus";
-import { targetOf } from "./remote";
+import { asRoot, targetOf } from "./remote";
 import { UsageError } from "./common";
 import type { Stack } from "./stack";
 
@@ -303,10 +303,10 @@ export function realOps(stack: Stack, uri: string, o: { virsh: string; probeTime
             return units.filter((_, i) => states[i].trim() === "failed");
         },
         async restartUnit(vm, unit) {
-            const useSudo = ssh?.user !== "root";
             for (const cmd of [["systemctl", "reset-failed", unit], ["systemctl", "restart", unit]]) {
-                const r = await onNode(vm, privileged(cmd, { useSudo }));
-                if (r.code !== 0) throw new Error(`${privileged(cmd, { useSudo }).join(" ")} exited ${r.code}: ${r.stderr.trim().split("\n").pop()}`);
+                const argv = asRoot(ssh?.user, cmd);
+                const r = await onNode(vm, argv);
+                if (r.code !== 0) throw new Error(`${argv.join(" ")} exited ${r.code}: ${r.stderr.trim().split("\n").pop()}`);
             }
         },
         sleep: (ms) => new Promise((res) => setTimeout(res, ms)),

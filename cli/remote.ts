@@ -1,7 +1,7 @@
 // Reaching nodes: which nodes a flag names, and the ssh/scp argv for them,
 // with the stack's deploy key and known hosts (strict host keys, as the
 // providers use them: providers/ssh.ts sshOptions).
-import { destination, sshOptions, SshTarget } from "../providers/ssh";
+import { destination, privileged, sshOptions, SshTarget } from "../providers/ssh";
 import type { StackNode, StackOutputs, StackSsh } from "../cluster/sparkStatus";
 import { UsageError } from "./common";
 
@@ -71,15 +71,12 @@ export function scpArgv(t: SshTarget, sources: string[], dst: string, opts: { re
     return ["scp", "-q", "-p", ...(opts.recursive ? ["-r"] : []), ...o, "--", ...sources, `${destination(t)}:${dst}`];
 }
 
-/** journalctl on a node, through `sudo -n` when the stack's user is not root (the providers' rule). */
+/** A command as root on a node: through `sudo -n` when the stack's ssh user is not root (providers/ssh.ts, `privileged`). */
+export function asRoot(user: string | undefined, command: string[]): string[] {
+    return privileged(command, { useSudo: user !== "root" });
+}
+
+/** journalctl on a node, as root. */
 export function journalArgv(user: string, opts: { unit?: string; lines: number; follow?: boolean }): string[] {
-    return [
-        ...(user === "root" ? [] : ["sudo", "-n"]),
-        "journalctl",
-        "--no-pager",
-        ...(opts.unit ? ["-u", opts.unit] : []),
-        "-n",
-        String(opts.lines),
-        ...(opts.follow ? ["-f"] : []),
-    ];
+    return asRoot(user, ["journalctl", "--no-pager", ...(opts.unit ? ["-u", opts.unit] : []), "-n", String(opts.lines), ...(opts.follow ? ["-f"] : [])]);
 }

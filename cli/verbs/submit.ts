@@ -45,7 +45,7 @@ import { Command, Option } from "commander";
 import type { VerbContext } from "../main";
 import { EXIT, GlobalOptions, positiveInt, UsageError } from "../common";
 import { run } from "../../providers/run";
-import { remoteArgv, scpArgv, targetOf } from "../remote";
+import { asRoot, remoteArgv, scpArgv, targetOf } from "../remote";
 import { loadStack, requireSsh } from "../stack";
 import { describeFailure } from "../parallel";
 import { NODE_SPARK_SUBMIT, submitEnvOf, submitPrefix } from "../../scripts/smoke";
@@ -297,7 +297,7 @@ export function register(program: Command, ctx: VerbContext): Command {
                         const node = nodeOfWorker(stack.outputs.nodes, end.workerHost);
                         if (!node) say(`the driver's worker ${end.workerHost ?? "(none)"} is no node of the stack (${stack.outputs.nodes.map((n) => `${n.name} ${n.ip}`).join(", ")}); its output stays there`);
                         else {
-                            const read = (f: string) => run(remoteArgv(targetOf(ssh, node), [...(ssh.user === "root" ? [] : ["sudo", "-n"]), "cat", `${NODE_SPARK_WORK_DIR}/${driverId}/${f}`]), { timeoutMs: 120_000, allowFailure: true });
+                            const read = (f: string) => run(remoteArgv(targetOf(ssh, node), asRoot(ssh.user, ["cat", `${NODE_SPARK_WORK_DIR}/${driverId}/${f}`])), { timeoutMs: 120_000, allowFailure: true });
                             const [out, err] = await Promise.all([read("stdout"), read("stderr")]);
                             if (out.code === 0) ctx.io.out(out.stdout);
                             if (err.code === 0) {
