@@ -15,7 +15,9 @@
 // nothing behind -> what virsh says about objects that do not exist -> a host
 // reboot (domains off, network and pool stopped): refresh keeps everything
 // and says what is stopped, up brings it back -> provider code upgrade of a
-// Pool and a Volume, then delete through the new code -> destroy after
+// Pool and a Volume written with their code (as states before references
+// hold it) to a reference to this build's code, then delete through it ->
+// destroy after
 // another host reboot leaves nothing behind.
 import { randomInt } from "node:crypto";
 import * as fs from "node:fs";
@@ -34,6 +36,7 @@ import { baseVolumeProvider } from "../../providers/baseVolume";
 import { Bench, startBench, tailFile, waitFor } from "../helpers/libvirtBench";
 import { roundTrip } from "../helpers/serialize";
 import { engineCreate, engineDelete, engineUp, serializeProvider } from "../providers/engineSteps";
+import { providerRef } from "../../providers/codeRef";
 
 jest.setTimeout(10 * 60_000);
 
@@ -572,16 +575,20 @@ describe("libvirt providers on a real libvirtd", () => {
         expect((await bench!.virsh(["domstate", m.domainName])).stdout.trim()).toBe("running");
     });
 
-    test("provider code upgrade: a Pool and a Volume written by old code are updated in place (outputs kept) and deleted through the new code", async () => {
-        // "Old" code: these providers as they were, with a delete that cannot
-        // work (the kind of bug a new version fixes). A "same" step would keep it.
+    test("provider code upgrade: a Pool and a Volume written by old code are updated in place (outputs kept) to a reference to this build's code, and deleted through it", async () => {
+        // "Old" code: these providers as they were, serialized by value as a
+        // state written before references holds them, with a delete that
+        // cannot work (the kind of bug a new version fixes). A "same" step
+        // would keep it. The new code is what resources now store: a
+        // reference, loaded from this checkout's bin/ (providers/codeRef.ts).
         const broken = async () => {
             throw new Error("old provider code: delete is broken");
         };
         const oldPool = await serializeProvider({ ...poolProvider, delete: broken });
         const oldVol = await serializeProvider({ ...volumeProvider, delete: broken, update: undefined });
-        const newPool = await serializeProvider(poolProvider);
-        const newVol = await serializeProvider(volumeProvider);
+        const newPool = await serializeProvider(providerRef("StoragePool", poolProvider));
+        const newVol = await serializeProvider(providerRef("Volume", volumeProvider));
+        expect(newVol.length).toBeLessThan(4_000);
         const poolIn = { uri, name: `${stack}-up-pool`, path: path.join(bench!.dir, "up-pool") };
         const volIn = { uri, pool: poolIn.name, name: "up.qcow2", basePath: bench!.guest.baseImage, capacityBytes: 1024 ** 3 };
         let pool = await engineCreate(oldPool, poolIn);
@@ -612,7 +619,7 @@ describe("libvirt providers on a real libvirtd", () => {
             expect(d.step).toBe("update");
             expect(d.updateOuts).toMatchObject({ uuid: m.uuid, state: "running", pendingRestart: m.pendingRestart, memoryMiB: m.memoryMiB, hostname: m.hostname });
 
-            // Delete now runs the stored (new) code.
+            // Delete now runs the stored reference: this build's code.
             await engineDelete(vol);
             await engineDelete(pool);
             expect((await bench!.virsh(["pool-list", "--all", "--name"])).stdout).not.toContain(poolIn.name);
