@@ -1,9 +1,12 @@
 // Reading a VM's serial console log on the libvirt host that runs it: the
 // file itself when that host is this machine (a URI without a host part:
 // qemu:///system, qemu+unix:///system?socket=...), over ssh when it is
-// another (qemu+ssh://[user@]host[:port]/system[?keyfile=...&known_hosts=...
-// &no_verify=1], the same login virsh makes). Other transports cannot be read
-// from here.
+// another, with the login libvirt makes for that URI: user, port, `keyfile`
+// and `no_verify=1` for every ssh transport; `known_hosts` only for
+// qemu+libssh2 and qemu+libssh, because libvirt's qemu+ssh (the ssh binary)
+// ignores it and checks the user's own known hosts (libvirt's
+// virNetClientNewSSH takes no known-hosts path; its LibSSH2 and LibSSH
+// clients do). Other transports cannot be read from here.
 import { run } from "./run";
 import { onThisMachine } from "./virsh";
 
@@ -16,9 +19,10 @@ export function consoleLogPlace(uri: string | undefined): ConsoleLogPlace {
     const m = /^([a-z0-9]+)(?:\+([a-z0-9]+))?:\/\/([^/?]+)(\/[^?]*)?(?:\?(.*))?$/i.exec(uri);
     if (!m) throw new Error(`cannot tell the host of libvirt URI ${uri}`);
     const [, , transport, authority, , query] = m;
-    if ((transport ?? "").toLowerCase() !== "ssh") {
+    const t = (transport ?? "").toLowerCase();
+    if (t !== "ssh" && t !== "libssh2" && t !== "libssh") {
         throw new Error(
-            `the VMs of ${uri} log their consoles on that host, which nixspark reads only over ssh (qemu+ssh://...) or locally: ` +
+            `the VMs of ${uri} log their consoles on that host, which nixspark reads only over ssh (qemu+ssh://..., qemu+libssh2://..., qemu+libssh://...) or locally: ` +
                 `use a qemu+ssh URI, or set nixspark:ssh.hostKeys to "first-use"`,
         );
     }
@@ -31,13 +35,13 @@ export function consoleLogPlace(uri: string | undefined): ConsoleLogPlace {
         host: a[2].replace(/^\[|\]$/g, ""),
         ...(a[3] ? { port: Number(a[3]) } : {}),
         ...(params.get("keyfile") ? { keyfile: params.get("keyfile")! } : {}),
-        // libvirt's own URI parameters for the host key: a known-hosts file, or none checked at all.
-        ...(params.get("known_hosts") ? { knownHosts: params.get("known_hosts")! } : {}),
-        ...(params.get("no_verify") === "1" ? { noVerify: true } : {}),
+        // libvirt's own URI parameters for the host key: a known-hosts file (libssh transports only), or none checked at all.
+        ...(t !== "ssh" && params.get("known_hosts") ? { knownHosts: params.get("known_hosts")! } : {}),
+        ...(params.get("no_verify") === "1" || (t !== "ssh" && params.get("known_hosts_verify") === "ignore") ? { noVerify: true } : {}),
     };
 }
 
-/** The ssh command that prints `file` on a remote libvirt host (argv; BatchMode, the user's own known hosts, as virsh's ssh transport). */
+/** The ssh command that prints `file` on a remote libvirt host (argv; BatchMode; the URI's known hosts, else the user's own, as virsh). */
 export function remoteCatArgv(place: Exclude<ConsoleLogPlace, { local: true }>, file: string): string[] {
     return [
         "ssh",

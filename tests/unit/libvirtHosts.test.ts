@@ -223,7 +223,7 @@ describe("the domain on a host bridge, with its static address as a credential",
 });
 
 describe("console logs are read on the host that runs the VM", () => {
-    test("a local URI reads the file; qemu+ssh reads it over ssh as virsh logs in; other transports are refused with the fix", () => {
+    test("a local URI reads the file; qemu+ssh and the libssh transports read it over ssh as virsh logs in; other transports are refused with the fix", () => {
         expect(consoleLogPlace(undefined)).toEqual({ local: true });
         expect(consoleLogPlace("qemu:///system")).toEqual({ local: true });
         expect(consoleLogPlace("qemu+unix:///system?socket=/tmp/x/sock")).toEqual({ local: true });
@@ -232,6 +232,12 @@ describe("console logs are read on the host that runs the VM", () => {
         expect(remoteCatArgv(p as Exclude<typeof p, { local: true }>, "/var/log/libvirt/qemu/x-console.log")).toEqual([
             "ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", "2222", "-i", "/k/id", "-o", "StrictHostKeyChecking=no", "--", "deploy@hv-b", "cat", "--", "/var/log/libvirt/qemu/x-console.log",
         ]);
+        // known_hosts as libvirt reads it: qemu+ssh (the ssh binary) ignores it and checks the user's own known hosts; the libssh transports use it.
+        const viaSsh = consoleLogPlace("qemu+ssh://hv-b/system?known_hosts=/k/known");
+        expect(viaSsh).toEqual({ local: false, host: "hv-b" });
+        expect(remoteCatArgv(viaSsh as Exclude<typeof viaSsh, { local: true }>, "/l")).not.toContain("UserKnownHostsFile=/k/known");
+        expect(consoleLogPlace("qemu+libssh2://hv-b/system?known_hosts=/k/known")).toEqual({ local: false, host: "hv-b", knownHosts: "/k/known" });
+        expect(consoleLogPlace("qemu+libssh://hv-b/system?known_hosts_verify=ignore")).toEqual({ local: false, host: "hv-b", noVerify: true });
         expect(() => consoleLogPlace("qemu+tcp://hv-b/system")).toThrow(/reads only over ssh .* or set nixspark:ssh\.hostKeys to "first-use"/);
     });
 });
