@@ -35,6 +35,9 @@ import { volumeProvider, VolumeOutputs } from "../../providers/volume";
 import { baseVolumeProvider } from "../../providers/baseVolume";
 import { Bench, startBench, tailFile, waitFor } from "../helpers/libvirtBench";
 import { roundTrip } from "../helpers/serialize";
+import { LoopbackNodes } from "../helpers/loopbackNodes";
+import { readConsoleLog } from "../../providers/consoleLog";
+import { onThisMachine } from "../../providers/virsh";
 import { engineCreate, engineDelete, engineUp, serializeProvider } from "../providers/engineSteps";
 import { providerRef } from "../../providers/codeRef";
 
@@ -682,6 +685,46 @@ describe("libvirt providers on a real libvirtd", () => {
             await bench!.virsh(["pool-delete", poolIn.name], { allowFailure: true });
             await bench!.virsh(["pool-undefine", poolIn.name], { allowFailure: true });
             fs.rmSync(copy, { force: true });
+        }
+    });
+
+    test("a libvirt host reached over ssh (qemu+libssh through a real sshd): a pool, the image uploaded over the connection, an overlay and a VM made there, its console log read there with the URI's login, all removed over it", async () => {
+        // The "remote" host is this bench's libvirtd behind a loopback sshd:
+        // libvirt's ssh transport runs `nc -U <socket>` there (netcat-openbsd,
+        // scripts/setup-host). libssh, because it reads the URI's known_hosts
+        // (qemu+ssh would check root's own, providers/consoleLog.ts).
+        const sshd = await LoopbackNodes.create([{ name: "hv-remote", ip: "127.0.0.33" }]);
+        const remote = `qemu+libssh://root@127.0.0.33:${sshd.port}/system?socket=${uri.split("socket=")[1]}&keyfile=${sshd.identityFile}&known_hosts=${sshd.knownHostsFile}&sshauth=privkey`;
+        const poolIn = { uri: remote, name: `${stack}-ssh-pool`, path: path.join(bench!.dir, "ssh-pool") };
+        const vmName = `${stack}-ssh-vm`;
+        const log = path.join(bench!.dir, `${vmName}-console.log`);
+        try {
+            expect(onThisMachine(remote)).toBe(false);
+            await P.pool.create!(poolIn);
+            const B = await roundTrip(baseVolumeProvider);
+            const base = await B.create!({ uri: remote, pool: poolIn.name, name: `${stack}-base-cccccccccccc.qcow2`, namePrefix: `${stack}-base-`, sourcePath: bench!.guest.baseImage, stateDir: path.join(bench!.dir, "ssh-state") });
+            expect(fs.readFileSync(base.outs.path).equals(fs.readFileSync(bench!.guest.baseImage))).toBe(true);
+            const vol = await P.vol.create!({ uri: remote, pool: poolIn.name, name: `${vmName}.qcow2`, basePath: base.outs.path, capacityBytes: 1024 ** 3, domain: vmName });
+            expect(vol.outs.backingPath).toBe(base.outs.path);
+            const t = topo(3);
+            const spec = { ...t.workers[2], domainName: vmName };
+            const d = await P.dom.create!({ ...domInputs(spec, vol.outs.path, t), uri: remote, consoleLog: log });
+            expect(d.outs.state).toBe("running");
+            expect((await bench!.virsh(["domstate", vmName])).stdout.trim()).toBe("running");
+            await waitFor("the guest's boot in its console log, read over ssh", async () => ((await readConsoleLog(log, remote)).includes("Linux version") ? true : undefined), { timeoutMs: 120_000 });
+            await P.dom.delete!(vmName, d.outs);
+            await P.vol.delete!(vol.id, vol.outs);
+            await B.delete!(base.id, base.outs);
+            await P.pool.delete!(poolIn.name, { ...poolIn, active: true, autostart: true });
+            expect((await bench!.virsh(["list", "--all", "--name"])).stdout).not.toContain(vmName);
+            expect((await bench!.virsh(["pool-list", "--all", "--name"])).stdout).not.toContain(poolIn.name);
+        } finally {
+            await bench!.virsh(["destroy", vmName], { allowFailure: true });
+            await bench!.virsh(["undefine", vmName, "--nvram"], { allowFailure: true });
+            for (const v of [`${vmName}.qcow2`, `${stack}-base-cccccccccccc.qcow2`]) await bench!.virsh(["vol-delete", "--pool", poolIn.name, v], { allowFailure: true });
+            await bench!.virsh(["pool-destroy", poolIn.name], { allowFailure: true });
+            await bench!.virsh(["pool-undefine", poolIn.name], { allowFailure: true });
+            await sshd.cleanup();
         }
     });
 
