@@ -29,6 +29,8 @@ import { readVolume } from "./libvirtXml";
 import { keptOutputs } from "./unknown";
 import { diffByKeys, isNotFound, isPoolInactive, label, virsh, virshError, withXmlFile } from "./virsh";
 import { providerRef } from "./codeRef";
+import { consoleLogPlace, onHostArgv } from "./consoleLog";
+import { run, RunResult } from "./run";
 
 export interface BaseVolumeInputs {
     uri: string;
@@ -146,6 +148,41 @@ export async function removeBaseIfUnused(
 }
 
 /**
+ * True when the pool's volume at `volumePath` on the libvirt host of `uri`
+ * holds the image's bytes. On this machine the files are compared; on a host
+ * reached over ssh its `sha256sum` of the volume is compared with the
+ * image's (run with the URI's login, as console logs are read). Anything
+ * that cannot be compared counts as different.
+ */
+export async function sameImage(uri: string, imagePath: string, volumePath: string, runner: (argv: string[], opts: { timeoutMs: number; allowFailure: boolean }) => Promise<RunResult> = run): Promise<boolean> {
+    let place;
+    try {
+        place = consoleLogPlace(uri);
+    } catch {
+        return false; // a transport nixspark cannot reach the host's files over
+    }
+    if (place.local) return sameBytes(imagePath, volumePath);
+    const crypto = require("node:crypto") as typeof import("node:crypto");
+    const fs = require("node:fs") as typeof import("node:fs");
+    let local: string;
+    let fd: number | undefined;
+    try {
+        // In pieces: an image is gigabytes.
+        const h = crypto.createHash("sha256");
+        fd = fs.openSync(imagePath, "r");
+        const buf = Buffer.alloc(4 * 1024 * 1024);
+        for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0; ) h.update(buf.subarray(0, n));
+        local = h.digest("hex");
+    } catch {
+        return false;
+    } finally {
+        if (fd !== undefined) fs.closeSync(fd);
+    }
+    const r = await runner(onHostArgv(place, ["sha256sum", "--", volumePath]), { timeoutMs: 30 * 60_000, allowFailure: true });
+    return r.code === 0 && r.stdout.trim().split(/\s+/)[0] === local;
+}
+
+/**
  * True when both files hold the same bytes (an import is a byte copy of the
  * image: vol-upload). A file that cannot be read counts as different.
  */
@@ -240,7 +277,7 @@ export const baseVolumeProvider: pulumi.dynamic.ResourceProvider = {
         if (found !== undefined && !fs.existsSync(inputs.sourcePath)) {
             // (Nothing to compare with: a retired base that is current again whose image file is gone.)
             console.error(`${what}: this image is in the pool already; using it (${inputs.sourcePath} is not here to compare it with)`);
-        } else if (found !== undefined && sameBytes(inputs.sourcePath, found.path ?? "")) {
+        } else if (found !== undefined && (await sameImage(inputs.uri, inputs.sourcePath, found.path ?? ""))) {
             // The same image imported before (a retired base that is current again, or a lost state file): adopt it.
             console.error(`${what}: this image is in the pool already (the same bytes as ${inputs.sourcePath}); using it`);
         } else if (found !== undefined) {

@@ -43,6 +43,12 @@ export function consoleLogPlace(uri: string | undefined): ConsoleLogPlace {
 
 /** The ssh command that prints `file` on a remote libvirt host (argv; BatchMode; the URI's known hosts, else the user's own, as virsh). */
 export function remoteCatArgv(place: Exclude<ConsoleLogPlace, { local: true }>, file: string): string[] {
+    return onHostArgv(place, ["cat", "--", file]);
+}
+
+/** The ssh command that runs `command` (argv words, no shell) on a remote libvirt host with the URI's login. */
+export function onHostArgv(place: Exclude<ConsoleLogPlace, { local: true }>, command: string[]): string[] {
+    for (const w of command) if (!/^[A-Za-z0-9_.,:/=+@%-]+$/.test(w)) throw new Error(`cannot pass ${JSON.stringify(w)} to ssh safely (the remote shell would read it)`);
     return [
         "ssh",
         "-o", "BatchMode=yes",
@@ -53,7 +59,7 @@ export function remoteCatArgv(place: Exclude<ConsoleLogPlace, { local: true }>, 
         ...(place.noVerify ? ["-o", "StrictHostKeyChecking=no"] : []),
         "--",
         place.user ? `${place.user}@${place.host}` : place.host,
-        "cat", "--", file,
+        ...command,
     ];
 }
 

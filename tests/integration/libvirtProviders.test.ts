@@ -688,7 +688,7 @@ describe("libvirt providers on a real libvirtd", () => {
         }
     });
 
-    test("a libvirt host reached over ssh (qemu+libssh through a real sshd): a pool, the image uploaded over the connection, an overlay and a VM made there, its console log read there with the URI's login, all removed over it", async () => {
+    test("a libvirt host reached over ssh (qemu+libssh through a real sshd): a pool, the image uploaded over the connection (and adopted when imported again), an overlay and a VM made there, its console log read there with the URI's login, all removed over it", async () => {
         // The "remote" host is this bench's libvirtd behind a loopback sshd:
         // libvirt's ssh transport runs `nc -U <socket>` there (netcat-openbsd,
         // scripts/setup-host). libssh, because it reads the URI's known_hosts
@@ -706,6 +706,10 @@ describe("libvirt providers on a real libvirtd", () => {
             expect(fs.readFileSync(base.outs.path).equals(fs.readFileSync(bench!.guest.baseImage))).toBe(true);
             const vol = await P.vol.create!({ uri: remote, pool: poolIn.name, name: `${vmName}.qcow2`, basePath: base.outs.path, capacityBytes: 1024 ** 3, domain: vmName });
             expect(vol.outs.backingPath).toBe(base.outs.path);
+            // The same image again while an overlay uses it (an image back in use, a lost state):
+            // compared on that host (its sha256sum over ssh) and adopted, not refused as a half import.
+            const baseIn = { uri: remote, pool: poolIn.name, name: `${stack}-base-cccccccccccc.qcow2`, namePrefix: `${stack}-base-`, sourcePath: bench!.guest.baseImage, stateDir: path.join(bench!.dir, "ssh-state") };
+            await expect(B.create!(baseIn)).resolves.toMatchObject({ outs: { path: base.outs.path } });
             const t = topo(3);
             const spec = { ...t.workers[2], domainName: vmName };
             const d = await P.dom.create!({ ...domInputs(spec, vol.outs.path, t), uri: remote, consoleLog: log });

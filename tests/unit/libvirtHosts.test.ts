@@ -13,6 +13,7 @@ import { buildTopology, placement } from "../../cluster/topology";
 import { placementProblems } from "../../providers/placement";
 import { domainXml, readDomain } from "../../providers/libvirtXml";
 import { consoleLogPlace, remoteCatArgv } from "../../providers/consoleLog";
+import { sameImage } from "../../providers/baseVolume";
 import { definitionChanges } from "../../providers/vmPower";
 
 interface Registered {
@@ -239,6 +240,41 @@ describe("console logs are read on the host that runs the VM", () => {
         expect(consoleLogPlace("qemu+libssh2://hv-b/system?known_hosts=/k/known")).toEqual({ local: false, host: "hv-b", knownHosts: "/k/known" });
         expect(consoleLogPlace("qemu+libssh://hv-b/system?known_hosts_verify=ignore")).toEqual({ local: false, host: "hv-b", noVerify: true });
         expect(() => consoleLogPlace("qemu+tcp://hv-b/system")).toThrow(/reads only over ssh .* or set nixspark:ssh\.hostKeys to "first-use"/);
+    });
+});
+
+describe("a base volume already in a pool is the image's when its bytes are (an image back in use, a lost state)", () => {
+    test("on a host reached over ssh: the host's sha256sum of the volume, with the URI's login, against the image's; anything else counts as different", async () => {
+        const fs = require("node:fs") as typeof import("node:fs");
+        const os = require("node:os") as typeof import("node:os");
+        const crypto = require("node:crypto") as typeof import("node:crypto");
+        const dir = fs.mkdtempSync(require("node:path").join(os.tmpdir(), "nxs-same-"));
+        try {
+            const image = `${dir}/nixos.qcow2`;
+            fs.writeFileSync(image, Buffer.alloc(5 * 1024 * 1024 + 7, 7));
+            const hash = crypto.createHash("sha256").update(fs.readFileSync(image)).digest("hex");
+            const calls: string[][] = [];
+            const answering = (out: { code: number; stdout: string }) => async (argv: string[]) => {
+                calls.push(argv);
+                return { ...out, stderr: "" } as any;
+            };
+            const uri = "qemu+ssh://deploy@hv-b:2222/system?keyfile=/k/id";
+            expect(await sameImage(uri, image, "/var/lib/nixspark/lab/lab-base-a.qcow2", answering({ code: 0, stdout: `${hash}  /var/lib/nixspark/lab/lab-base-a.qcow2\n` }))).toBe(true);
+            expect(calls[0]).toEqual(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", "2222", "-i", "/k/id", "--", "deploy@hv-b", "sha256sum", "--", "/var/lib/nixspark/lab/lab-base-a.qcow2"]);
+            expect(await sameImage(uri, image, "/p/v.qcow2", answering({ code: 0, stdout: `${"0".repeat(64)}  /p/v.qcow2\n` }))).toBe(false);
+            expect(await sameImage(uri, image, "/p/v.qcow2", answering({ code: 255, stdout: "" }))).toBe(false);
+            expect(await sameImage(uri, `${dir}/missing.qcow2`, "/p/v.qcow2", answering({ code: 0, stdout: `${hash}  /p/v.qcow2\n` }))).toBe(false);
+            // Another transport: nothing to ask the host with; this machine: the files themselves.
+            const before = calls.length;
+            expect(await sameImage("qemu+tcp://hv-b/system", image, "/p/v.qcow2", answering({ code: 0, stdout: hash }))).toBe(false);
+            fs.copyFileSync(image, `${dir}/copy.qcow2`);
+            expect(await sameImage("qemu:///system", image, `${dir}/copy.qcow2`, answering({ code: 1, stdout: "" }))).toBe(true);
+            expect(calls.length).toBe(before);
+            // A path the remote shell would read is refused, not sent.
+            await expect(sameImage(uri, image, "/p/v.qcow2; rm -rf /", answering({ code: 0, stdout: hash }))).rejects.toThrow(/cannot pass .* to ssh safely/);
+        } finally {
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
     });
 });
 
