@@ -165,18 +165,12 @@ export async function sameImage(uri: string, imagePath: string, volumePath: stri
     const crypto = require("node:crypto") as typeof import("node:crypto");
     const fs = require("node:fs") as typeof import("node:fs");
     let local: string;
-    let fd: number | undefined;
     try {
-        // In pieces: an image is gigabytes.
         const h = crypto.createHash("sha256");
-        fd = fs.openSync(imagePath, "r");
-        const buf = Buffer.alloc(4 * 1024 * 1024);
-        for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0; ) h.update(buf.subarray(0, n));
+        for await (const chunk of fs.createReadStream(imagePath)) h.update(chunk); // an image is gigabytes
         local = h.digest("hex");
     } catch {
         return false;
-    } finally {
-        if (fd !== undefined) fs.closeSync(fd);
     }
     const r = await runner(onHostArgv(place, ["sha256sum", "--", volumePath]), { timeoutMs: 30 * 60_000, allowFailure: true });
     return r.code === 0 && r.stdout.trim().split(/\s+/)[0] === local;

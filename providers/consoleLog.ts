@@ -79,12 +79,10 @@ export async function readConsoleLog(file: string, uri?: string): Promise<string
     if (r.code === 0) return r.stdout;
     // ssh's own failure (no connection, login refused, an unknown or changed host key): said, not waited out.
     if (r.code === 255) {
-        const e = new Error(
+        throw new Error(
             `cannot read the console log ${file} on ${place.host} over ssh (${uri}): ${r.stderr.trim().split("\n").pop()}; ` +
                 `the VM's host key is checked against it. Make \`ssh ${place.user ? `${place.user}@` : ""}${place.host}\` work without a prompt (its host key in known_hosts, a key that logs in), or set nixspark:ssh.hostKeys to "first-use"`,
         );
-        e.name = "ConsoleLogUnreachable";
-        throw e;
     }
     // Not there yet (the VM has not started writing): nothing printed yet.
     return "";

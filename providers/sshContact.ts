@@ -156,19 +156,20 @@ export async function verifiedFirstContact(t: SshTarget, consoleLog: string, opt
         try {
             log = await readConsoleLog(consoleLog, opts.consoleLogHost);
         } catch (e) {
-            if ((e as Error).name === "ConsoleLogUnreachable") throw e;
-            if ((e as NodeJS.ErrnoException).code === "EACCES") {
-                // libvirt's logs are root's; nixosModules.host publishes each
-                // VM's latest host key line (public information) here.
-                const published = `${PUBLISHED_HOST_KEYS}/${require("node:path").basename(consoleLog)}`;
-                try {
-                    log = fs.readFileSync(published, "utf8");
-                } catch {
-                    throw new Error(
-                        `cannot read the console log ${consoleLog} (permission denied), nor ${published}: the host key of ${where} is checked against it. ` +
-                            `On NixOS, import nixosModules.host (it publishes the host key lines); elsewhere run pulumi as a user who may read libvirt's console logs, or set nixspark:ssh.hostKeys to "first-use"`,
-                    );
-                }
+            // Only permission is worked around; anything else (an unreachable
+            // host, a transport nixspark cannot read over) is said at once,
+            // not waited out as "printed nothing".
+            if ((e as NodeJS.ErrnoException).code !== "EACCES") throw e;
+            // libvirt's logs are root's; nixosModules.host publishes each
+            // VM's latest host key line (public information) here.
+            const published = `${PUBLISHED_HOST_KEYS}/${require("node:path").basename(consoleLog)}`;
+            try {
+                log = fs.readFileSync(published, "utf8");
+            } catch {
+                throw new Error(
+                    `cannot read the console log ${consoleLog} (permission denied), nor ${published}: the host key of ${where} is checked against it. ` +
+                        `On NixOS, import nixosModules.host (it publishes the host key lines); elsewhere run pulumi as a user who may read libvirt's console logs, or set nixspark:ssh.hostKeys to "first-use"`,
+                );
             }
         }
         printed = consoleHostKeys(log);

@@ -30,12 +30,12 @@ export interface VirshOptions {
     backoffMs?: number;
 }
 
-/** How error messages name an object: `domain "dev-master"`, `storage pool "dev-pool"`, ... */
 /** Whether a libvirt URI names this machine (no host part: qemu:///system, qemu+unix:///system?socket=...). */
 export function onThisMachine(uri: string): boolean {
     return /^[a-z0-9+]+:\/\/\//i.test(uri);
 }
 
+/** How error messages name an object: `domain "dev-master"`, `storage pool "dev-pool"`, ... */
 export function label(kind: LibvirtKind, name: string): string {
     const noun = { domain: "domain", network: "network", pool: "storage pool", volume: "storage volume" }[kind];
     return `libvirt ${noun} "${name}"`;

@@ -1,5 +1,5 @@
 // A VM's console log read on the libvirt host that runs it: over ssh for a
-// qemu+ssh URI, against a real sshd on a loopback address
+// qemu+libssh2 URI (which, unlike qemu+ssh, carries its known_hosts), against a real sshd on a loopback address
 // (tests/helpers/loopbackNodes.ts) standing in for a remote libvirt host.
 import * as fs from "node:fs";
 import * as path from "node:path";

@@ -82,6 +82,11 @@ test("a VM that prints nothing is not trusted: bounded wait, then an error that 
     expect(env.switches()).toEqual([]);
 });
 
+test("a console log on a host nixspark cannot read it on (qemu+tcp) stops the deployment at once with the fix, instead of waiting as if nothing was printed", async () => {
+    await expect(createDeployment(inputs({ consoleLogHost: "qemu+tcp://hv-b/system", sshWaitSeconds: 3 }))).rejects.toThrow(/reads only over ssh .* or set nixspark:ssh\.hostKeys to "first-use"/);
+    expect(env.switches()).toEqual([]);
+});
+
 test("without a console log (hostKeys: first-use) the first key is trusted, as before", async () => {
     await createDeployment(inputs({ consoleLog: undefined }));
     expect(env.currentSystem()).toBe(SYS_A);
